@@ -1,0 +1,301 @@
+//! One struct per event type, field for field the records of `schemas/*.avsc`
+//! (the `schema_drift` test fails when they differ). Field docs live in the `.avsc` files.
+
+use crate::header::EventHeader;
+use crate::ids::{Id, Timestamp};
+use apache_avro::AvroSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A large object in the artifact store, referred to by location and content hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+pub struct Artifact {
+    pub uri: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    File,
+    Directory,
+    Git,
+    Web,
+    Feedback,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    Pretrain,
+    Sft,
+    Preference,
+    Eval,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    ByteLevelBpe,
+    Character,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Pretrain,
+    Sft,
+    Reward,
+    Dpo,
+    Ppo,
+    Distill,
+    Quantize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum GateRule {
+    MaxRelativeIncrease,
+    MaxRelativeDecrease,
+    MinValue,
+    MaxValue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum RegressionSource {
+    OfflineGate,
+    LiveTelemetry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum Alias {
+    Champion,
+    Challenger,
+    Previous,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionReason {
+    GatePassed,
+    Rollback,
+    Manual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(rename_all = "snake_case")]
+pub enum RetrainTrigger {
+    FeedbackThreshold,
+    Regression,
+    Schedule,
+    Manual,
+}
+
+/// One metric compared by the promotion gate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+pub struct GateCheck {
+    pub metric: String,
+    pub rule: GateRule,
+    pub baseline: Option<f64>,
+    pub candidate: f64,
+    pub threshold: f64,
+    pub passed: bool,
+}
+
+/// Architecture of a decoder-only transformer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+pub struct ModelShape {
+    pub n_layer: i32,
+    pub n_head: i32,
+    pub n_embd: i32,
+    pub block_size: i32,
+    pub vocab_size: i32,
+    pub parameters: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct DataCollected {
+    pub header: EventHeader,
+    pub collection_id: Id,
+    pub source_kind: SourceKind,
+    pub source_uri: String,
+    pub shards: Vec<Artifact>,
+    pub documents: i64,
+    pub bytes: i64,
+    pub skipped: i64,
+    pub license: Option<String>,
+    #[avro(default = "{}")]
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct DatasetPrepared {
+    pub header: EventHeader,
+    pub dataset_id: Id,
+    pub name: String,
+    pub kind: DatasetKind,
+    pub train: Artifact,
+    pub validation: Option<Artifact>,
+    pub rejects: Option<Artifact>,
+    pub train_examples: i64,
+    pub validation_examples: i64,
+    pub stats: HashMap<String, i64>,
+    pub source_collections: Vec<Id>,
+    pub parent_dataset_id: Option<Id>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerTrained {
+    pub header: EventHeader,
+    pub tokenizer_id: Id,
+    pub dataset_id: Id,
+    pub kind: TokenizerKind,
+    pub vocab_size: i32,
+    pub special_tokens: Vec<String>,
+    pub artifact: Artifact,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct ModelTrained {
+    pub header: EventHeader,
+    pub model_id: Id,
+    pub run_kind: RunKind,
+    pub parent_model_id: Option<Id>,
+    pub dataset_ids: Vec<Id>,
+    pub tokenizer_id: Id,
+    pub shape: ModelShape,
+    pub hyperparameters: HashMap<String, String>,
+    pub checkpoint: Artifact,
+    pub metrics: HashMap<String, f64>,
+    pub device: String,
+    pub steps: i64,
+    pub tokens: i64,
+    pub duration_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct EvalCompleted {
+    pub header: EventHeader,
+    pub evaluation_id: Id,
+    pub model_id: Id,
+    pub baseline_model_id: Option<Id>,
+    pub metrics: HashMap<String, f64>,
+    pub checks: Vec<GateCheck>,
+    pub report: Artifact,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct EvalRegressed {
+    pub header: EventHeader,
+    pub evaluation_id: Id,
+    pub model_id: Id,
+    pub baseline_model_id: Option<Id>,
+    pub source: RegressionSource,
+    pub metrics: HashMap<String, f64>,
+    pub regressions: Vec<GateCheck>,
+    pub report: Option<Artifact>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct ModelPromoted {
+    pub header: EventHeader,
+    pub model_id: Id,
+    pub alias: Alias,
+    pub previous_model_id: Option<Id>,
+    pub reason: PromotionReason,
+    pub evaluation_id: Option<Id>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackReceived {
+    pub header: EventHeader,
+    pub feedback_id: Id,
+    pub request_id: String,
+    pub model_id: String,
+    pub prompt: String,
+    pub response: String,
+    pub rating: i32,
+    pub correction: Option<String>,
+    pub preferred_response: Option<String>,
+    #[avro(default = "[]")]
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryReported {
+    pub header: EventHeader,
+    pub model_id: Id,
+    pub instance: String,
+    pub window_start: Timestamp,
+    pub window_end: Timestamp,
+    pub requests: i64,
+    pub errors: i64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    pub tokens_generated: i64,
+    pub feedback: i64,
+    pub negative_feedback: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct RetrainRequested {
+    pub header: EventHeader,
+    pub request_id: Id,
+    pub run_kind: RunKind,
+    pub base_model_id: Option<Id>,
+    pub dataset_ids: Vec<Id>,
+    pub trigger: RetrainTrigger,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct IndexUpdated {
+    pub header: EventHeader,
+    pub index_name: String,
+    pub dataset_id: Id,
+    pub table_uri: String,
+    pub embedding_model: String,
+    pub dimensions: i32,
+    pub rows_added: i64,
+    pub rows_total: i64,
+}
