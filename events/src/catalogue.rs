@@ -3,7 +3,6 @@
 
 use crate::header::EventHeader;
 use crate::payloads::*;
-use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::{AvroSchema, Schema};
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
@@ -89,7 +88,7 @@ catalogue! {
 /// What the codec needs of one event type, parsed once.
 pub(crate) struct Entry {
     pub schema: &'static Schema,
-    /// `C3 01` + the CRC-64-AVRO fingerprint of the schema's canonical form.
+    /// `C3 01` + the CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form.
     pub single_object_header: [u8; 10],
     pub writer: apache_avro::writer::datum::GenericDatumWriter<'static>,
 }
@@ -102,13 +101,14 @@ static ENTRIES: LazyLock<Vec<Entry>> = LazyLock::new(|| {
                 Schema::parse_str(kind.schema_text())
                     .unwrap_or_else(|e| panic!("schemas/{}.avsc is invalid: {e}", kind.topic())),
             ));
-            let header = RabinFingerprintHeader::from_schema(schema).build_header();
+            let mut header = [0xC3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+            header[2..].copy_from_slice(&crate::fingerprint::fingerprint(schema));
             let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
                 .build()
                 .expect("a parsed schema resolves");
             Entry {
                 schema,
-                single_object_header: header.try_into().expect("single-object header is 10 bytes"),
+                single_object_header: header,
                 writer,
             }
         })

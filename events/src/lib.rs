@@ -5,8 +5,10 @@
 //! - [`bus`]: the Kafka bus on rdkafka — topics, the producer and the consumer runner that every
 //!   service uses (ack-then-commit, idempotency by event id, retries, dead letters, shutdown).
 
+pub mod bus;
 pub mod catalogue;
 pub mod codec;
+pub mod fingerprint;
 pub mod header;
 pub mod ids;
 pub mod payloads;

@@ -1,0 +1,65 @@
+//! How to reach the Kafka cluster, and how topics are created on it.
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Bootstrap servers, comma-separated (`host:port,…`). Empty: `quark up` starts the
+    /// embedded broker and fills this in.
+    #[serde(default)]
+    pub brokers: String,
+    /// Partitions of each topic Quark creates.
+    pub partitions: i32,
+    /// Replication factor of each topic Quark creates (1 for a single broker).
+    pub replication: i32,
+    /// Milliseconds between commits of processed offsets (and at shutdown).
+    pub commit_interval_ms: u64,
+    /// A consumer silent for this long leaves its group and its partitions move to the others;
+    /// also how long a restarted consumer may wait for the partitions of its crashed self.
+    pub session_timeout_ms: u64,
+    /// A consumer that takes longer than this between two messages leaves its group; also the
+    /// group's rebalance timeout, the longest a rebalance waits for members to rejoin.
+    pub max_poll_interval_ms: u64,
+    /// Extra librdkafka properties for every client, e.g. `security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `ssl.ca.location`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            brokers: String::new(),
+            partitions: 3,
+            replication: 1,
+            commit_interval_ms: 1000,
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl BusConfig {
+    pub fn with_brokers(brokers: impl Into<String>) -> Self {
+        BusConfig {
+            brokers: brokers.into(),
+            ..BusConfig::default()
+        }
+    }
+
+    /// A librdkafka configuration with the brokers and the extra properties set.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}

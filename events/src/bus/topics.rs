@@ -1,0 +1,123 @@
+//! Topics: created at start-up through the admin API (brokers such as Tansu do not create
+//! them on first use), and inspected for `quark topics`.
+
+use super::{BusConfig, BusError};
+use crate::catalogue::EventKind;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The dead-letter topic of `topic`.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Every topic Quark uses: each event type's and its dead-letter topic.
+fn all_topics() -> Vec<String> {
+    EventKind::ALL
+        .iter()
+        .flat_map(|k| [k.topic().to_string(), dlq_topic(k.topic())])
+        .collect()
+}
+
+/// Creates every missing topic; existing ones are left as they are.
+pub async fn ensure_topics(config: &BusConfig) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = config.client_config("quark-admin").create()?;
+    let names = all_topics();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                config.partitions,
+                TopicReplication::Fixed(config.replication),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionState {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopicState {
+    pub topic: String,
+    pub partitions: Vec<PartitionState>,
+}
+
+impl TopicState {
+    pub fn messages(&self) -> i64 {
+        self.partitions.iter().map(|p| p.high - p.low).sum()
+    }
+
+    /// Messages after `positions` (the next offset to process, per partition).
+    pub fn lag(&self, positions: &[(i32, i64)]) -> i64 {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let next = positions
+                    .iter()
+                    .find(|(partition, _)| *partition == p.partition)
+                    .map_or(p.low, |(_, o)| *o);
+                (p.high - next.max(p.low)).max(0)
+            })
+            .sum()
+    }
+}
+
+/// Watermarks of every Quark topic that exists.
+///
+/// Consumer progress comes from the runner's own record (`consumer_positions`), not from the
+/// group coordinator: reading a live group's committed offsets from a second client breaks
+/// that group's rebalancing on Tansu 0.6.
+pub fn inspect(config: &BusConfig) -> Result<Vec<TopicState>, BusError> {
+    let client: BaseConsumer = config.client_config("quark-inspect").create()?;
+    let metadata = client.fetch_metadata(None, TIMEOUT)?;
+    let mut states = Vec::new();
+    for name in all_topics() {
+        let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
+            continue;
+        };
+        let mut partitions = Vec::new();
+        for p in topic.partitions() {
+            let (low, high) = client.fetch_watermarks(&name, p.id(), TIMEOUT)?;
+            partitions.push(PartitionState {
+                partition: p.id(),
+                low,
+                high,
+            });
+        }
+        partitions.sort_by_key(|p| p.partition);
+        states.push(TopicState {
+            topic: name,
+            partitions,
+        });
+    }
+    Ok(states)
+}
