@@ -1,0 +1,34 @@
+//! The projection database: SQLite by default, PostgreSQL in production, migrated on open.
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm_migration::MigratorTrait;
+use std::time::Duration;
+
+/// Connects to `url` and applies every pending migration of `M`.
+pub async fn open<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let sqlite = url.starts_with("sqlite:");
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .and_then(|p| p.split('?').next())
+        && let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let mut options = ConnectOptions::new(url);
+    options
+        .sqlx_logging(false)
+        .acquire_timeout(Duration::from_secs(30));
+    if sqlite {
+        // One writer at a time is SQLite's rule; a small pool avoids lock convoys.
+        options.max_connections(4);
+    }
+    let db = Database::connect(options).await?;
+    if sqlite {
+        db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000;")
+            .await?;
+    }
+    M::up(&db, None).await?;
+    Ok(db)
+}
