@@ -1,0 +1,7 @@
+//! One module per `quark` sub-command.
+
+pub mod publish;
+pub mod run;
+pub mod topics;
+pub mod trace;
+pub mod watch;

@@ -1,0 +1,78 @@
+//! `quark topics`: each topic's messages and end offsets, and each consumer's lag (from the
+//! positions the consumer runner records in the database).
+
+use crate::Migrator;
+use anyhow::bail;
+use quark_events::bus::{TopicState, inspect, positions};
+use quark_runtime::{Settings, db};
+
+/// A topic with the lag of every consumer that has processed any of it.
+pub struct TopicReport {
+    pub state: TopicState,
+    pub lags: Vec<(String, i64)>,
+}
+
+pub async fn topics(settings: &Settings) -> anyhow::Result<Vec<TopicReport>> {
+    if settings.uses_embedded_broker() {
+        bail!(
+            "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",
+            settings.broker.listen
+        );
+    }
+    let states = inspect(&settings.bus)?;
+    let database = db::open::<Migrator>(&settings.database_url()).await?;
+    let positions = positions(&database).await?;
+    Ok(states
+        .into_iter()
+        .map(|state| {
+            let mut consumers: Vec<&str> = positions
+                .iter()
+                .filter(|p| p.1 == state.topic)
+                .map(|p| p.0.as_str())
+                .collect();
+            consumers.sort_unstable();
+            consumers.dedup();
+            let lags = consumers
+                .into_iter()
+                .map(|consumer| {
+                    let own: Vec<(i32, i64)> = positions
+                        .iter()
+                        .filter(|p| p.0 == consumer && p.1 == state.topic)
+                        .map(|p| (p.2, p.3))
+                        .collect();
+                    (consumer.to_string(), state.lag(&own))
+                })
+                .collect();
+            TopicReport { state, lags }
+        })
+        .collect())
+}
+
+/// A plain-text table.
+pub fn render(reports: &[TopicReport]) -> String {
+    let mut out = format!(
+        "{:<24} {:>10}  {:<28} {}\n",
+        "TOPIC", "MESSAGES", "END OFFSETS", "CONSUMER LAG"
+    );
+    for report in reports {
+        let ends: Vec<String> = report
+            .state
+            .partitions
+            .iter()
+            .map(|p| p.high.to_string())
+            .collect();
+        let lags: Vec<String> = report
+            .lags
+            .iter()
+            .map(|(c, lag)| format!("{c}={lag}"))
+            .collect();
+        out += &format!(
+            "{:<24} {:>10}  {:<28} {}\n",
+            report.state.topic,
+            report.state.messages(),
+            ends.join(","),
+            lags.join(" ")
+        );
+    }
+    out
+}

@@ -1,0 +1,20 @@
+//! The `quark` command, as a library so the end-to-end tests drive the same code.
+
+pub mod broker;
+pub mod commands;
+pub mod services;
+pub mod shutdown;
+
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+/// Every table of every service, in order.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(quark_events::bus::LedgerMigration),
+            Box::new(quark_journal::JournalMigration),
+        ]
+    }
+}

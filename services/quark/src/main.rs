@@ -1,0 +1,110 @@
+//! `quark`: run the continuous-learning loop, one service, or talk to its topics.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quark::commands::{publish, run, topics, trace, watch};
+use quark::services::Service;
+use quark::shutdown;
+use quark_runtime::{Settings, telemetry};
+use std::io::Read;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Quark: an event-sourced continuous-learning service for language models"
+)]
+struct Cli {
+    /// Configuration file (default: ./quark.toml if present). QUARK__SECTION__KEY environment
+    /// variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start everything: the embedded broker (unless bus.brokers is set), the database and every service.
+    Up,
+    /// Run one service against the configured cluster.
+    Run { service: Service },
+    /// Publish events: JSON (one object, an array, or JSON lines) from a file or stdin, validated against the topic's schema.
+    Publish {
+        topic: String,
+        /// Read from this file instead of stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Follow topics (default: all) and print each message as a JSON line.
+    Watch {
+        topics: Vec<String>,
+        /// Start at the beginning of each topic instead of its end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Topics, messages per partition and consumer-group lag.
+    Topics,
+    /// The events of one learning cycle (a correlation id), from the journal.
+    Trace { correlation_id: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    let _telemetry = telemetry::init("quark", &settings.telemetry)?;
+    match cli.command {
+        Command::Up => run::up(settings, shutdown::on_signal()).await,
+        Command::Run { service } => run::run(&settings, &[service], shutdown::on_signal()).await,
+        Command::Publish { topic, file } => {
+            let input = match file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => {
+                    let mut input = String::new();
+                    std::io::stdin().read_to_string(&mut input)?;
+                    input
+                }
+            };
+            let count = publish::publish(&settings, &topic, &input).await?;
+            eprintln!("published {count} event(s) to {topic}");
+            Ok(())
+        }
+        Command::Watch {
+            topics,
+            from_beginning,
+            limit,
+        } => {
+            let topics = watch::resolve_topics(&topics)?;
+            watch::watch(
+                &settings,
+                &topics,
+                from_beginning,
+                limit,
+                shutdown::on_signal(),
+            )
+            .await
+        }
+        Command::Topics => {
+            print!("{}", topics::render(&topics::topics(&settings).await?));
+            Ok(())
+        }
+        Command::Trace { correlation_id } => {
+            for entry in trace::trace(&settings, &correlation_id).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event_type": entry.event_type, "event_id": entry.event_id, "occurred_at": entry.occurred_at,
+                        "producer": entry.producer, "causation_id": entry.causation_id,
+                        "event": serde_json::from_str::<serde_json::Value>(&entry.payload).unwrap_or_default(),
+                    })
+                );
+            }
+            Ok(())
+        }
+    }
+}
