@@ -1,0 +1,247 @@
+//! Real things for tests: a Tansu broker process on a free port, SQLite files and fresh
+//! PostgreSQL databases, consumers that read topics from the beginning.
+
+use quark_events::bus::BusConfig;
+use quark_events::{Event, LocalRegistry, decode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sea_orm::DatabaseConnection;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where cargo put the workspace's executables (next to the test's `deps/` directory).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `quark-broker` child process with SQLite storage in a temporary directory.
+pub struct TestBroker {
+    pub address: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl TestBroker {
+    pub fn start() -> TestBroker {
+        let mut broker = TestBroker {
+            address: format!("127.0.0.1:{}", free_port()),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(bin("quark-broker"))
+            .args(["--listen", &self.address, "--data-dir"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start quark-broker");
+        self.child = Some(child);
+        wait_for("the broker to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&self.address).is_ok()
+        });
+    }
+
+    /// Kills the broker (SIGKILL, no clean shutdown) and starts it again on the same storage.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.spawn();
+    }
+
+    pub fn bus(&self) -> BusConfig {
+        BusConfig {
+            commit_interval_ms: 200,
+            session_timeout_ms: 6000,
+            max_poll_interval_ms: 10_000,
+            ..BusConfig::with_brokers(&self.address)
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `ready` every 50 ms until it holds; panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Async variant of [`wait_for`].
+pub async fn until<F, Fut>(what: &str, timeout: Duration, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ready().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A database for one test: a SQLite file in `dir`, or a fresh PostgreSQL database.
+pub enum TestDb {
+    Sqlite,
+    Postgres,
+}
+
+impl TestDb {
+    /// The URL of a new, empty database of this kind.
+    pub async fn url(&self, dir: &Path) -> String {
+        match self {
+            TestDb::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("quark.db").display()),
+            TestDb::Postgres => {
+                use sea_orm::ConnectionTrait;
+                let name = format!("quark_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = sea_orm::Database::connect(postgres_url("postgres")).await.expect(
+                    "PostgreSQL must run on 127.0.0.1:5432 with trust auth (`.ci/run` starts it)",
+                );
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                postgres_url(&name)
+            }
+        }
+    }
+
+    pub async fn open(&self, dir: &Path) -> DatabaseConnection {
+        quark_runtime::db::open::<quark::Migrator>(&self.url(dir).await)
+            .await
+            .unwrap()
+    }
+}
+
+pub fn postgres_url(database: &str) -> String {
+    let host =
+        std::env::var("QUARK_TEST_POSTGRES").unwrap_or_else(|_| "postgres@127.0.0.1:5432".into());
+    format!("postgres://{host}/{database}")
+}
+
+/// Reads every message of `topic` from the beginning until `count` have arrived.
+pub fn read_topic(bus: &BusConfig, topic: &str, count: usize) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = bus
+        .client_config("test-reader")
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        assignment
+            .add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    let start = Instant::now();
+    while messages.len() < count {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "only {} of {count} messages on {topic}",
+            messages.len()
+        );
+        if let Some(result) = consumer.poll(Duration::from_millis(200)) {
+            messages.push(result.unwrap().detach());
+        }
+    }
+    messages
+}
+
+pub fn decode_all(messages: &[OwnedMessage]) -> Vec<Event> {
+    let registry = LocalRegistry::default();
+    messages
+        .iter()
+        .map(|m| decode(m.payload().unwrap(), &registry).unwrap())
+        .collect()
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
+pub struct Process(pub Child);
+
+impl Process {
+    /// Kills it the hard way: no shutdown, no final commit.
+    pub fn crash(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// The offsets `group` has committed on `topic`, per partition (0 where none).
+///
+/// Only for groups with no live member: on Tansu 0.6 a second client reading a live group's
+/// offsets breaks that group's rebalancing.
+pub fn committed_offsets(bus: &BusConfig, group: &str, topic: &str) -> Vec<i64> {
+    let consumer: BaseConsumer = bus
+        .client_config("test-offsets")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        list.add_partition(topic, p.id());
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .collect()
+}
