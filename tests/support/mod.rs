@@ -11,10 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where cargo put the workspace's executables (next to the test's `deps/` directory).
+/// Where cargo put the workspace's executables: beside this one, or above a test's `deps/`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    let dir = exe.parent().unwrap();
+    let path = if dir.ends_with("deps") {
+        dir.parent().unwrap().join(name)
+    } else {
+        dir.join(name)
+    };
     assert!(
         path.exists(),
         "{} is missing: build it first with `cargo build --workspace --bins`",
@@ -160,8 +165,7 @@ pub fn postgres_url(database: &str) -> String {
 /// Reads every message of `topic` from the beginning until `count` have arrived.
 pub fn read_topic(bus: &BusConfig, topic: &str, count: usize) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = bus
-        .client_config("test-reader")
-        .set("group.id", "test-reader")
+        .consumer_config("test-reader", "test-reader")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();

@@ -23,6 +23,8 @@ pub struct BusConfig {
     /// A consumer that takes longer than this between two messages leaves its group; also the
     /// group's rebalance timeout, the longest a rebalance waits for members to rejoin.
     pub max_poll_interval_ms: u64,
+    /// The longest a fetch waits for new messages; lower means lower latency, more requests.
+    pub fetch_wait_max_ms: u64,
     /// Extra librdkafka properties for every client, e.g. `security.protocol`, `sasl.mechanism`,
     /// `sasl.username`, `ssl.ca.location`.
     #[serde(default)]
@@ -38,6 +40,7 @@ impl Default for BusConfig {
             commit_interval_ms: 1000,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
+            fetch_wait_max_ms: 50,
             properties: BTreeMap::new(),
         }
     }
@@ -60,6 +63,29 @@ impl BusConfig {
         for (key, value) in &self.properties {
             config.set(key, value);
         }
+        config
+    }
+
+    /// A consumer configuration for `group`: offsets are committed only by the caller's
+    /// explicit store (`enable.auto.offset.store=false`), from the earliest offset when the group
+    /// has none.
+    pub fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                self.commit_interval_ms.to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set(
+                "max.poll.interval.ms",
+                self.max_poll_interval_ms.to_string(),
+            )
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string());
         config
     }
 }

@@ -148,26 +148,7 @@ impl Runner {
     /// and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
         let name = self.handler.name().to_string();
-        let consumer: StreamConsumer = self
-            .bus
-            .client_config(&name)
-            .set("group.id", &name)
-            .set("enable.auto.commit", "true")
-            .set(
-                "auto.commit.interval.ms",
-                self.bus.commit_interval_ms.to_string(),
-            )
-            .set(
-                "session.timeout.ms",
-                self.bus.session_timeout_ms.to_string(),
-            )
-            .set(
-                "max.poll.interval.ms",
-                self.bus.max_poll_interval_ms.to_string(),
-            )
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
+        let consumer: StreamConsumer = self.bus.consumer_config(&name, &name).create()?;
         let topics: Vec<&str> = self.handler.consumes().iter().map(|k| k.topic()).collect();
         consumer.subscribe(&topics)?;
         let publisher = Publisher::new(&self.bus, &name)?;

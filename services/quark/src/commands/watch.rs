@@ -73,8 +73,7 @@ pub async fn watch(
     // Assigned partitions rather than a consumer group: watching commits nothing.
     let consumer: StreamConsumer = settings
         .bus
-        .client_config("quark-watch")
-        .set("group.id", "quark-watch")
+        .consumer_config("quark-watch", "quark-watch")
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer
