@@ -255,3 +255,31 @@ fn the_compatibility_check_rejects_a_breaking_change() {
     let compatible = Schema::parse(&json).unwrap();
     assert!(SchemaCompatibility::can_read(kind.schema(), &compatible).is_ok());
 }
+
+#[test]
+fn confluent_data_written_with_an_older_schema_decodes_into_the_current_type() {
+    // An older feedback.received without `labels`: a producer still on it registered it under
+    // its own id. Its data must decode, with `labels` taking the current schema's default.
+    let kind = EventKind::FeedbackReceived;
+    let mut old: Value = serde_json::from_str(kind.schema_text()).unwrap();
+    old["fields"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["name"] != "labels");
+    let old = Schema::parse(&old).unwrap();
+    let registry = LocalRegistry::default();
+    registry.register(100, old.clone());
+
+    let quark_events::Event::FeedbackReceived(mut current) = sample(kind, "old-producer") else {
+        unreachable!()
+    };
+    let mut record = apache_avro::to_value(&current).unwrap();
+    if let apache_avro::types::Value::Record(fields) = &mut record {
+        fields.retain(|(name, _)| name != "labels");
+    }
+    let datum = apache_avro::to_avro_datum(&old, record.resolve(&old).unwrap()).unwrap();
+    let message = [&[0u8][..], &100u32.to_be_bytes(), &datum].concat();
+
+    current.labels.clear();
+    assert_eq!(decode(&message, &registry).unwrap(), current.into());
+}

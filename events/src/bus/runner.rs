@@ -358,7 +358,7 @@ impl Runner {
                 Ok(value) => return Ok(value),
                 Err(error) => {
                     let error: BusError = error.into();
-                    warn!(attempt, %error, "infrastructure error; retrying");
+                    warn!(attempt, label = error.label(), %error, "infrastructure error; retrying");
                     self.sleep(attempt, shutdown).await?;
                     attempt += 1;
                 }
