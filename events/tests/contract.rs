@@ -277,7 +277,12 @@ fn confluent_data_written_with_an_older_schema_decodes_into_the_current_type() {
     if let apache_avro::types::Value::Record(fields) = &mut record {
         fields.retain(|(name, _)| name != "labels");
     }
-    let datum = apache_avro::to_avro_datum(&old, record.resolve(&old).unwrap()).unwrap();
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&old)
+        .build()
+        .unwrap();
+    let datum = writer
+        .write_value_to_vec(record.resolve(&old).unwrap())
+        .unwrap();
     let message = [&[0u8][..], &100u32.to_be_bytes(), &datum].concat();
 
     current.labels.clear();

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quark::commands::{publish, run, topics, trace, watch};
+use quark::commands::{plan, publish, run, topics, trace, watch};
 use quark::services::Service;
 use quark::shutdown;
 use quark_runtime::{Settings, telemetry};
@@ -50,6 +50,38 @@ enum Command {
     Topics,
     /// The events of one learning cycle (a correlation id), from the journal.
     Trace { correlation_id: String },
+    /// Size, FLOPs, memory and time of a training run, the compute-optimal size for a budget,
+    /// and the task catalogue. Defaults: GPT-2 small on 10B tokens on an H100.
+    Plan {
+        #[arg(long, default_value_t = 12)]
+        n_layer: u64,
+        #[arg(long, default_value_t = 12)]
+        n_head: u64,
+        #[arg(long, default_value_t = 768)]
+        n_embd: u64,
+        #[arg(long, default_value_t = 1024)]
+        block_size: u64,
+        #[arg(long, default_value_t = 50257)]
+        vocab_size: u64,
+        /// Training tokens.
+        #[arg(long, default_value_t = 10e9)]
+        tokens: f64,
+        /// h100, h200, a100, l4 or cpu.
+        #[arg(long, default_value = "h100")]
+        device: String,
+        /// Assumed model FLOPs utilisation, 0–1.
+        #[arg(long, default_value_t = 0.4)]
+        mfu: f64,
+        /// Sequences per optimizer micro-step, for the activation memory.
+        #[arg(long, default_value_t = 8)]
+        micro_batch: u64,
+        /// Train in fp32 instead of bf16 mixed precision.
+        #[arg(long)]
+        fp32: bool,
+        /// Also print the compute-optimal size for this many FLOPs.
+        #[arg(long)]
+        budget_flops: Option<f64>,
+    },
 }
 
 #[tokio::main]
@@ -91,6 +123,45 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Topics => {
             print!("{}", topics::render(&topics::topics(&settings).await?));
+            Ok(())
+        }
+        Command::Plan {
+            n_layer,
+            n_head,
+            n_embd,
+            block_size,
+            vocab_size,
+            tokens,
+            device,
+            mfu,
+            micro_batch,
+            fp32,
+            budget_flops,
+        } => {
+            let shape = quark_plan::Shape {
+                n_layer,
+                n_head,
+                n_embd,
+                block_size,
+                vocab_size,
+            };
+            let precision = if fp32 {
+                quark_plan::Precision::Fp32
+            } else {
+                quark_plan::Precision::Bf16Mixed
+            };
+            print!(
+                "{}",
+                plan::plan(&plan::PlanRequest {
+                    shape,
+                    tokens,
+                    device,
+                    mfu,
+                    micro_batch,
+                    precision,
+                    budget_flops
+                })?
+            );
             Ok(())
         }
         Command::Trace { correlation_id } => {

@@ -1,5 +1,6 @@
 //! One module per `quark` sub-command.
 
+pub mod plan;
 pub mod publish;
 pub mod run;
 pub mod topics;
