@@ -4,7 +4,7 @@
 //!     cargo run --release -p quark-e2e --bin quark-bench-bus -- [messages]
 
 use futures::stream::{self, StreamExt};
-use quark_e2e::{TestBroker, bin};
+use quark_e2e::{TestBroker, bin, partitions_at};
 use quark_events::bus::{BusConfig, Publisher, ensure_topics};
 use quark_events::samples::sample;
 use quark_events::{Event, EventKind, LocalRegistry, decode, encode};
@@ -12,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 use std::time::{Duration, Instant};
 
 const IN_FLIGHT: usize = 1000;
@@ -29,14 +29,9 @@ async fn consumer(bus: &BusConfig, topic: &str, start: Offset) -> StreamConsumer
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    consumer
+        .assign(&partitions_at(&consumer, topic, start))
         .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        list.add_partition_offset(topic, p.id(), start).unwrap();
-    }
-    consumer.assign(&list).unwrap();
     consumer
 }
 

@@ -22,6 +22,30 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A broker with Quark's topics and an empty database, for one test.
+struct World {
+    _broker: TestBroker,
+    _dir: tempfile::TempDir,
+    bus: BusConfig,
+    db: DatabaseConnection,
+}
+
+impl World {
+    async fn start(db: TestDb) -> World {
+        let broker = TestBroker::start();
+        let bus = broker.bus();
+        ensure_topics(&bus).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = db.open(dir.path()).await;
+        World {
+            _broker: broker,
+            _dir: dir,
+            bus,
+            db,
+        }
+    }
+}
+
 async fn journal_rows(db: &DatabaseConnection) -> u64 {
     Journal::find().count(db).await.unwrap()
 }
@@ -131,11 +155,8 @@ fn fast_retries() -> RetryPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_go_to_the_dead_letter_topic_and_the_consumer_goes_on() {
-    let broker = TestBroker::start();
-    let bus = broker.bus();
-    ensure_topics(&bus).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::Sqlite.open(dir.path()).await;
+    let world = World::start(TestDb::Sqlite).await;
+    let (bus, db) = (world.bus.clone(), world.db.clone());
     let publisher = Publisher::new(&bus, "test").unwrap();
     let topic = EventKind::FeedbackReceived.topic();
 
@@ -228,11 +249,8 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_consumer_goes_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_are_retried_and_permanent_ones_dead_lettered() {
-    let broker = TestBroker::start();
-    let bus = broker.bus();
-    ensure_topics(&bus).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::Sqlite.open(dir.path()).await;
+    let world = World::start(TestDb::Sqlite).await;
+    let (bus, db) = (world.bus.clone(), world.db.clone());
     let publisher = Publisher::new(&bus, "test").unwrap();
     for id in ["flaky", "broken", "hopeless", "fine"] {
         publisher.publish(&feedback(id)).await.unwrap();
@@ -422,11 +440,8 @@ async fn trace_context_travels_from_an_event_to_the_events_it_causes() {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let broker = TestBroker::start();
-    let bus = broker.bus();
-    ensure_topics(&bus).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::Sqlite.open(dir.path()).await;
+    let world = World::start(TestDb::Sqlite).await;
+    let (bus, db) = (world.bus.clone(), world.db.clone());
     let span = tracing::info_span!("user request");
     let trace_id = {
         use opentelemetry::trace::TraceContextExt;
@@ -457,11 +472,8 @@ async fn trace_context_travels_from_an_event_to_the_events_it_causes() {
 }
 
 async fn projection_on(kind: TestDb) {
-    let broker = TestBroker::start();
-    let bus = broker.bus();
-    ensure_topics(&bus).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = kind.open(dir.path()).await;
+    let world = World::start(kind).await;
+    let (bus, db) = (world.bus.clone(), world.db.clone());
     // One learning cycle: feedback → retrain request → model trained, linked by headers.
     let Event::FeedbackReceived(f) = feedback("cycle") else {
         unreachable!()

@@ -3,7 +3,7 @@
 
 use quark_events::bus::BusConfig;
 use quark_events::{Event, LocalRegistry, decode};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sea_orm::DatabaseConnection;
@@ -162,6 +162,22 @@ pub fn postgres_url(database: &str) -> String {
     format!("postgres://{host}/{database}")
 }
 
+/// Every partition of `topic`, each at `start`: an assignment, or a list to query offsets for.
+pub fn partitions_at<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    start: Offset,
+) -> TopicPartitionList {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        list.add_partition_offset(topic, p.id(), start).unwrap();
+    }
+    list
+}
+
 /// Reads every message of `topic` from the beginning until `count` have arrived.
 pub fn read_topic(bus: &BusConfig, topic: &str, count: usize) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = bus
@@ -169,16 +185,9 @@ pub fn read_topic(bus: &BusConfig, topic: &str, count: usize) -> Vec<OwnedMessag
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    consumer
+        .assign(&partitions_at(&consumer, topic, Offset::Beginning))
         .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        assignment
-            .add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
     let mut messages = Vec::new();
     let start = Instant::now();
     while messages.len() < count {
@@ -230,15 +239,11 @@ pub fn committed_offsets(bus: &BusConfig, group: &str, topic: &str) -> Vec<i64> 
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        list.add_partition(topic, p.id());
-    }
     let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
+        .committed_offsets(
+            partitions_at(&consumer, topic, Offset::Invalid),
+            Duration::from_secs(10),
+        )
         .unwrap();
     committed
         .elements()
