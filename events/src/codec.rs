@@ -10,7 +10,7 @@ use crate::catalogue::{Event, EventKind, entry};
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 const CONFLUENT_MAGIC: u8 = 0;
@@ -64,7 +64,7 @@ impl CodecError {
 /// Confluent registry implements it; [`LocalRegistry`] serves one process.
 pub trait SchemaResolver: Send + Sync {
     /// The writer schema registered under `id`.
-    fn schema(&self, id: u32) -> Option<Schema>;
+    fn schema(&self, id: u32) -> Option<Arc<Schema>>;
     /// The id under which the current schema of `kind` is registered.
     fn id_of(&self, kind: EventKind) -> Option<u32>;
 }
@@ -72,14 +72,22 @@ pub trait SchemaResolver: Send + Sync {
 /// An in-process registry: every current event schema registered at start (ids 1..=n in
 /// catalogue order) plus any writer schemas registered later, e.g. older versions.
 pub struct LocalRegistry {
-    by_id: RwLock<HashMap<u32, Schema>>,
+    by_id: RwLock<HashMap<u32, Registered>>,
 }
+
+/// A schema with its fingerprint, so lookups by event type compare 8 bytes.
+type Registered = (Arc<Schema>, [u8; 8]);
 
 impl Default for LocalRegistry {
     fn default() -> Self {
         let by_id = EventKind::ALL
             .iter()
-            .map(|k| (*k as u32 + 1, k.schema().clone()))
+            .map(|k| {
+                (
+                    *k as u32 + 1,
+                    (Arc::new(k.schema().clone()), k.fingerprint()),
+                )
+            })
             .collect();
         LocalRegistry {
             by_id: RwLock::new(by_id),
@@ -90,24 +98,25 @@ impl Default for LocalRegistry {
 impl LocalRegistry {
     /// Registers a writer schema under `id` (replacing any schema there).
     pub fn register(&self, id: u32, schema: Schema) {
+        let fingerprint = crate::fingerprint::fingerprint(&schema);
         self.by_id
             .write()
             .expect("registry lock")
-            .insert(id, schema);
+            .insert(id, (Arc::new(schema), fingerprint));
     }
 }
 
 impl SchemaResolver for LocalRegistry {
-    fn schema(&self, id: u32) -> Option<Schema> {
-        self.by_id.read().expect("registry lock").get(&id).cloned()
+    fn schema(&self, id: u32) -> Option<Arc<Schema>> {
+        let by_id = self.by_id.read().expect("registry lock");
+        by_id.get(&id).map(|(schema, _)| schema.clone())
     }
     fn id_of(&self, kind: EventKind) -> Option<u32> {
-        let current = kind.schema().canonical_form();
-        self.by_id
-            .read()
-            .expect("registry lock")
+        let current = kind.fingerprint();
+        let by_id = self.by_id.read().expect("registry lock");
+        by_id
             .iter()
-            .find(|(_, s)| s.canonical_form() == current)
+            .find(|(_, (_, f))| *f == current)
             .map(|(id, _)| *id)
     }
 }
