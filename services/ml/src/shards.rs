@@ -118,25 +118,16 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::{TrainOptions, train};
+    use crate::tokenizer::train_on;
 
     #[test]
     fn documents_round_trip_through_a_shard() {
         let dir = tempfile::tempdir().unwrap();
-        let corpus = dir.path().join("corpus.txt");
-        std::fs::write(
-            &corpus,
-            "the quick brown fox jumps over the lazy dog\n".repeat(100),
-        )
-        .unwrap();
-        let tokenizer = train(
-            &[&corpus],
-            &TrainOptions {
-                vocab_size: 300,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let tokenizer = train_on(
+            dir.path(),
+            &"the quick brown fox jumps over the lazy dog\n".repeat(100),
+            300,
+        );
         let documents: Vec<String> = (0..50)
             .map(|i| format!("document {i}: the quick brown fox"))
             .collect();
@@ -169,16 +160,7 @@ mod tests {
         assert!(matches!(Shard::open(&path), Err(MlError::BadShard(..))));
         std::fs::write(&path, b"not a shard").unwrap();
         assert!(matches!(Shard::open(&path), Err(MlError::BadShard(..))));
-        let corpus = dir.path().join("c.txt");
-        std::fs::write(&corpus, "a b c\n".repeat(10)).unwrap();
-        let tokenizer = train(
-            &[&corpus],
-            &TrainOptions {
-                vocab_size: 270,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let tokenizer = train_on(dir.path(), &"a b c\n".repeat(10), 270);
         assert!(matches!(
             write(&tokenizer, &[], &path),
             Err(MlError::Empty(_))

@@ -92,29 +92,30 @@ pub fn load(path: &Path) -> Result<Tokenizer, MlError> {
     Tokenizer::from_file(path).map_err(|e| MlError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
+/// A small tokenizer trained on `text` repeated, in `dir`: for tests across the crate.
+#[cfg(test)]
+pub(crate) fn train_on(dir: &Path, text: &str, vocab_size: usize) -> Tokenizer {
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    train(
+        &[&path],
+        &TrainOptions {
+            vocab_size,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn corpus(dir: &Path) -> std::path::PathBuf {
-        let path = dir.join("corpus.txt");
-        let text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n".repeat(200);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
     #[test]
     fn trains_saves_loads_and_round_trips_any_text() {
         let dir = tempfile::tempdir().unwrap();
-        let file = corpus(dir.path());
-        let tokenizer = train(
-            &[&file],
-            &TrainOptions {
-                vocab_size: 400,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n";
+        let tokenizer = train_on(dir.path(), &text.repeat(200), 400);
         // Special tokens come first, in order.
         assert_eq!(tokenizer.token_to_id(END_OF_TEXT), Some(0));
         assert_eq!(tokenizer.token_to_id(ASSISTANT), Some(3));

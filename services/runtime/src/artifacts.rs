@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use quark_events::Artifact;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -115,29 +115,27 @@ impl ArtifactStore for LocalStore {
     }
 
     async fn put_file(&self, path: &Path) -> Result<Artifact, ArtifactError> {
-        let io = |source| ArtifactError::Io {
-            path: path.to_path_buf(),
-            source,
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ArtifactError::Io { path, source }
         };
-        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        // One pass: hash while copying into the temporary file.
+        let mut input = tokio::fs::File::open(path).await.map_err(io(path))?;
+        let temp = self.temp_path();
+        let mut output = tokio::fs::File::create(&temp).await.map_err(io(&temp))?;
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 1 << 20];
         let mut size = 0u64;
         loop {
-            let n = file.read(&mut buffer).await.map_err(io)?;
+            let n = input.read(&mut buffer).await.map_err(io(path))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buffer[..n]);
+            output.write_all(&buffer[..n]).await.map_err(io(&temp))?;
             size += n as u64;
         }
-        let temp = self.temp_path();
-        tokio::fs::copy(path, &temp)
-            .await
-            .map_err(|source| ArtifactError::Io {
-                path: temp.clone(),
-                source,
-            })?;
+        output.flush().await.map_err(io(&temp))?;
         self.commit(&temp, hex::encode(hasher.finalize()), size)
             .await
     }
