@@ -165,7 +165,10 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_consumer_goes_on() 
     unknown_fingerprint[2..10].copy_from_slice(&[7; 8]);
     let poison: Vec<(Vec<u8>, &str)> = vec![
         (
-            (0..64).map(|_| rand::random::<u8>() | 1).collect(),
+            // Random bytes behind a first byte that no framing uses.
+            std::iter::once(0x7f)
+                .chain((0..63).map(|_| rand::random::<u8>()))
+                .collect(),
             "unknown_framing",
         ),
         (good[..good.len() / 2].to_vec(), "invalid_avro"),

@@ -179,7 +179,8 @@ pub fn decode(bytes: &[u8], resolver: &dyn SchemaResolver) -> Result<Event, Code
                 EventKind::from_schema_name(&name).ok_or(CodecError::UnknownSchemaName(name))?;
             read_datum(kind, &writer, &rest[4..])
         }
-        [first, ..] if *first == SINGLE_OBJECT_MAGIC[0] => {
+        // Only a lone C3 is a cut-off magic; C3 followed by anything but 01 is another framing.
+        [first] if *first == SINGLE_OBJECT_MAGIC[0] => {
             Err(CodecError::Truncated("single-object magic"))
         }
         [first, ..] => Err(CodecError::UnknownFraming(*first)),

@@ -163,6 +163,8 @@ fn bad_bytes_are_clear_errors() {
         (vec![], "empty"),
         (vec![0x7b, 0x22], "unknown_framing"),
         (vec![0xC3, 0x01, 1, 2], "truncated"),
+        (vec![0xC3], "truncated"),
+        (vec![0xC3, 0x02, 1, 2], "unknown_framing"),
         (
             [&[0xC3, 0x01], &[9u8; 8][..], &good[10..]].concat(),
             "unknown_fingerprint",
