@@ -1,10 +1,27 @@
 //! Quark's ML core, a plain library: no Kafka, no database.
 //!
-//! - [`tokenizer`]: byte-level BPE trained with Hugging Face `tokenizers`, saved as `tokenizer.json`.
+//! - [`tokenizer`]: byte-level BPE and character tokenizers (Hugging Face `tokenizers`).
 //! - [`shards`]: datasets encoded into flat files of token ids, read back memory-mapped.
+//! - [`gpt`]: the GPT-2 architecture on libtorch, with Hugging Face names and layout.
+//! - [`data`], [`chat`]: pre-training windows, the chat template and packed SFT rows.
+//! - [`optim`], [`train`]: AdamW, the schedule and the training loop with exact resume.
+//! - [`checkpoint`]: checkpoints that are Hugging Face model directories.
+//! - [`generate`]: KV-cached sampling with streaming.
+//! - [`device`]: CUDA when present, the CPU otherwise.
 
+pub mod chat;
+pub mod checkpoint;
+pub mod corpus;
+pub mod data;
+pub mod device;
+pub mod generate;
+pub mod gpt;
+pub mod optim;
 pub mod shards;
 pub mod tokenizer;
+pub mod train;
+
+pub use tokenizers::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MlError {
@@ -20,6 +37,16 @@ pub enum MlError {
     BadShard(std::path::PathBuf, String),
     #[error("empty dataset: {0}")]
     Empty(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("data: {0}")]
+    Data(String),
+    #[error("training diverged at step {0}: loss {1}")]
+    Diverged(u64, f64),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
 }
 
 impl MlError {

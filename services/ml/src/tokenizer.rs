@@ -1,4 +1,7 @@
-//! Byte-level BPE (the GPT-2 scheme): any text round-trips, no unknown tokens.
+//! Tokenizers, all Hugging Face `tokenizers` models saved as `tokenizer.json`:
+//! - byte-level BPE (the GPT-2 scheme): any text round-trips, no unknown tokens;
+//! - character level (a BPE with no merges over the corpus's characters), for small corpora
+//!   and the Shakespeare baseline.
 
 use crate::MlError;
 use std::path::Path;
@@ -12,6 +15,8 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub const SYSTEM: &str = "<|system|>";
 pub const USER: &str = "<|user|>";
 pub const ASSISTANT: &str = "<|assistant|>";
+/// What a character-level tokenizer maps characters it never saw to.
+pub const UNKNOWN: &str = "<|unk|>";
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -83,6 +88,36 @@ pub fn train(files: &[&Path], options: &TrainOptions) -> Result<Tokenizer, MlErr
     Ok(Tokenizer::from(tokenizer))
 }
 
+/// A character-level tokenizer over every character of `text`: the special tokens first
+/// (ids 0–3), then [`UNKNOWN`], then the characters in code-point order.
+pub fn train_chars(text: &str) -> Result<Tokenizer, MlError> {
+    let mut chars: Vec<char> = text.chars().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    if chars.is_empty() {
+        return Err(MlError::Empty(
+            "no text to build a character vocabulary from".into(),
+        ));
+    }
+    let specials = [END_OF_TEXT, SYSTEM, USER, ASSISTANT, UNKNOWN];
+    let vocab: tokenizers::models::bpe::Vocab = specials
+        .iter()
+        .map(|s| s.to_string())
+        .chain(chars.iter().map(char::to_string))
+        .enumerate()
+        .map(|(id, token)| (token, id as u32))
+        .collect();
+    let model = BPE::builder()
+        .vocab_and_merges(vocab, vec![])
+        .unk_token(UNKNOWN.into())
+        .build()
+        .map_err(err)?;
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_decoder(Some(tokenizers::decoders::fuse::Fuse::new()));
+    tokenizer.add_special_tokens(&specials.map(|s| AddedToken::from(s, true)));
+    Ok(tokenizer)
+}
+
 pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<(), MlError> {
     tokenizer.save(path, false).map_err(err)
 }
@@ -147,6 +182,27 @@ mod tests {
                 .get_ids()[0],
             2
         );
+    }
+
+    #[test]
+    fn character_tokenizer_maps_each_character_to_one_id() {
+        let tokenizer = train_chars("First Citizen:\nBefore we proceed").unwrap();
+        let text = "Before Citizen";
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids.len(), text.chars().count());
+        assert_eq!(tokenizer.decode(&ids, false).unwrap(), text);
+        // 5 specials + 19 distinct characters; code-point order puts '\n' first.
+        assert_eq!(tokenizer.get_vocab_size(true), 5 + 19);
+        assert_eq!(tokenizer.token_to_id("\n"), Some(5));
+        let unknown = tokenizer.encode("Bx", false).unwrap();
+        assert_eq!(
+            unknown.get_ids()[1],
+            tokenizer.token_to_id(UNKNOWN).unwrap()
+        );
+        let chat = tokenizer.encode("<|user|>Be<|endoftext|>", false).unwrap();
+        assert_eq!(chat.get_ids().len(), 4);
+        assert_eq!(chat.get_ids()[0], 2);
+        assert!(matches!(train_chars(""), Err(MlError::Empty(_))));
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! Checkpoints. Every checkpoint directory is a Hugging Face GPT-2 model as it stands
+//! (`config.json`, `model.safetensors`, `tokenizer.json`), plus what resuming needs:
+//! `optimizer.safetensors` (AdamW moments) and `trainer_state.json`.
+//!
+//! A run directory holds `step-<n>` checkpoints and a `latest` file naming the newest. Each
+//! checkpoint is written under a temporary name and renamed into place, and `latest` is
+//! replaced atomically, so a crash never leaves a half-written checkpoint behind the name.
+
+use crate::MlError;
+use crate::gpt::{Gpt, GptConfig};
+use crate::optim::AdamW;
+use crate::tokenizer::END_OF_TEXT;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::Device;
+use tokenizers::Tokenizer;
+
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+pub const TOKENIZER: &str = "tokenizer.json";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+pub const STATE: &str = "trainer_state.json";
+const LATEST: &str = "latest";
+/// Older checkpoints beyond this many are removed.
+const KEEP: usize = 2;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MlError + '_ {
+    MlError::io(path)
+}
+
+fn bad(path: &Path, why: impl std::fmt::Display) -> MlError {
+    MlError::Checkpoint(format!("{}: {why}", path.display()))
+}
+
+/// Writes a checkpoint into a new directory `dir` (which must not exist).
+pub fn save<S: Serialize>(
+    dir: &Path,
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    optimizer: Option<&AdamW>,
+    state: &S,
+) -> Result<(), MlError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
+    let tmp = parent.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let eos = tokenizer.token_to_id(END_OF_TEXT).unwrap_or(0);
+    write_json(&tmp.join(CONFIG), &model.config.to_hf_json(eos))?;
+    model
+        .vs
+        .save(tmp.join(WEIGHTS))
+        .map_err(|e| bad(&tmp.join(WEIGHTS), e))?;
+    tokenizer
+        .save(tmp.join(TOKENIZER), false)
+        .map_err(|e| bad(&tmp.join(TOKENIZER), e))?;
+    if let Some(optimizer) = optimizer {
+        optimizer.save(&tmp.join(OPTIMIZER))?;
+    }
+    write_json(&tmp.join(STATE), state)?;
+    if dir.exists() {
+        return Err(bad(dir, "already exists; refusing to overwrite it"));
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))
+}
+
+fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), MlError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| bad(path, e))?;
+    std::fs::write(path, text).map_err(io(path))
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, MlError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| bad(path, e))
+}
+
+/// Loads the model and tokenizer of a checkpoint (or any HF GPT-2 directory in this layout),
+/// checking that they agree.
+pub fn load(dir: &Path, device: Device) -> Result<(Gpt, Tokenizer), MlError> {
+    if !dir.is_dir() {
+        return Err(bad(dir, "no such checkpoint directory"));
+    }
+    let config: GptConfig = read_json(&dir.join(CONFIG))?;
+    let tokenizer = crate::tokenizer::load(&dir.join(TOKENIZER))?;
+    let vocab = tokenizer.get_vocab_size(true) as i64;
+    if vocab > config.vocab_size {
+        return Err(MlError::Config(format!(
+            "{}: the tokenizer has {vocab} tokens but the model only {}",
+            dir.display(),
+            config.vocab_size
+        )));
+    }
+    let mut model = Gpt::uninitialised(config, device)?;
+    let weights = dir.join(WEIGHTS);
+    if !weights.exists() {
+        return Err(bad(&weights, "missing"));
+    }
+    model.vs.load(&weights).map_err(|e| bad(&weights, e))?;
+    Ok((model, tokenizer))
+}
+
+/// A directory of `step-<n>` checkpoints.
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> RunDir {
+        RunDir { root: root.into() }
+    }
+
+    /// The newest checkpoint, if any.
+    pub fn latest(&self) -> Result<Option<PathBuf>, MlError> {
+        let pointer = self.root.join(LATEST);
+        match std::fs::read_to_string(&pointer) {
+            Ok(name) => {
+                let dir = self.root.join(name.trim());
+                if !dir.is_dir() {
+                    return Err(bad(
+                        &pointer,
+                        format!("names {}, which is missing", dir.display()),
+                    ));
+                }
+                Ok(Some(dir))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&pointer)(e)),
+        }
+    }
+
+    /// Saves the checkpoint of `step`, points `latest` at it and prunes old ones.
+    pub fn save<S: Serialize>(
+        &self,
+        step: u64,
+        model: &Gpt,
+        tokenizer: &Tokenizer,
+        optimizer: Option<&AdamW>,
+        state: &S,
+    ) -> Result<PathBuf, MlError> {
+        let name = format!("step-{step:08}");
+        let dir = self.root.join(&name);
+        if dir.exists() {
+            // The same step saved again (a resumed run stopping where it started).
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        save(&dir, model, tokenizer, optimizer, state)?;
+        let tmp = self.root.join(".latest.tmp");
+        std::fs::write(&tmp, &name).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, self.root.join(LATEST)).map_err(io(&self.root))?;
+        self.prune(&name)?;
+        Ok(dir)
+    }
+
+    fn prune(&self, keep_latest: &str) -> Result<(), MlError> {
+        let mut steps: Vec<String> = std::fs::read_dir(&self.root)
+            .map_err(io(&self.root))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("step-") && n.as_str() != keep_latest)
+            .collect();
+        steps.sort();
+        let excess = (steps.len() + 1).saturating_sub(KEEP);
+        for name in &steps[..excess] {
+            let dir = self.root.join(name);
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! Training batches. Each batch is a pure function of the run's seed and the batch's index
+//! (step × accumulation + micro-step), so a run resumed at step `s` reads exactly the batches
+//! an uninterrupted run would have.
+
+use crate::MlError;
+use crate::gpt::{Context, IGNORE};
+use crate::shards::Shard;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tch::{Device, Kind, Tensor};
+
+/// Inputs and next-token targets `[batch, time]`, with the positions and attention mask of
+/// packed rows where there are several examples per row.
+pub struct Batch {
+    pub input: Tensor,
+    pub target: Tensor,
+    pub positions: Option<Tensor>,
+    pub mask: Option<Tensor>,
+}
+
+impl Batch {
+    pub fn context(&self) -> Context<'_> {
+        Context {
+            positions: self.positions.as_ref(),
+            mask: self.mask.as_ref(),
+        }
+    }
+
+    /// Targets that are scored (not [`IGNORE`]).
+    pub fn scored_tokens(&self) -> i64 {
+        self.target.ne(IGNORE).sum(Kind::Int64).int64_value(&[])
+    }
+}
+
+pub trait Batches {
+    /// The `index`-th micro-batch of the run.
+    fn batch(&self, index: u64, device: Device) -> Result<Batch, MlError>;
+    /// Tokens fed to the model per batch (for tokens/s).
+    fn tokens_per_batch(&self) -> usize;
+}
+
+/// A generator for one position of the run's random stream.
+fn rng_at(seed: u64, index: u64) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index)
+}
+
+fn to_tensor(rows: Vec<i64>, batch: usize, device: Device) -> Tensor {
+    Tensor::from_slice(&rows)
+        .view([batch as i64, -1])
+        .to_device(device)
+}
+
+/// Pre-training: `batch_size` windows of `block_size + 1` tokens at random offsets of a shard.
+pub struct Windows {
+    shard: Shard,
+    batch_size: usize,
+    block_size: usize,
+    seed: u64,
+}
+
+impl Windows {
+    pub fn new(
+        shard: Shard,
+        batch_size: usize,
+        block_size: usize,
+        seed: u64,
+    ) -> Result<Windows, MlError> {
+        if shard.len() <= block_size + 1 {
+            return Err(MlError::Empty(format!(
+                "{} tokens cannot fill one window of {} + 1",
+                shard.len(),
+                block_size
+            )));
+        }
+        Ok(Windows {
+            shard,
+            batch_size,
+            block_size,
+            seed,
+        })
+    }
+}
+
+impl Batches for Windows {
+    fn batch(&self, index: u64, device: Device) -> Result<Batch, MlError> {
+        let mut rng = rng_at(self.seed, index);
+        let (t, last) = (self.block_size, self.shard.len() - self.block_size - 1);
+        let mut input = Vec::with_capacity(self.batch_size * t);
+        let mut target = Vec::with_capacity(self.batch_size * t);
+        for _ in 0..self.batch_size {
+            let window = self.shard.window(rng.random_range(0..=last), t + 1)?;
+            input.extend(window[..t].iter().map(|&id| id as i64));
+            target.extend(window[1..].iter().map(|&id| id as i64));
+        }
+        Ok(Batch {
+            input: to_tensor(input, self.batch_size, device),
+            target: to_tensor(target, self.batch_size, device),
+            positions: None,
+            mask: None,
+        })
+    }
+
+    fn tokens_per_batch(&self) -> usize {
+        self.batch_size * self.block_size
+    }
+}
+
+/// The whole of a validation shard as non-overlapping windows, `batch_size` at a time;
+/// `limit` keeps only the first windows (for quick periodic checks).
+pub fn validation_batches(
+    shard: &Shard,
+    block_size: usize,
+    batch_size: usize,
+    limit: Option<usize>,
+    device: Device,
+) -> Result<Vec<Batch>, MlError> {
+    let windows = (shard.len().saturating_sub(1)) / block_size;
+    let windows = limit.map_or(windows, |l| l.min(windows));
+    if windows == 0 {
+        return Err(MlError::Empty(format!(
+            "the validation split ({} tokens) is shorter than one window of {block_size}",
+            shard.len()
+        )));
+    }
+    (0..windows)
+        .collect::<Vec<_>>()
+        .chunks(batch_size)
+        .map(|chunk| {
+            let (mut input, mut target) = (Vec::new(), Vec::new());
+            for &w in chunk {
+                let ids = shard.window(w * block_size, block_size + 1)?;
+                input.extend(ids[..block_size].iter().map(|&id| id as i64));
+                target.extend(ids[1..].iter().map(|&id| id as i64));
+            }
+            Ok(Batch {
+                input: to_tensor(input, chunk.len(), device),
+                target: to_tensor(target, chunk.len(), device),
+                positions: None,
+                mask: None,
+            })
+        })
+        .collect()
+}
+
+/// One tokenised example: ids and whether each id is a scored target.
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub scored: Vec<bool>,
+}
+
+/// SFT: short examples packed into rows of `block_size`. Each example keeps its own
+/// positions and sees only itself; rows are drawn in a fresh seeded order every epoch.
+pub struct Packed {
+    rows: Vec<Row>,
+    batch_size: usize,
+    block_size: usize,
+    seed: u64,
+    /// Examples cut to fit a row.
+    pub truncated: usize,
+}
+
+struct Row {
+    input: Vec<i64>,
+    target: Vec<i64>,
+    positions: Vec<i64>,
+    segments: Vec<i64>,
+}
+
+impl Row {
+    fn new() -> Row {
+        Row {
+            input: vec![],
+            target: vec![],
+            positions: vec![],
+            segments: vec![],
+        }
+    }
+
+    /// Fills the row to `block_size`: padding is its own segment and is never scored.
+    fn pad(mut self, block_size: usize, pad_id: u32) -> Row {
+        let pad = block_size - self.input.len();
+        let segment = self.segments.last().map_or(0, |s| s + 1);
+        self.input.extend(std::iter::repeat_n(pad_id as i64, pad));
+        self.target.extend(std::iter::repeat_n(IGNORE, pad));
+        self.positions.extend(0..pad as i64);
+        self.segments.extend(std::iter::repeat_n(segment, pad));
+        self
+    }
+}
+
+impl Packed {
+    pub fn new(
+        examples: &[Example],
+        batch_size: usize,
+        block_size: usize,
+        pad_id: u32,
+        seed: u64,
+    ) -> Result<Packed, MlError> {
+        let mut rows = Vec::new();
+        let mut row = Row::new();
+        let mut truncated = 0;
+        for example in examples {
+            // An example of n ids gives n - 1 (input, target) pairs.
+            let pairs = example.ids.len().saturating_sub(1);
+            if pairs == 0 || !example.scored[1..].iter().any(|s| *s) {
+                continue;
+            }
+            let len = if pairs > block_size {
+                truncated += 1;
+                block_size
+            } else {
+                pairs
+            };
+            if row.input.len() + len > block_size {
+                rows.push(std::mem::replace(&mut row, Row::new()).pad(block_size, pad_id));
+            }
+            let segment = row.segments.last().map_or(0, |s| s + 1);
+            for i in 0..len {
+                row.input.push(example.ids[i] as i64);
+                row.target.push(if example.scored[i + 1] {
+                    example.ids[i + 1] as i64
+                } else {
+                    IGNORE
+                });
+                row.positions.push(i as i64);
+                row.segments.push(segment);
+            }
+        }
+        if !row.input.is_empty() {
+            rows.push(row.pad(block_size, pad_id));
+        }
+        if rows.is_empty() {
+            return Err(MlError::Empty(
+                "no SFT example has an assistant turn to learn from".into(),
+            ));
+        }
+        Ok(Packed {
+            rows,
+            batch_size,
+            block_size,
+            seed,
+            truncated,
+        })
+    }
+}
+
+impl Batches for Packed {
+    fn batch(&self, index: u64, device: Device) -> Result<Batch, MlError> {
+        let n = self.rows.len() as u64;
+        let mut order: Option<(u64, Vec<usize>)> = None;
+        let rows: Vec<&Row> = (0..self.batch_size as u64)
+            .map(|b| {
+                // The k-th row drawn in the run: epoch k / n, in that epoch's own order.
+                let k = index * self.batch_size as u64 + b;
+                let epoch = k / n;
+                if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    let mut rows: Vec<usize> = (0..n as usize).collect();
+                    rows.shuffle(&mut rng_at(self.seed, epoch));
+                    order = Some((epoch, rows));
+                }
+                &self.rows[order.as_ref().unwrap().1[(k % n) as usize]]
+            })
+            .collect();
+        Ok(self.assemble(&rows, device))
+    }
+
+    fn tokens_per_batch(&self) -> usize {
+        self.batch_size * self.block_size
+    }
+}
+
+impl Packed {
+    /// Every row once, in order (validation).
+    pub fn sequential(&self, device: Device) -> Vec<Batch> {
+        let rows: Vec<&Row> = self.rows.iter().collect();
+        rows.chunks(self.batch_size)
+            .map(|chunk| self.assemble(chunk, device))
+            .collect()
+    }
+
+    fn assemble(&self, rows: &[&Row], device: Device) -> Batch {
+        let (mut input, mut target, mut positions, mut segments) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            input.extend_from_slice(&row.input);
+            target.extend_from_slice(&row.target);
+            positions.extend_from_slice(&row.positions);
+            segments.extend_from_slice(&row.segments);
+        }
+        let b = rows.len();
+        let segments = to_tensor(segments, b, device);
+        let t = self.block_size as i64;
+        let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
+        let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1));
+        Batch {
+            input: to_tensor(input, b, device),
+            target: to_tensor(target, b, device),
+            positions: Some(to_tensor(positions, b, device)),
+            mask: Some(same.logical_and(&causal).unsqueeze(1)),
+        }
+    }
+}

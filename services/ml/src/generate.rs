@@ -1,0 +1,223 @@
+//! Text generation: KV cache, greedy / temperature / top-k / top-p sampling, stop tokens and
+//! stop sequences, a token budget, and streaming of text as it is produced.
+
+use crate::MlError;
+use crate::gpt::{Context, Gpt, KvCache};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::ops::ControlFlow;
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// 0 is greedy decoding.
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: Option<f64>,
+    /// Text that ends generation; it is not part of the output.
+    pub stop: Vec<String>,
+    /// Token ids that end generation (end-of-text, the next role marker).
+    pub stop_tokens: Vec<u32>,
+    pub seed: u64,
+    /// Reuse keys and values of earlier positions (off only to check the cache).
+    pub use_cache: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 64,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            stop: vec![],
+            stop_tokens: vec![],
+            seed: 0,
+            use_cache: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop sequence.
+    Stop,
+    /// The token budget or the model's context ran out.
+    Length,
+    /// The caller stopped the stream.
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish: FinishReason,
+}
+
+/// Generates a continuation of `prompt`, calling `on_text` with each new piece of text
+/// (whole characters only, stop sequences never shown) as it is decided.
+pub fn generate(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Generation, MlError> {
+    let block = model.config.block_size as usize;
+    if prompt.is_empty() {
+        return Err(MlError::Config("the prompt is empty".into()));
+    }
+    if prompt.len() >= block {
+        return Err(MlError::Config(format!(
+            "the prompt has {} tokens; the model's context is {block}",
+            prompt.len()
+        )));
+    }
+    if let Some(p) = options.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(MlError::Config(format!("top_p {p} is outside (0, 1]")));
+    }
+    if options.temperature < 0.0 {
+        return Err(MlError::Config("temperature must not be negative".into()));
+    }
+    let device = model.device();
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut cache = KvCache::default();
+    let mut tokens: Vec<u32> = Vec::new();
+    let mut shown = 0; // bytes of decoded text already passed to on_text
+    let mut finish = FinishReason::Length;
+    let text = tch::no_grad(|| -> Result<String, MlError> {
+        let mut text = String::new();
+        while tokens.len() < options.max_tokens && prompt.len() + tokens.len() < block {
+            let (input, cache_ref) = if options.use_cache && !cache.is_empty() {
+                (vec![*tokens.last().unwrap()], Some(&mut cache))
+            } else if options.use_cache {
+                (prompt.to_vec(), Some(&mut cache))
+            } else {
+                ([prompt, &tokens].concat(), None)
+            };
+            let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
+            let idx = Tensor::from_slice(&ids).view([1, -1]).to_device(device);
+            let logits = model.forward(&idx, &Context::default(), cache_ref, false)?;
+            let next = pick(&logits.select(1, -1).squeeze_dim(0), options, &mut rng)?;
+            if options.stop_tokens.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            tokens.push(next);
+            text = tokenizer
+                .decode(&tokens, true)
+                .map_err(|e| MlError::Tokenizer(e.to_string()))?;
+            if let Some(at) = options
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
+                text.truncate(at);
+                finish = FinishReason::Stop;
+            }
+            // Hold back an incomplete character and any tail that may begin a stop sequence.
+            let settled = if finish == FinishReason::Stop {
+                text.len()
+            } else {
+                settled_len(&text, &options.stop)
+            };
+            if settled > shown {
+                let piece = &text[shown..settled];
+                shown = settled;
+                if on_text(piece).is_break() {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+            }
+            if finish == FinishReason::Stop {
+                break;
+            }
+        }
+        if finish == FinishReason::Length && text.len() > shown {
+            let _ = on_text(&text[shown..]);
+        }
+        Ok(text)
+    })?;
+    Ok(Generation {
+        text,
+        tokens,
+        prompt_tokens: prompt.len(),
+        finish,
+    })
+}
+
+/// The length of `text` that can be shown: no trailing replacement character (a byte-level
+/// token split inside a character) and no tail that is a prefix of a stop sequence.
+fn settled_len(text: &str, stop: &[String]) -> usize {
+    let end = text.trim_end_matches('\u{FFFD}').len();
+    let held = stop
+        .iter()
+        .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
+        .filter(|prefix| text[..end].ends_with(prefix))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    end - held
+}
+
+/// The next token from last-position logits `[vocab]`, sampled on the host with the
+/// request's own generator (reproducible per seed, independent of other requests).
+fn pick(logits: &Tensor, options: &GenerateOptions, rng: &mut StdRng) -> Result<u32, MlError> {
+    if options.temperature == 0.0 {
+        return Ok(logits.argmax(0, false).int64_value(&[]) as u32);
+    }
+    let logits = Vec::<f32>::try_from(&logits.to_device(Device::Cpu).to_kind(Kind::Float))?;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if let Some(k) = options.top_k.filter(|&k| k > 0) {
+        order.truncate(k);
+    }
+    let top = logits[order[0]] as f64;
+    let mut weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / options.temperature).exp())
+        .collect();
+    if let Some(p) = options.top_p {
+        // Keep the most likely tokens until their probability reaches p.
+        let total: f64 = weights.iter().sum();
+        let mut cumulative = 0.0;
+        let keep = weights
+            .iter()
+            .position(|w| {
+                cumulative += w / total;
+                cumulative >= p
+            })
+            .map_or(weights.len(), |i| i + 1);
+        weights.truncate(keep);
+    }
+    let mut target = rng.random::<f64>() * weights.iter().sum::<f64>();
+    for (i, w) in weights.iter().enumerate() {
+        target -= w;
+        if target < 0.0 {
+            return Ok(order[i] as u32);
+        }
+    }
+    Ok(order[weights.len() - 1] as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_back_partial_characters_and_stop_prefixes() {
+        let stop = vec!["\n\n".to_string(), "END".to_string()];
+        assert_eq!(settled_len("hello", &stop), 5);
+        assert_eq!(settled_len("hello\n", &stop), 5);
+        assert_eq!(settled_len("hello EN", &stop), 6);
+        assert_eq!(settled_len("caf\u{FFFD}", &stop), 3);
+        assert_eq!(settled_len("hello E", &[]), 7);
+    }
+}

@@ -1,0 +1,400 @@
+//! The GPT-2 architecture in libtorch: learned positions, pre-LayerNorm blocks, tanh-GELU
+//! MLP, causal attention through `scaled_dot_product_attention`, and an output layer tied to
+//! the token embedding.
+//!
+//! Variables carry Hugging Face's `GPT2LMHeadModel` names and layout (`transformer.h.0.attn.c_attn.weight`,
+//! with HF's `Conv1D` storing weights as `[in, out]`), so a saved `VarStore` is a loadable
+//! `model.safetensors`.
+
+use crate::MlError;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
+
+/// A model's shape. Serialised as the Hugging Face GPT-2 `config.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GptConfig {
+    pub vocab_size: i64,
+    #[serde(rename = "n_positions")]
+    pub block_size: i64,
+    pub n_layer: i64,
+    pub n_head: i64,
+    pub n_embd: i64,
+    /// Dropout on embeddings, attention weights and residual branches while training.
+    #[serde(rename = "resid_pdrop")]
+    pub dropout: f64,
+}
+
+impl GptConfig {
+    pub fn validate(&self) -> Result<(), MlError> {
+        let bad = |why: String| Err(MlError::Config(why));
+        if self.vocab_size < 1 || self.block_size < 1 || self.n_layer < 1 || self.n_head < 1 {
+            return bad(format!("every dimension must be positive: {self:?}"));
+        }
+        if self.n_embd % self.n_head != 0 {
+            return bad(format!(
+                "n_embd {} is not divisible by n_head {}",
+                self.n_embd, self.n_head
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} is outside [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// The shape as the planning library counts it.
+    pub fn shape(&self) -> quark_plan::Shape {
+        quark_plan::Shape {
+            n_layer: self.n_layer as u64,
+            n_head: self.n_head as u64,
+            n_embd: self.n_embd as u64,
+            block_size: self.block_size as u64,
+            vocab_size: self.vocab_size as u64,
+        }
+    }
+
+    /// The Hugging Face `config.json` of this shape.
+    pub fn to_hf_json(&self, eos_token_id: u32) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.block_size,
+            "n_ctx": self.block_size,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_embd": self.n_embd,
+            "n_inner": null,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": LAYER_NORM_EPS,
+            "resid_pdrop": self.dropout,
+            "embd_pdrop": self.dropout,
+            "attn_pdrop": self.dropout,
+            "initializer_range": 0.02,
+            "tie_word_embeddings": true,
+            "bos_token_id": eos_token_id,
+            "eos_token_id": eos_token_id,
+            "torch_dtype": "float32",
+        })
+    }
+}
+
+const LAYER_NORM_EPS: f64 = 1e-5;
+/// Targets with this id are not scored (prompt tokens in SFT, padding).
+pub const IGNORE: i64 = -100;
+
+/// HF's `Conv1D`: `y = x W + b` with `W` stored `[in, out]`.
+struct Conv1D {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1D {
+    fn new(path: nn::Path, init: &mut Normal, d_in: i64, d_out: i64, std: f64) -> Conv1D {
+        Conv1D {
+            weight: init.var(&path, "weight", &[d_in, d_out], std),
+            bias: path.zeros("bias", &[d_out]),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, dtype: Kind) -> Tensor {
+        let (d_in, d_out) = self.weight.size2().unwrap();
+        let mut out_shape = x.size();
+        *out_shape.last_mut().unwrap() = d_out;
+        Tensor::addmm(
+            &self.bias.to_kind(dtype),
+            &x.reshape([-1, d_in]).to_kind(dtype),
+            &self.weight.to_kind(dtype),
+        )
+        .view(out_shape.as_slice())
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    fn new(path: nn::Path, d: i64) -> LayerNorm {
+        LayerNorm {
+            weight: path.ones("weight", &[d]),
+            bias: path.zeros("bias", &[d]),
+        }
+    }
+
+    /// Normalises in fp32 whatever the compute type, as autocast does.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let d = self.weight.size()[0];
+        x.to_kind(Kind::Float).layer_norm(
+            [d],
+            Some(&self.weight),
+            Some(&self.bias),
+            LAYER_NORM_EPS,
+            true,
+        )
+    }
+}
+
+/// Normal initialisation drawn on the host from a generator of its own: the same seed gives
+/// the same weights on any device, whatever else uses torch's process-wide generator.
+/// Without a generator (a model about to be loaded) weights start at zero.
+struct Normal(Option<StdRng>);
+
+impl Normal {
+    fn var(&mut self, path: &nn::Path, name: &str, dims: &[i64], std: f64) -> Tensor {
+        let Some(rng) = self.0.as_mut() else {
+            return path.zeros(name, dims);
+        };
+        let n = dims.iter().product::<i64>() as usize;
+        let values: Vec<f32> = (0..n)
+            .map(|_| (std * rng.sample::<f64, _>(StandardNormal)) as f32)
+            .collect();
+        path.var_copy(name, &Tensor::from_slice(&values).view(dims))
+    }
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Conv1D,
+    attn_proj: Conv1D,
+    ln_2: LayerNorm,
+    c_fc: Conv1D,
+    mlp_proj: Conv1D,
+}
+
+/// Keys and values of the positions seen so far, one pair per layer: `[batch, head, time, head_dim]`.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// Positions already cached.
+    pub fn len(&self) -> i64 {
+        self.layers.first().map_or(0, |(k, _)| k.size()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one forward pass reads besides token ids. Packed SFT rows restart positions and
+/// attend only within their own example; plain pre-training needs neither.
+#[derive(Default)]
+pub struct Context<'a> {
+    /// `[batch, time]` positions; default `0..time` (after the cache).
+    pub positions: Option<&'a Tensor>,
+    /// `[batch, 1, time, time]` booleans, true where attention is allowed; default causal.
+    pub mask: Option<&'a Tensor>,
+}
+
+pub struct Gpt {
+    pub config: GptConfig,
+    pub vs: nn::VarStore,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    /// Matmuls and attention run in this type (bf16 on CUDA); parameters, the residual
+    /// stream, LayerNorm and the loss stay fp32, as under PyTorch's autocast.
+    compute: Kind,
+}
+
+impl Gpt {
+    /// A freshly initialised model (GPT-2's scheme: N(0, 0.02), residual projections scaled
+    /// by 1/√(2·n_layer)), seeded so the same seed gives the same weights.
+    pub fn new(config: GptConfig, device: Device, seed: u64) -> Result<Gpt, MlError> {
+        Gpt::build(config, device, Some(seed))
+    }
+
+    /// A model of this shape with zero weights, to load a checkpoint into.
+    pub fn uninitialised(config: GptConfig, device: Device) -> Result<Gpt, MlError> {
+        Gpt::build(config, device, None)
+    }
+
+    fn build(config: GptConfig, device: Device, seed: Option<u64>) -> Result<Gpt, MlError> {
+        config.validate()?;
+        let init = &mut Normal(seed.map(StdRng::seed_from_u64));
+        let vs = nn::VarStore::new(device);
+        let root = vs.root() / "transformer";
+        let d = config.n_embd;
+        let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+        let wte = init.var(&(&root / "wte"), "weight", &[config.vocab_size, d], 0.02);
+        let wpe = init.var(&(&root / "wpe"), "weight", &[config.block_size, d], 0.02);
+        let blocks = (0..config.n_layer)
+            .map(|i| {
+                let p = &root / "h" / i;
+                Block {
+                    ln_1: LayerNorm::new(&p / "ln_1", d),
+                    c_attn: Conv1D::new(&p / "attn" / "c_attn", init, d, 3 * d, 0.02),
+                    attn_proj: Conv1D::new(&p / "attn" / "c_proj", init, d, d, proj_std),
+                    ln_2: LayerNorm::new(&p / "ln_2", d),
+                    c_fc: Conv1D::new(&p / "mlp" / "c_fc", init, d, 4 * d, 0.02),
+                    mlp_proj: Conv1D::new(&p / "mlp" / "c_proj", init, 4 * d, d, proj_std),
+                }
+            })
+            .collect();
+        let ln_f = LayerNorm::new(&root / "ln_f", d);
+        Ok(Gpt {
+            config,
+            vs,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            compute: default_compute(device),
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Overrides the compute type (fp32 everywhere, or bf16 matmuls with fp32 parameters).
+    pub fn set_compute(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    pub fn compute(&self) -> Kind {
+        self.compute
+    }
+
+    /// Trainable parameters (the tied output layer counted once).
+    pub fn parameters(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .sum::<usize>() as i64
+    }
+
+    /// Logits `[batch, time, vocab]` (fp32) for token ids `[batch, time]`.
+    ///
+    /// With a cache, the new positions follow the cached ones and their keys and values are
+    /// appended to it.
+    pub fn forward(
+        &self,
+        idx: &Tensor,
+        context: &Context,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor, MlError> {
+        let (b, t) = idx.size2().map_err(|e| MlError::Config(e.to_string()))?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if past + t > self.config.block_size {
+            return Err(MlError::Config(format!(
+                "{} positions do not fit the model's block size {}",
+                past + t,
+                self.config.block_size
+            )));
+        }
+        let dtype = self.compute;
+        let p = self.config.dropout;
+        let positions = match context.positions {
+            Some(pos) => pos.shallow_clone(),
+            None => Tensor::arange_start(past, past + t, (Kind::Int64, idx.device())),
+        };
+        let mut x = (Tensor::embedding(&self.wte, idx, -1, false, false)
+            + Tensor::embedding(&self.wpe, &positions, -1, false, false))
+        .dropout(p, train);
+        let mut cache = cache;
+        let (h, hd) = (self.config.n_head, self.config.n_embd / self.config.n_head);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let qkv = block.c_attn.forward(&block.ln_1.forward(&x), dtype);
+            let heads = |z: Tensor| z.view([b, t, h, hd]).transpose(1, 2);
+            let mut parts = qkv.split(self.config.n_embd, 2).into_iter().map(heads);
+            let (q, mut k, mut v) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = cache.layers.get(i) {
+                    k = Tensor::cat(&[pk, &k], 2);
+                    v = Tensor::cat(&[pv, &v], 2);
+                }
+                let entry = (k.shallow_clone(), v.shallow_clone());
+                match cache.layers.get_mut(i) {
+                    Some(slot) => *slot = entry,
+                    None => cache.layers.push(entry),
+                }
+            }
+            let attn_p = if train { p } else { 0.0 };
+            let y = match (context.mask, past) {
+                (Some(mask), _) => Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(mask),
+                    attn_p,
+                    false,
+                    None,
+                    false,
+                ),
+                (None, 0) => Tensor::scaled_dot_product_attention::<Tensor>(
+                    &q, &k, &v, None, attn_p, true, None, false,
+                ),
+                // New positions after cached ones: each sees the cache and the new ones up to itself.
+                (None, _) => {
+                    let rows = Tensor::arange_start(past, past + t, (Kind::Int64, q.device()));
+                    let cols = Tensor::arange(past + t, (Kind::Int64, q.device()));
+                    let allowed = cols.unsqueeze(0).le_tensor(&rows.unsqueeze(1));
+                    Tensor::scaled_dot_product_attention(
+                        &q,
+                        &k,
+                        &v,
+                        Some(&allowed),
+                        attn_p,
+                        false,
+                        None,
+                        false,
+                    )
+                }
+            };
+            let y = y
+                .transpose(1, 2)
+                .contiguous()
+                .view([b, t, self.config.n_embd]);
+            // Not `+=`: LayerNorm's backward needs the residual stream unmodified.
+            x = &x + block.attn_proj.forward(&y, dtype).dropout(p, train);
+            let m = block
+                .c_fc
+                .forward(&block.ln_2.forward(&x), dtype)
+                .gelu("tanh");
+            x = &x + block.mlp_proj.forward(&m, dtype).dropout(p, train);
+        }
+        let x = self.ln_f.forward(&x).to_kind(dtype);
+        Ok(x.matmul(&self.wte.to_kind(dtype).tr()).to_kind(Kind::Float))
+    }
+
+    /// Mean cross-entropy of `targets` (ignoring [`IGNORE`]) under the logits for `idx`.
+    pub fn loss(
+        &self,
+        idx: &Tensor,
+        targets: &Tensor,
+        context: &Context,
+        train: bool,
+    ) -> Result<Tensor, MlError> {
+        let logits = self.forward(idx, context, None, train)?;
+        Ok(logits
+            .view([-1, self.config.vocab_size])
+            .cross_entropy_loss::<Tensor>(
+                &targets.view([-1]),
+                None,
+                tch::Reduction::Mean,
+                IGNORE,
+                0.0,
+            ))
+    }
+}
+
+fn default_compute(device: Device) -> Kind {
+    match device {
+        Device::Cuda(_) => Kind::BFloat16,
+        _ => Kind::Float,
+    }
+}

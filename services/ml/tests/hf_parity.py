@@ -1,0 +1,31 @@
+"""Reads Quark's exports with Hugging Face's own libraries.
+
+  hf_parity.py logits MODEL_DIR IDS OUT   GPT2LMHeadModel logits for IDS ("1,2,3") -> OUT (safetensors)
+  hf_parity.py encode TOKENIZER_JSON      texts (a JSON list on stdin) -> their ids (JSON on stdout)
+"""
+import json
+import sys
+
+
+def logits(model_dir, ids, out):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "tied"
+    with torch.no_grad():
+        result = model(torch.tensor([[int(i) for i in ids.split(",")]])).logits
+    save_file({"logits": result.contiguous()}, out)
+
+
+def encode(path):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(path)
+    texts = json.load(sys.stdin)
+    print(json.dumps([tokenizer.encode(t, add_special_tokens=False).ids for t in texts]))
+
+
+if __name__ == "__main__":
+    {"logits": logits, "encode": encode}[sys.argv[1]](*sys.argv[2:])
