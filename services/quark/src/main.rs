@@ -2,12 +2,14 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quark::commands::{plan, publish, run, topics, trace, watch};
+use quark::commands::{generate, plan, publish, run, topics, trace, train, watch};
 use quark::services::Service;
 use quark::shutdown;
 use quark_runtime::{Settings, telemetry};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +52,20 @@ enum Command {
     Topics,
     /// The events of one learning cycle (a correlation id), from the journal.
     Trace { correlation_id: String },
+    /// Pre-train a GPT on text files, or fine-tune a checkpoint on conversations (--sft), with
+    /// checkpoints in --out; --resume continues the run there from its last checkpoint.
+    Train {
+        /// The run directory: data, checkpoints (step-N) and run.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue the run in --out (its arguments come from run.json).
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        args: Box<train::TrainArgs>,
+    },
+    /// Stream a completion from a checkpoint.
+    Generate(generate::GenerateArgs),
     /// Size, FLOPs, memory and time of a training run, the compute-optimal size for a budget,
     /// and the task catalogue. Defaults: GPT-2 small on 10B tokens on an H100.
     Plan {
@@ -161,6 +177,31 @@ async fn main() -> anyhow::Result<()> {
                     precision,
                     budget_flops
                 })?
+            );
+            Ok(())
+        }
+        Command::Train { out, resume, args } => {
+            // Ctrl-C stops at the next step with a checkpoint, so --resume loses nothing.
+            let stop = Arc::new(AtomicBool::new(false));
+            let token = shutdown::on_signal();
+            let flag = stop.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            let args = (!resume).then_some(*args);
+            let outcome =
+                tokio::task::spawn_blocking(move || train::train(args, &out, stop)).await??;
+            print!("{}", train::summary(&outcome));
+            Ok(())
+        }
+        Command::Generate(args) => {
+            let generation = tokio::task::spawn_blocking(move || generate::run(&args)).await??;
+            eprintln!(
+                "{} prompt + {} generated tokens, finished: {:?}",
+                generation.prompt_tokens,
+                generation.tokens.len(),
+                generation.finish
             );
             Ok(())
         }
