@@ -215,6 +215,30 @@ pub fn decode_all(messages: &[OwnedMessage]) -> Vec<Event> {
 pub struct Process(pub Child);
 
 impl Process {
+    /// Ctrl-C (SIGINT), then waits for the exit and collects what it printed (piped stdout and stderr).
+    pub fn interrupt(&mut self) -> (std::process::ExitStatus, String, String) {
+        use std::io::Read;
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (mut out, mut err) = (String::new(), String::new());
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (self.0.wait().unwrap(), out, err)
+    }
+
     /// Kills it the hard way: no shutdown, no final commit.
     pub fn crash(&mut self) {
         let _ = self.0.kill();

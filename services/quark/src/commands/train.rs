@@ -291,8 +291,10 @@ pub fn train(
                 );
             }
             let trainer = Trainer::start(model, tokenizer, config, parent, out)?;
-            let json = serde_json::to_string_pretty(&args)?;
-            std::fs::write(out.join(RUN_FILE), json)?;
+            let run_file = out.join(RUN_FILE);
+            std::fs::create_dir_all(out)
+                .and_then(|_| std::fs::write(&run_file, serde_json::to_string_pretty(&args)?))
+                .with_context(|| format!("cannot write {}", run_file.display()))?;
             (args, trainer)
         }
     };
