@@ -259,10 +259,6 @@ impl Gpt {
         self.compute = kind;
     }
 
-    pub fn compute(&self) -> Kind {
-        self.compute
-    }
-
     /// Trainable parameters (the tied output layer counted once).
     pub fn parameters(&self) -> i64 {
         self.vs
