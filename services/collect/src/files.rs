@@ -213,11 +213,7 @@ mod tests {
                 ("sub/j.txt", "nested"),
             ]
         );
-        let skipped: Vec<(&str, &str)> = collected
-            .skipped
-            .iter()
-            .map(|s| (s.source.as_str(), s.reason.as_str()))
-            .collect();
+        let skipped = collected.skip_reasons();
         assert_eq!(
             skipped,
             vec![

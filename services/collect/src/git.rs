@@ -210,11 +210,7 @@ mod tests {
             assert_eq!(collected.license.as_deref(), Some("MIT"));
             let ids: Vec<&str> = collected.documents.iter().map(|d| d.id.as_str()).collect();
             assert_eq!(ids, vec!["README.md", "src/main.rs"], "{location}");
-            let skipped: Vec<(&str, &str)> = collected
-                .skipped
-                .iter()
-                .map(|s| (s.source.as_str(), s.reason.as_str()))
-                .collect();
+            let skipped = collected.skip_reasons();
             assert_eq!(
                 skipped,
                 vec![

@@ -32,8 +32,13 @@ impl Collected {
         self.skipped.push(Skip { source, reason });
     }
 
-    pub fn bytes(&self) -> usize {
-        self.documents.iter().map(|d| d.text.len()).sum()
+    /// (source, reason) of every skip, for assertions.
+    #[cfg(test)]
+    pub(crate) fn skip_reasons(&self) -> Vec<(&str, &str)> {
+        self.skipped
+            .iter()
+            .map(|s| (s.source.as_str(), s.reason.as_str()))
+            .collect()
     }
 }
 

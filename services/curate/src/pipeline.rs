@@ -40,7 +40,7 @@ impl Default for CurateConfig {
     fn default() -> Self {
         CurateConfig {
             quality: Some(QualityConfig::default()),
-            max_toxicity: Some(1.0),
+            max_toxicity: Some(3.0),
             languages: vec!["eng".into()],
             scrub_pii: true,
             exact_dedup: true,
