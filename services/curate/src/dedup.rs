@@ -2,9 +2,13 @@
 //! kept on disk so new data is deduplicated against everything accepted before, not only
 //! against itself.
 //!
-//! Files in the index directory, both append-only: `exact.bin` (16-byte keys) and `lsh.bin`
-//! (records of id length, id, signature). A record is appended only after the documents of a
-//! batch are decided; a torn final record (a crash mid-write) is ignored on load.
+//! The index directory holds `minhash.json` (the settings the signatures were made with) and
+//! `index.bin`, append-only records of (tag, id, exact key, signature). A torn final record (a
+//! crash mid-write) is ignored on load.
+//!
+//! Tags make curation replay-safe: records carry the tag of the run that accepted them (the
+//! collection id), and a run opened with a tag ignores records with that tag, so curating the
+//! same collection again (a redelivered event) decides exactly as the first time did.
 
 use crate::CurateError;
 use crate::minhash::{LshIndex, Match, MinHashConfig, Signature};
@@ -17,8 +21,8 @@ pub struct DedupIndex {
     lsh: LshIndex,
     config: MinHashConfig,
     dir: Option<PathBuf>,
-    pending_exact: Vec<u128>,
-    pending_lsh: Vec<(String, Signature)>,
+    tag: String,
+    pending: Vec<u8>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CurateError + '_ {
@@ -26,6 +30,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CurateError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Reads length-prefixed fields of a record; `None` when the bytes end first.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        (self.0.len() >= n).then(|| {
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            head
+        })
+    }
+
+    fn field(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(len)
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
 }
 
 impl DedupIndex {
@@ -36,14 +63,15 @@ impl DedupIndex {
             lsh: LshIndex::new(config),
             config,
             dir: None,
-            pending_exact: vec![],
-            pending_lsh: vec![],
+            tag: String::new(),
+            pending: vec![],
         }
     }
 
-    /// Opens (or creates) the index in `dir`. Its MinHash settings are recorded there: opening
-    /// it with different ones is an error, since old and new signatures would not compare.
-    pub fn open(dir: &Path, config: MinHashConfig) -> Result<DedupIndex, CurateError> {
+    /// Opens (or creates) the index in `dir` for a run tagged `tag` (records of an earlier
+    /// run with the same tag are ignored). Its MinHash settings are recorded there: opening it
+    /// with different ones is an error, since old and new signatures would not compare.
+    pub fn open(dir: &Path, config: MinHashConfig, tag: &str) -> Result<DedupIndex, CurateError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let settings = dir.join("minhash.json");
         match std::fs::read_to_string(&settings) {
@@ -62,27 +90,31 @@ impl DedupIndex {
         }
         let mut index = DedupIndex::in_memory(config);
         index.dir = Some(dir.to_path_buf());
-        let exact = read_all(&dir.join("exact.bin"))?;
-        for key in exact.chunks_exact(16) {
+        index.tag = tag.to_string();
+        let bytes = read_all(&dir.join("index.bin"))?;
+        let mut reader = Reader(&bytes);
+        // A record: tag, id, key, signature; a torn last one ends the loop.
+        while let (Some(record_tag), Some(id), Some(key), Some(signature)) = (
+            reader.field(),
+            reader.field(),
+            reader.take(16),
+            reader.field(),
+        ) {
+            if !tag.is_empty() && record_tag == tag.as_bytes() {
+                continue;
+            }
             index
                 .exact
                 .insert(u128::from_le_bytes(key.try_into().unwrap()));
-        }
-        let lsh = read_all(&dir.join("lsh.bin"))?;
-        let width = 4 * config.permutations();
-        let mut at = 0;
-        while at + 4 <= lsh.len() {
-            let len = u32::from_le_bytes(lsh[at..at + 4].try_into().unwrap()) as usize;
-            if at + 4 + len + width > lsh.len() {
-                break; // torn by a crash mid-append
+            if !signature.is_empty() {
+                let signature = signature
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                index
+                    .lsh
+                    .insert(String::from_utf8_lossy(id).into_owned(), signature);
             }
-            let id = String::from_utf8_lossy(&lsh[at + 4..at + 4 + len]).into_owned();
-            let signature = lsh[at + 4 + len..at + 4 + len + width]
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            index.lsh.insert(id, signature);
-            at += 4 + len + width;
         }
         Ok(index)
     }
@@ -111,32 +143,28 @@ impl DedupIndex {
     /// Records an accepted document (written to disk at the next [`DedupIndex::flush`]).
     pub fn accept(&mut self, id: String, key: u128, signature: Signature) {
         self.exact.insert(key);
-        self.pending_exact.push(key);
-        self.pending_lsh.push((id.clone(), signature.clone()));
-        self.lsh.insert(id, signature);
+        if self.dir.is_some() {
+            put_field(&mut self.pending, self.tag.as_bytes());
+            put_field(&mut self.pending, id.as_bytes());
+            self.pending.extend_from_slice(&key.to_le_bytes());
+            let bytes: Vec<u8> = signature.iter().flat_map(|v| v.to_le_bytes()).collect();
+            put_field(&mut self.pending, &bytes);
+        }
+        if !signature.is_empty() {
+            self.lsh.insert(id, signature);
+        }
     }
 
     /// Appends what was accepted since the last flush and syncs it to disk.
     pub fn flush(&mut self) -> Result<(), CurateError> {
-        let Some(dir) = &self.dir else {
-            self.pending_exact.clear();
-            self.pending_lsh.clear();
-            return Ok(());
-        };
-        let mut exact = Vec::with_capacity(16 * self.pending_exact.len());
-        for key in self.pending_exact.drain(..) {
-            exact.extend_from_slice(&key.to_le_bytes());
-        }
-        let mut lsh = Vec::new();
-        for (id, signature) in self.pending_lsh.drain(..) {
-            lsh.extend_from_slice(&(id.len() as u32).to_le_bytes());
-            lsh.extend_from_slice(id.as_bytes());
-            for value in signature {
-                lsh.extend_from_slice(&value.to_le_bytes());
+        match &self.dir {
+            Some(dir) if !self.pending.is_empty() => {
+                append(&dir.join("index.bin"), &self.pending)?;
+                self.pending.clear();
+                Ok(())
             }
+            _ => Ok(()),
         }
-        append(&dir.join("exact.bin"), &exact)?;
-        append(&dir.join("lsh.bin"), &lsh)
     }
 }
 

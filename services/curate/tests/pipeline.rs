@@ -47,8 +47,8 @@ fn reasons(outcomes: &[Outcome]) -> Vec<(String, String)> {
 fn every_document_is_kept_or_rejected_with_its_reason_and_dedup_spans_runs() {
     let dir = tempfile::tempdir().unwrap();
     let index_dir = dir.path().join("index");
-    let open = || DedupIndex::open(&index_dir, MinHashConfig::default()).unwrap();
-    let mut curator = Curator::new(config(), open(), Box::new(Lexicon::english()));
+    let open = |tag: &str| DedupIndex::open(&index_dir, MinHashConfig::default(), tag).unwrap();
+    let mut curator = Curator::new(config(), open("run-1"), Box::new(Lexicon::english()));
     let with_pii = format!("{} Write to jane.doe@gmail.com for more.", PROSE[2]);
     let outcomes = curator.curate(vec![
         doc("orwell", PROSE[0]),
@@ -96,7 +96,7 @@ fn every_document_is_kept_or_rejected_with_its_reason_and_dedup_spans_runs() {
     drop(curator);
 
     // A new run with the same index: near and exact copies of earlier documents are caught.
-    let mut curator = Curator::new(config(), open(), Box::new(Lexicon::english()));
+    let mut curator = Curator::new(config(), open("run-2"), Box::new(Lexicon::english()));
     assert_eq!(curator.index.len(), 3);
     let near = PROSE[1].replace(
         "never mind how long precisely",
@@ -138,5 +138,23 @@ fn every_document_is_kept_or_rejected_with_its_reason_and_dedup_spans_runs() {
         rows: 4,
         ..Default::default()
     };
-    assert!(DedupIndex::open(&index_dir, other).is_err());
+    assert!(DedupIndex::open(&index_dir, other, "run-3").is_err());
+
+    // Run 1 curated again (its event redelivered after a crash) decides as it did the first time.
+    curator.index.flush().unwrap();
+    let replay = DedupIndex::open(&index_dir, MinHashConfig::default(), "run-1").unwrap();
+    assert_eq!(
+        replay.len(),
+        1,
+        "only run 2's document is visible to a replay of run 1"
+    );
+    let mut curator = Curator::new(config(), replay, Box::new(Lexicon::english()));
+    let again = curator.curate(vec![doc("orwell", PROSE[0]), doc("melville", PROSE[1])]);
+    assert_eq!(
+        reasons(&again),
+        [
+            ("orwell".to_string(), "kept".to_string()),
+            ("melville".to_string(), "kept".to_string())
+        ]
+    );
 }

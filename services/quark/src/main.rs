@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quark::commands::{generate, plan, publish, run, topics, trace, train, watch};
+use quark::commands::{generate, ingest, plan, publish, run, topics, trace, train, watch};
 use quark::services::Service;
 use quark::shutdown;
 use quark_runtime::{Settings, telemetry};
@@ -38,6 +38,9 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Collect documents (a file, a directory, a git repository or a web crawl) and publish
+    /// data.collected; the curator turns them into a dataset.
+    Ingest(ingest::IngestArgs),
     /// Follow topics (default: all) and print each message as a JSON line.
     Watch {
         topics: Vec<String>,
@@ -193,6 +196,14 @@ async fn main() -> anyhow::Result<()> {
             let outcome =
                 tokio::task::spawn_blocking(move || train::train(args, &out, stop)).await??;
             print!("{}", train::summary(&outcome));
+            Ok(())
+        }
+        Command::Ingest(args) => {
+            let event = ingest::ingest(&settings, &args).await?;
+            println!(
+                "collection {}: {} documents, {} bytes, {} skipped",
+                event.collection_id, event.documents, event.bytes, event.skipped
+            );
             Ok(())
         }
         Command::Generate(args) => {

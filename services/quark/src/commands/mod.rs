@@ -1,6 +1,7 @@
 //! One module per `quark` sub-command.
 
 pub mod generate;
+pub mod ingest;
 pub mod plan;
 pub mod publish;
 pub mod run;

@@ -48,7 +48,11 @@ pub async fn run(
         .context("cannot open the database")?;
     let tracker = TaskTracker::new();
     for service in services {
-        let runner = Runner::new(service.handler(), settings.bus.clone(), database.clone());
+        let runner = Runner::new(
+            service.handler(settings)?,
+            settings.bus.clone(),
+            database.clone(),
+        );
         let token = shutdown.clone();
         let service = *service;
         tracker.spawn(async move {

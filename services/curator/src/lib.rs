@@ -1,0 +1,151 @@
+//! The curator service: for each data.collected, curate its shards against everything
+//! accepted before (the persistent dedup index under `<data_dir>/curate/index`), store the
+//! dataset (train, validation, rejects, stats) as artifacts and emit dataset.prepared.
+//!
+//! Replays are safe: the index ignores what an earlier attempt at the same collection
+//! accepted, artifacts are content-addressed and the emitted event's id derives from its cause.
+
+use async_trait::async_trait;
+use quark_curate::dedup::DedupIndex;
+use quark_curate::filters::Lexicon;
+use quark_curate::minhash::MinHashConfig;
+use quark_curate::pipeline::{CurateConfig, Curator};
+use quark_curate::store::{DatasetWriter, read_documents};
+use quark_events::bus::{Handler, HandlerError};
+use quark_events::{
+    DataCollected, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id,
+};
+use quark_runtime::artifacts::{ArtifactStore, LocalStore};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const NAME: &str = "curator";
+/// Documents per curation batch: bounds memory, whatever the collection's size.
+const BATCH: usize = 2048;
+
+pub struct CuratorService {
+    store: Arc<LocalStore>,
+    index_dir: PathBuf,
+    config: CurateConfig,
+    /// One curation at a time: they share the index.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl CuratorService {
+    pub fn new(
+        store: Arc<LocalStore>,
+        data_dir: &std::path::Path,
+        config: CurateConfig,
+    ) -> CuratorService {
+        CuratorService {
+            store,
+            index_dir: data_dir.join("curate").join("index"),
+            config,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn curate(&self, collected: &DataCollected) -> Result<DatasetPrepared, HandlerError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let transient = |e: &dyn std::fmt::Display| HandlerError::Transient(e.to_string());
+        let work = tempfile_dir(&self.index_dir)?;
+        let tag = collected.collection_id.to_string();
+        let index = DedupIndex::open(&self.index_dir, MinHashConfig::default(), &tag)
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let mut curator = Curator::new(self.config.clone(), index, Box::new(Lexicon::english()));
+        let out = work.join("dataset");
+        let mut writer = DatasetWriter::create(&out, 0.05).map_err(|e| transient(&e))?;
+        for shard in &collected.shards {
+            let bytes = self.store.get(shard).await.map_err(|e| transient(&e))?;
+            let path = work.join("shard.jsonl");
+            std::fs::write(&path, bytes).map_err(|e| transient(&e))?;
+            let documents =
+                read_documents(&path).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            let mut documents = documents.into_iter();
+            loop {
+                let batch: Vec<_> = documents.by_ref().take(BATCH).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                writer
+                    .write(&curator.curate(batch))
+                    .map_err(|e| transient(&e))?;
+            }
+        }
+        let (train_examples, validation_examples) =
+            (writer.train_documents, writer.validation_documents);
+        writer.finish(&curator.stats).map_err(|e| transient(&e))?;
+        let put = |name: &'static str| {
+            let path = out.join(name);
+            let store = self.store.clone();
+            async move { store.put_file(&path).await }
+        };
+        let train = put("train.jsonl").await.map_err(|e| transient(&e))?;
+        let validation = put("validation.jsonl").await.map_err(|e| transient(&e))?;
+        let rejects = put("rejects.jsonl").await.map_err(|e| transient(&e))?;
+        // The index records this collection only once its dataset is stored.
+        curator.index.flush().map_err(|e| transient(&e))?;
+        let _ = std::fs::remove_dir_all(&work);
+        let stats = &curator.stats;
+        let mut counts: HashMap<String, i64> = HashMap::from([
+            ("documents".to_string(), stats.documents as i64),
+            ("kept".to_string(), stats.kept as i64),
+            ("bytes_in".to_string(), stats.bytes_in as i64),
+            ("bytes_kept".to_string(), stats.bytes_kept as i64),
+        ]);
+        counts.extend(
+            stats
+                .rejected
+                .iter()
+                .map(|(k, v)| (format!("rejected:{k}"), *v as i64)),
+        );
+        counts.extend(
+            stats
+                .pii
+                .iter()
+                .map(|(k, v)| (format!("pii:{k}"), *v as i64)),
+        );
+        Ok(DatasetPrepared {
+            header: EventHeader::caused_by(&collected.header, NAME, "dataset"),
+            dataset_id: Id::derived(collected.collection_id, "dataset"),
+            name: collected.source_uri.clone(),
+            kind: DatasetKind::Pretrain,
+            train,
+            validation: Some(validation),
+            rejects: Some(rejects),
+            train_examples: train_examples as i64,
+            validation_examples: validation_examples as i64,
+            stats: counts,
+            source_collections: vec![collected.collection_id],
+            parent_dataset_id: None,
+        })
+    }
+}
+
+/// A scratch directory beside the index, removed by the caller once the dataset is stored.
+fn tempfile_dir(near: &std::path::Path) -> Result<PathBuf, HandlerError> {
+    let dir = near.with_file_name("work");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| HandlerError::Transient(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+#[async_trait]
+impl Handler for CuratorService {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn consumes(&self) -> Vec<EventKind> {
+        vec![EventKind::DataCollected]
+    }
+
+    async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
+        let Event::DataCollected(collected) = event else {
+            return Ok(vec![]);
+        };
+        Ok(vec![Event::DatasetPrepared(self.curate(collected).await?)])
+    }
+}
