@@ -92,6 +92,27 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
     );
     assert_eq!(dataset.stats["pii:email"], 1);
     assert_eq!(dataset.train_examples + dataset.validation_examples, 2);
+    // A tokenizer trained on the kept text, naming the dataset.
+    let tokenizers: Vec<_> = decode_all(&read_topic(
+        &broker.bus(),
+        EventKind::TokenizerTrained.topic(),
+        1,
+    ))
+    .into_iter()
+    .map(|e| match e {
+        Event::TokenizerTrained(t) => t,
+        other => panic!("{other:?}"),
+    })
+    .collect();
+    assert_eq!(tokenizers[0].dataset_id, dataset.dataset_id);
+    assert!(tokenizers[0].vocab_size > 256 + 4 && tokenizers[0].vocab_size <= 8192);
+    assert_eq!(tokenizers[0].special_tokens[0], "<|endoftext|>");
+    let tokenizer_json =
+        std::fs::read_to_string(tokenizers[0].artifact.uri.strip_prefix("file://").unwrap())
+            .unwrap();
+    assert!(
+        tokenizer_json.contains("\"type\": \"BPE\"") || tokenizer_json.contains("\"type\":\"BPE\"")
+    );
     // The dataset's artifacts are in the store: scrubbed text, and the rejected copy with its reason.
     let artifacts = data.path().join("artifacts");
     let read = |artifact: &quark_events::Artifact| {
@@ -145,7 +166,10 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
     );
     // Partitions do not order the two events: find the second by its source.
     let datasets = dataset_events(&broker, 2);
-    let again = datasets.iter().find(|d| d.name.ends_with("second")).unwrap();
+    let again = datasets
+        .iter()
+        .find(|d| d.name.ends_with("second"))
+        .unwrap();
     assert_eq!(again.stats["documents"], 2);
     assert_eq!(
         again.stats["rejected:duplicate:near"], 1,

@@ -1,6 +1,7 @@
 //! The curator service: for each data.collected, curate its shards against everything
 //! accepted before (the persistent dedup index under `<data_dir>/curate/index`), store the
-//! dataset (train, validation, rejects, stats) as artifacts and emit dataset.prepared.
+//! dataset (train, validation, rejects, stats) as artifacts and emit dataset.prepared; then
+//! train a byte-level BPE tokenizer on the kept text and emit tokenizer.trained.
 //!
 //! Replays are safe: the index ignores what an earlier attempt at the same collection
 //! accepted, artifacts are content-addressed and the emitted event's id derives from its cause.
@@ -13,11 +14,13 @@ use quark_curate::pipeline::{CurateConfig, Curator};
 use quark_curate::store::{DatasetWriter, read_documents};
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
-    DataCollected, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id,
+    Artifact, DataCollected, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id,
+    TokenizerKind, TokenizerTrained,
 };
+use quark_ml::tokenizer::{self, TrainOptions};
 use quark_runtime::artifacts::{ArtifactStore, LocalStore};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const NAME: &str = "curator";
@@ -28,6 +31,8 @@ pub struct CuratorService {
     store: Arc<LocalStore>,
     index_dir: PathBuf,
     config: CurateConfig,
+    /// Of the tokenizer trained on each dataset.
+    vocab_size: usize,
     /// One curation at a time: they share the index.
     lock: tokio::sync::Mutex<()>,
 }
@@ -35,18 +40,20 @@ pub struct CuratorService {
 impl CuratorService {
     pub fn new(
         store: Arc<LocalStore>,
-        data_dir: &std::path::Path,
+        data_dir: &Path,
         config: CurateConfig,
+        vocab_size: usize,
     ) -> CuratorService {
         CuratorService {
             store,
             index_dir: data_dir.join("curate").join("index"),
             config,
+            vocab_size,
             lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    async fn curate(&self, collected: &DataCollected) -> Result<DatasetPrepared, HandlerError> {
+    async fn curate(&self, collected: &DataCollected) -> Result<Vec<Event>, HandlerError> {
         let _one_at_a_time = self.lock.lock().await;
         let transient = |e: &dyn std::fmt::Display| HandlerError::Transient(e.to_string());
         let work = tempfile_dir(&self.index_dir)?;
@@ -84,6 +91,7 @@ impl CuratorService {
         let train = put("train.jsonl").await.map_err(|e| transient(&e))?;
         let validation = put("validation.jsonl").await.map_err(|e| transient(&e))?;
         let rejects = put("rejects.jsonl").await.map_err(|e| transient(&e))?;
+        let tokenizer = self.train_tokenizer(&out, &work).await?;
         // The index records this collection only once its dataset is stored.
         curator.index.flush().map_err(|e| transient(&e))?;
         let _ = std::fs::remove_dir_all(&work);
@@ -106,25 +114,72 @@ impl CuratorService {
                 .iter()
                 .map(|(k, v)| (format!("pii:{k}"), *v as i64)),
         );
-        Ok(DatasetPrepared {
-            header: EventHeader::caused_by(&collected.header, NAME, "dataset"),
-            dataset_id: Id::derived(collected.collection_id, "dataset"),
-            name: collected.source_uri.clone(),
-            kind: DatasetKind::Pretrain,
-            train,
-            validation: Some(validation),
-            rejects: Some(rejects),
-            train_examples: train_examples as i64,
-            validation_examples: validation_examples as i64,
-            stats: counts,
-            source_collections: vec![collected.collection_id],
-            parent_dataset_id: None,
-        })
+        let dataset_id = Id::derived(collected.collection_id, "dataset");
+        let mut events = vec![];
+        if let Some((artifact, vocab_size)) = tokenizer {
+            events.push(Event::TokenizerTrained(TokenizerTrained {
+                header: EventHeader::caused_by(&collected.header, NAME, "tokenizer"),
+                tokenizer_id: Id::derived(collected.collection_id, "tokenizer"),
+                dataset_id,
+                kind: TokenizerKind::ByteLevelBpe,
+                vocab_size: vocab_size as i32,
+                special_tokens: TrainOptions::default().special_tokens,
+                artifact,
+            }));
+        }
+        events.insert(
+            0,
+            Event::DatasetPrepared(DatasetPrepared {
+                header: EventHeader::caused_by(&collected.header, NAME, "dataset"),
+                dataset_id,
+                name: collected.source_uri.clone(),
+                kind: DatasetKind::Pretrain,
+                train,
+                validation: Some(validation),
+                rejects: Some(rejects),
+                train_examples: train_examples as i64,
+                validation_examples: validation_examples as i64,
+                stats: counts,
+                source_collections: vec![collected.collection_id],
+                parent_dataset_id: None,
+            }),
+        );
+        Ok(events)
+    }
+
+    /// A byte-level BPE tokenizer trained on the kept training text (none if nothing was kept).
+    async fn train_tokenizer(
+        &self,
+        dataset: &Path,
+        work: &Path,
+    ) -> Result<Option<(Artifact, usize)>, HandlerError> {
+        let transient = |e: &dyn std::fmt::Display| HandlerError::Transient(e.to_string());
+        let documents = read_documents(&dataset.join("train.jsonl")).map_err(|e| transient(&e))?;
+        if documents.is_empty() {
+            return Ok(None);
+        }
+        let text_path = work.join("train.txt");
+        let text: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
+        std::fs::write(&text_path, text.join("\n\n")).map_err(|e| transient(&e))?;
+        let options = TrainOptions {
+            vocab_size: self.vocab_size,
+            ..Default::default()
+        };
+        let trained = tokenizer::train(&[&text_path], &options)
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let path = work.join("tokenizer.json");
+        tokenizer::save(&trained, &path).map_err(|e| transient(&e))?;
+        let artifact = self
+            .store
+            .put_file(&path)
+            .await
+            .map_err(|e| transient(&e))?;
+        Ok(Some((artifact, trained.get_vocab_size(true))))
     }
 }
 
 /// A scratch directory beside the index, removed by the caller once the dataset is stored.
-fn tempfile_dir(near: &std::path::Path) -> Result<PathBuf, HandlerError> {
+fn tempfile_dir(near: &Path) -> Result<PathBuf, HandlerError> {
     let dir = near.with_file_name("work");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
@@ -146,6 +201,6 @@ impl Handler for CuratorService {
         let Event::DataCollected(collected) = event else {
             return Ok(vec![]);
         };
-        Ok(vec![Event::DatasetPrepared(self.curate(collected).await?)])
+        self.curate(collected).await
     }
 }

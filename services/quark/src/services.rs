@@ -22,6 +22,7 @@ impl Service {
                 Arc::new(LocalStore::new(settings.artifacts_root())?),
                 &settings.data_dir,
                 Default::default(),
+                8192,
             )),
         })
     }
