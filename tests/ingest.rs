@@ -30,6 +30,19 @@ fn quark(data_dir: &Path, broker: &TestBroker, args: &[&str]) -> Command {
     command
 }
 
+/// Runs `quark ingest dir`, which must succeed; returns what it printed.
+fn ingest(data_dir: &Path, broker: &TestBroker, dir: &Path) -> String {
+    let output = quark(data_dir, broker, &["ingest", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn dataset_events(broker: &TestBroker, count: usize) -> Vec<quark_events::DatasetPrepared> {
     decode_all(&read_topic(
         &broker.bus(),
@@ -63,15 +76,7 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
     .unwrap();
     std::fs::write(first.join("image.png"), [0u8; 4]).unwrap();
 
-    let output = quark(data.path(), &broker, &["ingest", first.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = ingest(data.path(), &broker, &first);
     assert!(
         stdout.contains(": 3 documents,") && stdout.contains("1 skipped"),
         "{stdout}"
@@ -156,14 +161,7 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
             .replace("hallway", "corridor"),
     )
     .unwrap();
-    let output = quark(data.path(), &broker, &["ingest", second.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ingest(data.path(), &broker, &second);
     // Partitions do not order the two events: find the second by its source.
     let datasets = dataset_events(&broker, 2);
     let again = datasets
