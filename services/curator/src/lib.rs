@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use quark_curate::dedup::DedupIndex;
-use quark_curate::filters::Lexicon;
+use quark_curate::filters::{Lexicon, QualityConfig};
 use quark_curate::minhash::MinHashConfig;
 use quark_curate::pipeline::{CurateConfig, Curator};
 use quark_curate::store::{DatasetWriter, read_documents};
@@ -19,6 +19,7 @@ use quark_events::{
 };
 use quark_ml::tokenizer::{self, TrainOptions};
 use quark_runtime::artifacts::{ArtifactStore, LocalStore};
+use quark_runtime::config::CurateSettings;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct CuratorService {
     store: Arc<LocalStore>,
     index_dir: PathBuf,
     config: CurateConfig,
+    minhash: MinHashConfig,
+    validation_fraction: f64,
     /// Of the tokenizer trained on each dataset.
     vocab_size: usize,
     /// One curation at a time: they share the index.
@@ -41,14 +44,24 @@ impl CuratorService {
     pub fn new(
         store: Arc<LocalStore>,
         data_dir: &Path,
-        config: CurateConfig,
-        vocab_size: usize,
+        settings: &CurateSettings,
     ) -> CuratorService {
         CuratorService {
             store,
             index_dir: data_dir.join("curate").join("index"),
-            config,
-            vocab_size,
+            config: CurateConfig {
+                quality: Some(QualityConfig {
+                    min_words: settings.min_words,
+                    ..Default::default()
+                }),
+                max_toxicity: Some(settings.max_toxicity),
+                languages: settings.languages.clone(),
+                scrub_pii: settings.scrub_pii,
+                ..Default::default()
+            },
+            minhash: settings.minhash,
+            validation_fraction: settings.validation_fraction,
+            vocab_size: settings.tokenizer_vocab_size,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -58,11 +71,12 @@ impl CuratorService {
         let transient = |e: &dyn std::fmt::Display| HandlerError::Transient(e.to_string());
         let work = tempfile_dir(&self.index_dir)?;
         let tag = collected.collection_id.to_string();
-        let index = DedupIndex::open(&self.index_dir, MinHashConfig::default(), &tag)
+        let index = DedupIndex::open(&self.index_dir, self.minhash, &tag)
             .map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let mut curator = Curator::new(self.config.clone(), index, Box::new(Lexicon::english()));
         let out = work.join("dataset");
-        let mut writer = DatasetWriter::create(&out, 0.05).map_err(|e| transient(&e))?;
+        let mut writer =
+            DatasetWriter::create(&out, self.validation_fraction).map_err(|e| transient(&e))?;
         for shard in &collected.shards {
             let bytes = self.store.get(shard).await.map_err(|e| transient(&e))?;
             let path = work.join("shard.jsonl");

@@ -21,8 +21,7 @@ impl Service {
             Service::Curator => Arc::new(quark_curator::CuratorService::new(
                 Arc::new(LocalStore::new(settings.artifacts_root())?),
                 &settings.data_dir,
-                Default::default(),
-                8192,
+                &settings.curate,
             )),
         })
     }

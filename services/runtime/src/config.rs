@@ -16,6 +16,26 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub artifacts: ArtifactSettings,
     pub telemetry: TelemetrySettings,
+    pub curate: CurateSettings,
+}
+
+/// What the curator keeps and how it deduplicates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurateSettings {
+    /// ISO 639-3 codes of the languages kept (documents whose language is unsure are kept).
+    pub languages: Vec<String>,
+    /// Documents with fewer words are rejected (quality).
+    pub min_words: usize,
+    /// Toxicity score (weighted lexicon hits per 100 words) above which a document is rejected.
+    pub max_toxicity: f64,
+    pub scrub_pii: bool,
+    /// Share of kept documents held out for validation.
+    pub validation_fraction: f64,
+    /// Vocabulary of the tokenizer trained on each dataset.
+    pub tokenizer_vocab_size: usize,
+    /// Near-duplicate detection; changing it needs a new index (`<data_dir>/curate/index`).
+    pub minhash: quark_curate::minhash::MinHashConfig,
 }
 
 /// The embedded broker `quark up` starts when `bus.brokers` is empty.
@@ -81,6 +101,15 @@ impl Default for Settings {
                 log: "info".into(),
                 format: LogFormat::Text,
                 otlp_endpoint: String::new(),
+            },
+            curate: CurateSettings {
+                languages: vec!["eng".into()],
+                min_words: 50,
+                max_toxicity: 3.0,
+                scrub_pii: true,
+                validation_fraction: 0.05,
+                tokenizer_vocab_size: 8192,
+                minhash: Default::default(),
             },
         }
     }
@@ -161,14 +190,25 @@ mod tests {
         let file = dir.path().join("quark.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/srv/quark\"\n[bus]\nbrokers = \"file:9092\"\npartitions = 6\n",
+            "data_dir = \"/srv/quark\"\n[bus]\nbrokers = \"file:9092\"\npartitions = 6\n\
+             [curate]\nlanguages = [\"eng\", \"fra\"]\n[curate.minhash]\nthreshold = 0.7\n",
         )
         .unwrap();
         let settings = Settings::load_from(
             Some(&file),
-            env(&[("QUARK__BUS__BROKERS", "env-1:9092,env-2:9092")]),
+            env(&[
+                ("QUARK__BUS__BROKERS", "env-1:9092,env-2:9092"),
+                ("QUARK__CURATE__MIN_WORDS", "20"),
+            ]),
         )
         .unwrap();
+        assert_eq!(settings.curate.languages, ["eng", "fra"]);
+        assert_eq!(settings.curate.minhash.threshold, 0.7);
+        assert_eq!(
+            settings.curate.minhash.bands, 16,
+            "other MinHash keys keep their defaults"
+        );
+        assert_eq!(settings.curate.min_words, 20);
         assert_eq!(settings.data_dir, PathBuf::from("/srv/quark"));
         assert_eq!(settings.bus.partitions, 6);
         assert_eq!(settings.bus.brokers, "env-1:9092,env-2:9092");
