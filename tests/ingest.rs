@@ -178,6 +178,58 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
     assert_eq!(again.source_collections.len(), 1);
     assert_ne!(again.dataset_id, datasets[0].dataset_id);
 
+    // Conversations for fine-tuning: records kept whole, deduplicated and scrubbed, no prose rules.
+    let sft = data.path().join("sft");
+    std::fs::create_dir_all(&sft).unwrap();
+    let chat = |q: &str, a: &str| {
+        serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}).to_string()
+    };
+    std::fs::write(
+        sft.join("chats.jsonl"),
+        [
+            chat(
+                "What is the capital of France?",
+                "Paris is the capital of France.",
+            ),
+            chat(
+                "What is the capital of France?",
+                "Paris is the capital of France.",
+            ),
+            chat(
+                "Who wrote Hamlet? Mail me at reader@gmail.com",
+                "William Shakespeare wrote Hamlet.",
+            ),
+            "not json".to_string(),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let output = quark(
+        data.path(),
+        &broker,
+        &["ingest", sft.to_str().unwrap(), "--kind", "sft"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let datasets = dataset_events(&broker, 3);
+    let tuned = datasets.iter().find(|d| d.name.ends_with("sft")).unwrap();
+    assert_eq!(tuned.kind, quark_events::DatasetKind::Sft);
+    assert_eq!(tuned.stats["documents"], 3, "{:?}", tuned.stats);
+    assert_eq!(tuned.stats["kept"], 2);
+    assert_eq!(tuned.stats["rejected:duplicate:exact"], 1);
+    let records = read(&tuned.train) + &read(tuned.validation.as_ref().unwrap());
+    let first: serde_json::Value = serde_json::from_str(&serde_json::from_str::<serde_json::Value>(records.lines().next().unwrap()).unwrap()["text"].as_str().unwrap().to_string()).unwrap();
+    assert_eq!(first["messages"][1]["role"], "assistant");
+    assert!(
+        records.contains("<EMAIL>") && !records.contains("reader@gmail.com"),
+        "{records}"
+    );
+
     // Nothing to ingest is an error that says why.
     let empty = data.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();

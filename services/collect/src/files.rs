@@ -9,15 +9,16 @@ use std::path::Path;
 pub struct FileOptions {
     /// Larger files are skipped.
     pub max_bytes: u64,
-    /// The field of a JSON line that holds its text.
-    pub text_field: String,
+    /// The field of a JSON line that holds its text; `None` keeps each line whole, as a JSON
+    /// record (conversations, preference pairs, evaluation cases).
+    pub text_field: Option<String>,
 }
 
 impl Default for FileOptions {
     fn default() -> Self {
         FileOptions {
             max_bytes: 16 << 20,
-            text_field: "text".into(),
+            text_field: Some("text".into()),
         }
     }
 }
@@ -141,10 +142,16 @@ fn read(path: &Path, id: &str, options: &FileOptions, collected: &mut Collected)
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, line)| {
-                let text = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v.get(&options.text_field)?.as_str().map(str::to_string))
-                    .ok_or_else(|| format!("not JSON with a string {:?}", options.text_field));
+                let value = serde_json::from_str::<serde_json::Value>(line).ok();
+                let text = match &options.text_field {
+                    Some(field) => value
+                        .and_then(|v| v.get(field)?.as_str().map(str::to_string))
+                        .ok_or_else(|| format!("not JSON with a string {field:?}")),
+                    None => value
+                        .filter(serde_json::Value::is_object)
+                        .map(|v| v.to_string())
+                        .ok_or_else(|| "not a JSON object".to_string()),
+                };
                 (format!("{id}:{}", i + 1), text)
             })
             .collect(),

@@ -25,6 +25,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const NAME: &str = "curator";
+/// The data.collected label naming the dataset's kind (`pretrain` when absent).
+pub const DATASET_KIND: &str = "dataset_kind";
+
+/// The dataset kind a collection asks for. Records (sft, preference, eval) skip the prose
+/// quality rules and get no tokenizer; everything else applies to them as to text.
+fn kind_of(collected: &DataCollected) -> Result<DatasetKind, HandlerError> {
+    match collected.labels.get(DATASET_KIND).map(String::as_str) {
+        None | Some("pretrain") => Ok(DatasetKind::Pretrain),
+        Some("sft") => Ok(DatasetKind::Sft),
+        Some("preference") => Ok(DatasetKind::Preference),
+        Some("eval") => Ok(DatasetKind::Eval),
+        Some(other) => Err(HandlerError::Permanent(format!(
+            "unknown {DATASET_KIND} {other:?}: pretrain, sft, preference or eval"
+        ))),
+    }
+}
 /// Documents per curation batch: bounds memory, whatever the collection's size.
 const BATCH: usize = 2048;
 
@@ -73,7 +89,15 @@ impl CuratorService {
         let tag = collected.collection_id.to_string();
         let index = DedupIndex::open(&self.index_dir, self.minhash, &tag)
             .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        let mut curator = Curator::new(self.config.clone(), index, Box::new(Lexicon::english()));
+        let kind = kind_of(collected)?;
+        let config = match kind {
+            DatasetKind::Pretrain => self.config.clone(),
+            _ => CurateConfig {
+                quality: None,
+                ..self.config.clone()
+            },
+        };
+        let mut curator = Curator::new(config, index, Box::new(Lexicon::english()));
         let out = work.join("dataset");
         let mut writer =
             DatasetWriter::create(&out, self.validation_fraction).map_err(|e| transient(&e))?;
@@ -105,7 +129,10 @@ impl CuratorService {
         let train = put("train.jsonl").await.map_err(|e| transient(&e))?;
         let validation = put("validation.jsonl").await.map_err(|e| transient(&e))?;
         let rejects = put("rejects.jsonl").await.map_err(|e| transient(&e))?;
-        let tokenizer = self.train_tokenizer(&out, &work).await?;
+        let tokenizer = match kind {
+            DatasetKind::Pretrain => self.train_tokenizer(&out, &work).await?,
+            _ => None,
+        };
         // The index records this collection only once its dataset is stored.
         curator.index.flush().map_err(|e| transient(&e))?;
         let _ = std::fs::remove_dir_all(&work);
@@ -147,7 +174,7 @@ impl CuratorService {
                 header: EventHeader::caused_by(&collected.header, NAME, "dataset"),
                 dataset_id,
                 name: collected.source_uri.clone(),
-                kind: DatasetKind::Pretrain,
+                kind,
                 train,
                 validation: Some(validation),
                 rejects: Some(rejects),

@@ -4,6 +4,7 @@
 use anyhow::{Context, bail};
 use quark_collect::files::FileOptions;
 use quark_collect::{Collected, crawl, files, git};
+use quark_curator::DATASET_KIND;
 use quark_events::bus::{Publisher, ensure_topics};
 use quark_events::{DataCollected, Event, EventHeader, Id, SourceKind};
 use quark_runtime::{ArtifactStore, LocalStore, Settings};
@@ -31,11 +32,37 @@ pub struct IngestArgs {
     /// Crawl: hosts that may be visited besides the seed's (repeatable).
     #[arg(long)]
     pub allow_host: Vec<String>,
+    /// The dataset this becomes: pretrain (text), or sft / preference / eval (JSON lines kept
+    /// whole as records: conversations, preference pairs, evaluation cases).
+    #[arg(long, value_enum, default_value = "pretrain")]
+    pub kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Pretrain,
+    Sft,
+    Preference,
+    Eval,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Pretrain => "pretrain",
+            Kind::Sft => "sft",
+            Kind::Preference => "preference",
+            Kind::Eval => "eval",
+        }
+    }
 }
 
 async fn collect(args: &IngestArgs) -> anyhow::Result<(SourceKind, Collected)> {
     let source = args.source.as_str();
-    let options = FileOptions::default();
+    let options = FileOptions {
+        text_field: (args.kind == Kind::Pretrain).then(|| "text".to_string()),
+        ..Default::default()
+    };
     let is_web = source.starts_with("http://") || source.starts_with("https://");
     Ok(if args.git || Path::new(source).join(".git").exists() {
         (SourceKind::Git, git::collect(source, &options)?)
@@ -103,7 +130,7 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<Da
             .sum(),
         skipped: collected.skipped.len() as i64,
         license: collected.license.clone(),
-        labels: HashMap::new(),
+        labels: HashMap::from([(DATASET_KIND.to_string(), args.kind.name().to_string())]),
     };
     ensure_topics(&settings.bus)
         .await
