@@ -176,7 +176,8 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
     );
     assert_eq!(again.stats["kept"], 1);
     assert_eq!(again.source_collections.len(), 1);
-    assert_ne!(again.dataset_id, datasets[0].dataset_id);
+    assert_ne!(again.dataset_id, dataset.dataset_id);
+    assert_ne!(again.source_collections, dataset.source_collections);
 
     // Conversations for fine-tuning: records kept whole, deduplicated and scrubbed, no prose rules.
     let sft = data.path().join("sft");
@@ -223,7 +224,8 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
     assert_eq!(tuned.stats["kept"], 2);
     assert_eq!(tuned.stats["rejected:duplicate:exact"], 1);
     let records = read(&tuned.train) + &read(tuned.validation.as_ref().unwrap());
-    let first: serde_json::Value = serde_json::from_str(&serde_json::from_str::<serde_json::Value>(records.lines().next().unwrap()).unwrap()["text"].as_str().unwrap().to_string()).unwrap();
+    let line: serde_json::Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
+    let first: serde_json::Value = serde_json::from_str(line["text"].as_str().unwrap()).unwrap();
     assert_eq!(first["messages"][1]["role"], "assistant");
     assert!(
         records.contains("<EMAIL>") && !records.contains("reader@gmail.com"),
