@@ -85,17 +85,24 @@ impl DatasetWriter {
     }
 }
 
-/// Reads documents from JSON lines; a bad line is an error naming it.
-pub fn read_documents(path: &Path) -> Result<Vec<Document>, CurateError> {
+/// Documents from JSON lines, one at a time (memory does not grow with the file); a bad line
+/// is an error naming it.
+pub fn documents(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<Document, CurateError>> + '_, CurateError> {
     let file = std::fs::File::open(path).map_err(io(path))?;
-    std::io::BufReader::new(file)
+    Ok(std::io::BufReader::new(file)
         .lines()
         .enumerate()
         .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
-        .map(|(i, line)| {
+        .map(move |(i, line)| {
             let line = line.map_err(io(path))?;
             serde_json::from_str(&line)
                 .map_err(|e| CurateError::Data(format!("{}:{}: {e}", path.display(), i + 1)))
-        })
-        .collect()
+        }))
+}
+
+/// All the documents of a JSON-lines file.
+pub fn read_documents(path: &Path) -> Result<Vec<Document>, CurateError> {
+    documents(path)?.collect()
 }

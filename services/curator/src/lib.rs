@@ -11,7 +11,7 @@ use quark_curate::dedup::DedupIndex;
 use quark_curate::filters::{Lexicon, QualityConfig};
 use quark_curate::minhash::MinHashConfig;
 use quark_curate::pipeline::{CurateConfig, Curator};
-use quark_curate::store::{DatasetWriter, read_documents};
+use quark_curate::store::{DatasetWriter, documents};
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     Artifact, DataCollected, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id,
@@ -21,6 +21,7 @@ use quark_ml::tokenizer::{self, TrainOptions};
 use quark_runtime::artifacts::{ArtifactStore, LocalStore};
 use quark_runtime::config::CurateSettings;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -102,14 +103,15 @@ impl CuratorService {
         let mut writer =
             DatasetWriter::create(&out, self.validation_fraction).map_err(|e| transient(&e))?;
         for shard in &collected.shards {
-            let bytes = self.store.get(shard).await.map_err(|e| transient(&e))?;
-            let path = work.join("shard.jsonl");
-            std::fs::write(&path, bytes).map_err(|e| transient(&e))?;
-            let documents =
-                read_documents(&path).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-            let mut documents = documents.into_iter();
+            // Streamed in batches: memory is bounded by the batch, not the shard.
+            let path = self.store.verified_path(shard).map_err(|e| transient(&e))?;
+            let mut documents = documents(&path).map_err(|e| transient(&e))?;
             loop {
-                let batch: Vec<_> = documents.by_ref().take(BATCH).collect();
+                let batch = documents
+                    .by_ref()
+                    .take(BATCH)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| HandlerError::Permanent(e.to_string()))?;
                 if batch.is_empty() {
                     break;
                 }
@@ -195,13 +197,22 @@ impl CuratorService {
         work: &Path,
     ) -> Result<Option<(Artifact, usize)>, HandlerError> {
         let transient = |e: &dyn std::fmt::Display| HandlerError::Transient(e.to_string());
-        let documents = read_documents(&dataset.join("train.jsonl")).map_err(|e| transient(&e))?;
-        if documents.is_empty() {
+        // The kept text, streamed into one file for the trainer.
+        let text_path = work.join("train.txt");
+        let mut text =
+            std::io::BufWriter::new(std::fs::File::create(&text_path).map_err(|e| transient(&e))?);
+        let mut kept = 0usize;
+        for document in documents(&dataset.join("train.jsonl")).map_err(|e| transient(&e))? {
+            let document = document.map_err(|e| transient(&e))?;
+            text.write_all(document.text.as_bytes())
+                .and_then(|_| text.write_all(b"\n\n"))
+                .map_err(|e| transient(&e))?;
+            kept += 1;
+        }
+        text.flush().map_err(|e| transient(&e))?;
+        if kept == 0 {
             return Ok(None);
         }
-        let text_path = work.join("train.txt");
-        let text: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
-        std::fs::write(&text_path, text.join("\n\n")).map_err(|e| transient(&e))?;
         let options = TrainOptions {
             vocab_size: self.vocab_size,
             ..Default::default()

@@ -72,6 +72,28 @@ impl LocalStore {
         Ok(path)
     }
 
+    /// The local path of an artifact once its content is checked against its hash, reading
+    /// it in chunks: for artifacts too large to hold in memory.
+    pub fn verified_path(&self, artifact: &Artifact) -> Result<PathBuf, ArtifactError> {
+        let path = self.local_path(artifact)?;
+        let io = |source| ArtifactError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(io)?;
+        let found = hex::encode(hasher.finalize());
+        if found != artifact.sha256 {
+            return Err(ArtifactError::Corrupt {
+                uri: artifact.uri.clone(),
+                expected: artifact.sha256.clone(),
+                found,
+            });
+        }
+        Ok(path)
+    }
+
     /// Moves a finished temporary file into place under its hash.
     async fn commit(
         &self,
@@ -177,6 +199,10 @@ mod tests {
             "same bytes, same artifact"
         );
         assert_eq!(store.get(&a).await.unwrap(), b"hello");
+        assert_eq!(
+            store.verified_path(&a).unwrap(),
+            store.local_path(&a).unwrap()
+        );
 
         let file = dir.path().join("input.txt");
         std::fs::write(&file, b"hello").unwrap();
@@ -184,6 +210,8 @@ mod tests {
 
         std::fs::write(store.local_path(&a).unwrap(), b"jello").unwrap();
         let error = store.get(&a).await.unwrap_err();
+        assert!(matches!(error, ArtifactError::Corrupt { .. }), "{error}");
+        let error = store.verified_path(&a).unwrap_err();
         assert!(matches!(error, ArtifactError::Corrupt { .. }), "{error}");
     }
 }

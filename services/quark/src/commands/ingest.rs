@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// Shards are cut at about this size.
+const SHARD_BYTES: usize = 32 << 20;
+
 #[derive(clap::Args, Debug)]
 pub struct IngestArgs {
     /// A file, a directory, a git repository (a path holding .git, or a clone URL with --git)
@@ -109,19 +112,24 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<Da
             collected.skipped.len()
         );
     }
+    // Shards of bounded size, so the curator can stream them.
+    let store = LocalStore::new(settings.artifacts_root())?;
+    let mut shards = vec![];
     let mut shard = Vec::new();
-    for document in &collected.documents {
+    for (i, document) in collected.documents.iter().enumerate() {
         serde_json::to_writer(&mut shard, document)?;
         shard.push(b'\n');
+        if shard.len() >= SHARD_BYTES || i + 1 == collected.documents.len() {
+            shards.push(store.put(&shard).await.context("cannot store a shard")?);
+            shard.clear();
+        }
     }
-    let store = LocalStore::new(settings.artifacts_root())?;
-    let artifact = store.put(&shard).await.context("cannot store the shard")?;
     let event = DataCollected {
         header: EventHeader::root("quark-ingest"),
         collection_id: Id::random(),
         source_kind,
         source_uri: args.source.clone(),
-        shards: vec![artifact],
+        shards,
         documents: collected.documents.len() as i64,
         bytes: collected
             .documents
