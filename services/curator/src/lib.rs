@@ -102,24 +102,28 @@ impl CuratorService {
         let out = work.join("dataset");
         let mut writer =
             DatasetWriter::create(&out, self.validation_fraction).map_err(|e| transient(&e))?;
-        for shard in &collected.shards {
-            // Streamed in batches: memory is bounded by the batch, not the shard.
-            let path = self.store.verified_path(shard).map_err(|e| transient(&e))?;
-            let mut documents = documents(&path).map_err(|e| transient(&e))?;
-            loop {
-                let batch = documents
-                    .by_ref()
-                    .take(BATCH)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-                if batch.is_empty() {
-                    break;
+        // CPU-bound: off the async workers' hands while it runs.
+        tokio::task::block_in_place(|| -> Result<(), HandlerError> {
+            for shard in &collected.shards {
+                // Streamed in batches: memory is bounded by the batch, not the shard.
+                let path = self.store.verified_path(shard).map_err(|e| transient(&e))?;
+                let mut documents = documents(&path).map_err(|e| transient(&e))?;
+                loop {
+                    let batch = documents
+                        .by_ref()
+                        .take(BATCH)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    writer
+                        .write(&curator.curate(batch))
+                        .map_err(|e| transient(&e))?;
                 }
-                writer
-                    .write(&curator.curate(batch))
-                    .map_err(|e| transient(&e))?;
             }
-        }
+            Ok(())
+        })?;
         let (train_examples, validation_examples) =
             (writer.train_documents, writer.validation_documents);
         writer.finish(&curator.stats).map_err(|e| transient(&e))?;
@@ -217,7 +221,7 @@ impl CuratorService {
             vocab_size: self.vocab_size,
             ..Default::default()
         };
-        let trained = tokenizer::train(&[&text_path], &options)
+        let trained = tokio::task::block_in_place(|| tokenizer::train(&[&text_path], &options))
             .map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let path = work.join("tokenizer.json");
         tokenizer::save(&trained, &path).map_err(|e| transient(&e))?;
