@@ -30,11 +30,10 @@ fn quark(data_dir: &Path, broker: &TestBroker, args: &[&str]) -> Command {
     command
 }
 
-/// Runs `quark ingest dir`, which must succeed; returns what it printed.
-fn ingest(data_dir: &Path, broker: &TestBroker, dir: &Path) -> String {
-    let output = quark(data_dir, broker, &["ingest", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
+/// Runs `quark ingest dir [options]`, which must succeed; returns what it printed.
+fn ingest(data_dir: &Path, broker: &TestBroker, dir: &Path, options: &[&str]) -> String {
+    let args = [&["ingest", dir.to_str().unwrap()], options].concat();
+    let output = quark(data_dir, broker, &args).output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -76,7 +75,7 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
     .unwrap();
     std::fs::write(first.join("image.png"), [0u8; 4]).unwrap();
 
-    let stdout = ingest(data.path(), &broker, &first);
+    let stdout = ingest(data.path(), &broker, &first, &[]);
     assert!(
         stdout.contains(": 3 documents,") && stdout.contains("1 skipped"),
         "{stdout}"
@@ -161,7 +160,7 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
             .replace("hallway", "corridor"),
     )
     .unwrap();
-    ingest(data.path(), &broker, &second);
+    ingest(data.path(), &broker, &second, &[]);
     // Partitions do not order the two events: find the second by its source.
     let datasets = dataset_events(&broker, 2);
     let again = datasets
@@ -205,18 +204,7 @@ fn ingested_directories_become_curated_datasets_deduplicated_across_ingests() {
         .join("\n"),
     )
     .unwrap();
-    let output = quark(
-        data.path(),
-        &broker,
-        &["ingest", sft.to_str().unwrap(), "--kind", "sft"],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ingest(data.path(), &broker, &sft, &["--kind", "sft"]);
     let datasets = dataset_events(&broker, 3);
     let tuned = datasets.iter().find(|d| d.name.ends_with("sft")).unwrap();
     assert_eq!(tuned.kind, quark_events::DatasetKind::Sft);

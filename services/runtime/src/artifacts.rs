@@ -36,6 +36,18 @@ pub trait ArtifactStore: Send + Sync {
     async fn get(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError>;
 }
 
+/// Content read back must hash to what the artifact says.
+fn matches_hash(artifact: &Artifact, found: String) -> Result<(), ArtifactError> {
+    if found == artifact.sha256 {
+        return Ok(());
+    }
+    Err(ArtifactError::Corrupt {
+        uri: artifact.uri.clone(),
+        expected: artifact.sha256.clone(),
+        found,
+    })
+}
+
 /// A directory of files named by their hash: `<root>/<first two hex digits>/<sha256>`.
 pub struct LocalStore {
     root: PathBuf,
@@ -83,14 +95,7 @@ impl LocalStore {
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let mut hasher = Sha256::new();
         std::io::copy(&mut file, &mut hasher).map_err(io)?;
-        let found = hex::encode(hasher.finalize());
-        if found != artifact.sha256 {
-            return Err(ArtifactError::Corrupt {
-                uri: artifact.uri.clone(),
-                expected: artifact.sha256.clone(),
-                found,
-            });
-        }
+        matches_hash(artifact, hex::encode(hasher.finalize()))?;
         Ok(path)
     }
 
@@ -167,14 +172,7 @@ impl ArtifactStore for LocalStore {
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|source| ArtifactError::Io { path, source })?;
-        let found = hex::encode(Sha256::digest(&bytes));
-        if found != artifact.sha256 {
-            return Err(ArtifactError::Corrupt {
-                uri: artifact.uri.clone(),
-                expected: artifact.sha256.clone(),
-                found,
-            });
-        }
+        matches_hash(artifact, hex::encode(Sha256::digest(&bytes)))?;
         Ok(bytes)
     }
 }
