@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Why a filter rejected a document: `quality:word_count`, `toxicity`, `language:fra`, …
 pub type Reason = String;
@@ -45,7 +46,9 @@ pub fn quality(text: &str, config: &QualityConfig) -> Option<Reason> {
     if words.len() < config.min_words || words.len() > config.max_words {
         return reject("word_count");
     }
-    let mean = words.iter().map(|w| w.chars().count()).sum::<usize>() as f64 / words.len() as f64;
+    let lengths: Vec<usize> = words.iter().map(|w| w.chars().count()).collect();
+    let chars: usize = lengths.iter().sum();
+    let mean = chars as f64 / words.len() as f64;
     if mean < config.min_mean_word_length || mean > config.max_mean_word_length {
         return reject("mean_word_length");
     }
@@ -71,22 +74,27 @@ pub fn quality(text: &str, config: &QualityConfig) -> Option<Reason> {
     if repeated as f64 > config.max_duplicate_lines * lines.len() as f64 {
         return reject("duplicate_lines");
     }
-    let lowered: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
-    let chars: usize = lowered.iter().map(|w| w.chars().count()).sum();
+    // N-grams keyed by their words' hashes: no string per n-gram.
+    let hashes: Vec<u64> = words
+        .iter()
+        .map(|w| xxh3_64(w.to_lowercase().as_bytes()))
+        .collect();
     for (n, limit) in (2..=4).zip(config.max_top_ngram) {
-        let mut counts: HashMap<&[String], usize> = HashMap::new();
-        for gram in lowered.windows(n) {
-            *counts.entry(gram).or_insert(0) += 1;
+        let mut counts: HashMap<u64, (usize, usize)> = HashMap::new();
+        for (i, gram) in hashes.windows(n).enumerate() {
+            let key = gram.iter().fold(0u64, |key, h| {
+                key.rotate_left(17) ^ h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            });
+            let entry = counts
+                .entry(key)
+                .or_insert_with(|| (0, lengths[i..i + n].iter().sum()));
+            entry.0 += 1;
         }
-        if let Some((gram, count)) = counts
-            .into_iter()
-            .filter(|(_, c)| *c > 1)
-            .max_by_key(|(_, c)| *c)
+        // (count, characters): ties go to the longer n-gram, never to iteration order.
+        if let Some((count, gram_chars)) = counts.into_values().filter(|(c, _)| *c > 1).max()
+            && (count * gram_chars) as f64 > limit * chars as f64
         {
-            let covered = count * gram.iter().map(|w| w.chars().count()).sum::<usize>();
-            if covered as f64 > limit * chars as f64 {
-                return reject(&format!("top_{n}gram"));
-            }
+            return reject(&format!("top_{n}gram"));
         }
     }
     None

@@ -70,8 +70,8 @@ pub struct TrainerState {
     pub parent: Option<PathBuf>,
     pub train_loss: Option<f64>,
     pub val_loss: Option<f64>,
-    /// Time spent in training steps (not validation or checkpoints).
-    pub train_ms: u64,
+    /// Microseconds spent in training steps (not validation or checkpoints).
+    pub train_us: u64,
     pub device: String,
 }
 
@@ -140,7 +140,7 @@ impl Trainer {
             parent,
             train_loss: None,
             val_loss: None,
-            train_ms: 0,
+            train_us: 0,
             device: format!("{:?}", model.device()),
         };
         Ok(Trainer::assemble(model, tokenizer, optimizer, state, run))
@@ -266,7 +266,7 @@ impl Trainer {
             }
             let elapsed = started.elapsed();
             window.2 += elapsed;
-            self.state.train_ms += elapsed.as_millis() as u64;
+            self.state.train_us += elapsed.as_micros() as u64;
             if report {
                 let tokens_per_s = (window.1 * tokens_per_step) as f64 / window.2.as_secs_f64();
                 progress.tokens_per_s = Some(tokens_per_s);
@@ -302,7 +302,7 @@ impl Trainer {
             Some((step, dir)) if step == self.state.step => dir,
             _ => self.checkpoint()?,
         };
-        let tokens_per_s = self.state.tokens as f64 / (self.state.train_ms as f64 / 1000.0);
+        let tokens_per_s = self.state.tokens as f64 / (self.state.train_us as f64 / 1e6);
         Ok(Outcome {
             state: self.state.clone(),
             checkpoint,
