@@ -25,6 +25,26 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     quark(dir, args).output().unwrap()
 }
 
+/// `quark generate` from `model`, greedy on the CPU, with `extra` arguments.
+fn greedy(dir: &Path, model: &str, prompt: &str, extra: &[&str]) -> Output {
+    let args = [
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        extra,
+    ]
+    .concat();
+    run(dir, &args)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -136,40 +156,10 @@ fn pretrain_stop_resume_fine_tune_and_generate() {
     assert!(val_loss < 1.0, "validation loss {val_loss}");
 
     // The memorised verse comes back greedily.
-    let generated = run(
-        dir.path(),
-        &[
-            "generate",
-            "--model",
-            "run",
-            "--prompt",
-            "Rough winds",
-            "--max-tokens",
-            "20",
-            "--temperature",
-            "0",
-            "--device",
-            "cpu",
-        ],
-    );
+    let generated = greedy(dir.path(), "run", "Rough winds", &["--max-tokens", "20"]);
     assert!(generated.status.success(), "{}", text(&generated.stderr));
     assert_eq!(text(&generated.stdout), " do shake the darlin\n");
-    let stop = run(
-        dir.path(),
-        &[
-            "generate",
-            "--model",
-            "run",
-            "--prompt",
-            "Rough winds",
-            "--temperature",
-            "0",
-            "--stop",
-            "shake",
-            "--device",
-            "cpu",
-        ],
-    );
+    let stop = greedy(dir.path(), "run", "Rough winds", &["--stop", "shake"]);
     assert_eq!(text(&stop.stdout), " do \n");
     assert!(text(&stop.stderr).contains("finished: Stop"));
 
@@ -205,21 +195,7 @@ fn pretrain_stop_resume_fine_tune_and_generate() {
             .ends_with(&format!("run/step-{total:08}")),
         "{state}"
     );
-    let reply = run(
-        dir.path(),
-        &[
-            "generate",
-            "--model",
-            "chat",
-            "--chat",
-            "--prompt",
-            "May?",
-            "--temperature",
-            "0",
-            "--device",
-            "cpu",
-        ],
-    );
+    let reply = greedy(dir.path(), "chat", "May?", &["--chat"]);
     assert_eq!(text(&reply.stdout), "buds\n", "{}", text(&reply.stderr));
 }
 
