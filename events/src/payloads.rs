@@ -299,3 +299,10 @@ pub struct IndexUpdated {
     pub rows_added: i64,
     pub rows_total: i64,
 }
+
+impl FeedbackReceived {
+    /// Ratings of 1 and 2 (of 5) are negative feedback.
+    pub fn is_negative(&self) -> bool {
+        self.rating <= 2
+    }
+}

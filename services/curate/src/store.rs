@@ -102,6 +102,11 @@ pub fn documents(
         }))
 }
 
+/// The texts of all the documents of a JSON-lines file.
+pub fn read_texts(path: &Path) -> Result<Vec<String>, CurateError> {
+    documents(path)?.map(|d| d.map(|d| d.text)).collect()
+}
+
 /// All the documents of a JSON-lines file.
 pub fn read_documents(path: &Path) -> Result<Vec<Document>, CurateError> {
     documents(path)?.collect()

@@ -50,6 +50,28 @@ enum Line {
     Pair { prompt: String, response: String },
 }
 
+/// One SFT record, `{"messages": [...]}` or `{"prompt": …, "response": …}`, as a conversation
+/// with at least one assistant reply; the error says what is wrong with it.
+pub fn parse_record(line: &str) -> Result<Vec<Message>, String> {
+    let messages = match serde_json::from_str::<Line>(line) {
+        Ok(Line::Chat { messages }) => messages,
+        Ok(Line::Pair { prompt, response }) => vec![
+            Message::new(Role::User, prompt),
+            Message::new(Role::Assistant, response),
+        ],
+        Err(_) => {
+            return Err(
+                "expected {\"messages\": [{\"role\", \"content\"}…]} or {\"prompt\", \"response\"}"
+                    .into(),
+            );
+        }
+    };
+    if !messages.iter().any(|m| m.role == Role::Assistant) {
+        return Err("no assistant message to learn from".into());
+    }
+    Ok(messages)
+}
+
 /// Reads SFT conversations from JSON lines; a bad line is an error naming it.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Vec<Message>>, MlError> {
     let text = std::fs::read_to_string(path).map_err(MlError::io(path))?;
@@ -58,24 +80,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Vec<Message>>, MlError> {
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
-            let bad = |why: String| MlError::Data(format!("{}:{}: {why}", path.display(), i + 1));
-            let messages = match serde_json::from_str::<Line>(line) {
-                Ok(Line::Chat { messages }) => messages,
-                Ok(Line::Pair { prompt, response }) => vec![
-                    Message::new(Role::User, prompt),
-                    Message::new(Role::Assistant, response),
-                ],
-                Err(_) => {
-                    return Err(bad(
-                        "expected {\"messages\": [{\"role\", \"content\"}…]} or {\"prompt\", \"response\"}"
-                            .into(),
-                    ));
-                }
-            };
-            if !messages.iter().any(|m| m.role == Role::Assistant) {
-                return Err(bad("no assistant message to learn from".into()));
-            }
-            Ok(messages)
+            parse_record(line)
+                .map_err(|why| MlError::Data(format!("{}:{}: {why}", path.display(), i + 1)))
         })
         .collect::<Result<_, _>>()?;
     if conversations.is_empty() {

@@ -95,3 +95,71 @@ pub fn prepare(
         val_tokens,
     })
 }
+
+/// Share of the text [`hold_out`] holds out (the trainer and the evaluator agree on it).
+pub const HELD_OUT: f64 = 0.1;
+
+/// Training and held-out documents. When a dataset has no held-out documents (a few long
+/// ones all fell on the training side), the last `fraction` of the training text is held out,
+/// cut at a whitespace, so that training and evaluation always have a split to use.
+pub fn hold_out(
+    mut train: Vec<String>,
+    validation: Vec<String>,
+    fraction: f64,
+) -> (Vec<String>, Vec<String>) {
+    if !validation.is_empty() || train.is_empty() {
+        return (train, validation);
+    }
+    let total: usize = train.iter().map(String::len).sum();
+    let mut need = ((total as f64) * fraction).ceil() as usize;
+    let mut held = Vec::new();
+    while need > 0 {
+        let Some(mut last) = train.pop() else { break };
+        if last.len() <= need && !train.is_empty() {
+            need -= last.len();
+            held.push(last);
+            continue;
+        }
+        // Cut this one: its tail is held out, from a whitespace near the cut.
+        let mut cut = last.len().saturating_sub(need).max(last.len() / 2);
+        while !last.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let cut = last[cut..]
+            .find(char::is_whitespace)
+            .map_or(cut, |i| cut + i);
+        held.push(last.split_off(cut));
+        train.push(last);
+        break;
+    }
+    held.reverse();
+    held.retain(|d| !d.trim().is_empty());
+    (train, held)
+}
+
+#[cfg(test)]
+mod hold_out_tests {
+    use super::hold_out;
+
+    #[test]
+    fn a_split_without_validation_holds_out_the_end_of_the_text() {
+        let play = "word ".repeat(1000);
+        let (train, held) = hold_out(vec![play.clone()], vec![], 0.1);
+        assert_eq!(train.len(), 1);
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            format!("{}{}", train[0], held[0]),
+            play,
+            "nothing lost or repeated"
+        );
+        let share = held[0].len() as f64 / play.len() as f64;
+        assert!((0.09..=0.11).contains(&share), "{share}");
+
+        let (train, held) = hold_out(vec!["a b".into(), "c d".into()], vec!["v".into()], 0.1);
+        assert_eq!(
+            (train.len(), held),
+            (2, vec!["v".to_string()]),
+            "an existing split is kept"
+        );
+    }
+}

@@ -16,6 +16,7 @@ pub mod data;
 pub mod device;
 pub mod generate;
 pub mod gpt;
+pub mod metrics;
 pub mod optim;
 pub mod shards;
 pub mod tokenizer;

@@ -121,6 +121,67 @@ impl LocalStore {
         })
     }
 
+    /// Stores the files `names` of directory `dir` and a manifest naming them: the manifest
+    /// is the directory's artifact (a checkpoint is one).
+    pub async fn put_dir(&self, dir: &Path, names: &[&str]) -> Result<Artifact, ArtifactError> {
+        let mut manifest = std::collections::BTreeMap::new();
+        for name in names {
+            manifest.insert(name.to_string(), self.put_file(&dir.join(name)).await?);
+        }
+        let json = serde_json::to_vec_pretty(&manifest).expect("artifacts serialise to JSON");
+        self.put(&json).await
+    }
+
+    /// Copies a directory stored by [`LocalStore::put_dir`] to `dest` (each file checked
+    /// against its hash) unless `dest` already holds it; returns `dest`.
+    pub async fn get_dir(
+        &self,
+        artifact: &Artifact,
+        dest: &Path,
+    ) -> Result<PathBuf, ArtifactError> {
+        let done = dest.join(".complete");
+        if done.exists() {
+            return Ok(dest.to_path_buf());
+        }
+        let manifest: std::collections::BTreeMap<String, Artifact> =
+            serde_json::from_slice(&self.get(artifact).await?).map_err(|e| ArtifactError::Io {
+                path: PathBuf::from(&artifact.uri),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
+        // Built beside `dest` and renamed into place: a reader never sees half a directory.
+        let temp = dest.with_extension(format!("incoming-{}", quark_events::Id::random()));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ArtifactError::Io { path, source }
+        };
+        tokio::fs::create_dir_all(&temp).await.map_err(io(&temp))?;
+        for (name, file) in &manifest {
+            let source = self.verified_path(file)?;
+            let target = temp.join(name);
+            tokio::fs::copy(&source, &target)
+                .await
+                .map_err(io(&target))?;
+        }
+        tokio::fs::write(temp.join(".complete"), b"")
+            .await
+            .map_err(io(&temp))?;
+        if dest.exists() && !done.exists() {
+            // Left by a reader that crashed half-way.
+            let _ = tokio::fs::remove_dir_all(dest).await;
+        }
+        if let Err(source) = tokio::fs::rename(&temp, dest).await {
+            let _ = tokio::fs::remove_dir_all(&temp).await;
+            // Another reader finished first: theirs is as good.
+            if !done.exists() {
+                return Err(ArtifactError::Io {
+                    path: dest.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        Ok(dest.to_path_buf())
+    }
+
     fn temp_path(&self) -> PathBuf {
         self.root
             .join(format!(".incoming-{}", quark_events::Id::random()))

@@ -17,6 +17,99 @@ pub struct Settings {
     pub artifacts: ArtifactSettings,
     pub telemetry: TelemetrySettings,
     pub curate: CurateSettings,
+    pub trainer: TrainerSettings,
+    pub evaluate: EvaluateSettings,
+    pub registry: RegistrySettings,
+    pub gateway: GatewaySettings,
+    pub augment: AugmentSettings,
+}
+
+/// What the trainer trains. A shape field of 0 is sized for the device: a CPU gets a model
+/// that trains in minutes, a GPU one that uses it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerSettings {
+    /// auto (CUDA when present), cpu, cuda or cuda:<n>.
+    pub device: String,
+    pub n_layer: i64,
+    pub n_head: i64,
+    pub n_embd: i64,
+    pub block_size: i64,
+    pub batch_size: usize,
+    /// Optimizer steps of a pre-training run (0: sized for the device).
+    pub pretrain_steps: u64,
+    /// Optimizer steps of a fine-tuning run on feedback.
+    pub finetune_steps: u64,
+    pub lr: f64,
+    pub finetune_lr: f64,
+    pub warmup_steps: u64,
+    /// Steps between checkpoints: a killed job resumes from the last one.
+    pub checkpoint_interval: u64,
+    /// Windows of pre-training text mixed into fine-tuning, per feedback example: without
+    /// them a small model forgets what it knew while it learns the corrections.
+    pub rehearsal_ratio: f64,
+    pub seed: u64,
+}
+
+/// What the evaluator measures and the gate a candidate must pass against the champion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSettings {
+    /// Largest relative rise of held-out perplexity over the champion's (0.02 = 2 %).
+    pub max_perplexity_increase: f64,
+    /// Largest relative rise of the loss on conversations learnt from earlier feedback: a
+    /// candidate may not unlearn accepted corrections.
+    pub max_learnt_loss_increase: f64,
+    /// Lowest share of the safety suite's prompts whose completions must be clean.
+    pub min_safety_pass_rate: f64,
+    /// Largest fall (absolute) of exact match and token F1 on the evaluation sets.
+    pub max_score_decrease: f64,
+    /// Largest relative rise of p95 generation latency over the champion's.
+    pub max_latency_increase: f64,
+    /// Tokens generated per evaluation prompt.
+    pub max_new_tokens: usize,
+    /// Held-out windows scored for perplexity (0: the whole validation split).
+    pub validation_windows: usize,
+}
+
+/// When the registry rolls the champion back on live telemetry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Requests a telemetry window needs before its error rate is trusted.
+    pub min_requests: i64,
+    /// Share of failed requests above which the champion is rolled back.
+    pub max_error_rate: f64,
+    /// Feedback a window needs before its negative share is trusted.
+    pub min_feedback: i64,
+    /// Share of negative feedback above which the champion is rolled back.
+    pub max_negative_rate: f64,
+}
+
+/// The OpenAI-compatible HTTP gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub listen: String,
+    /// Keys accepted (as `Authorization: Bearer <key>`) on /v1/feedback and /v1/admin/*.
+    pub api_keys: Vec<String>,
+    pub max_body_bytes: usize,
+    /// Upper bound of a request's max_tokens.
+    pub max_tokens: usize,
+    /// Milliseconds per telemetry.reported window.
+    pub telemetry_window_ms: u64,
+    /// Names this gateway in telemetry and its consumer group (each gateway sees every promotion).
+    pub instance: String,
+    /// Recent requests remembered for feedback that refers to them.
+    pub remembered_requests: usize,
+}
+
+/// When feedback becomes a retraining.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentSettings {
+    /// New corrections that trigger a retraining.
+    pub min_examples: usize,
 }
 
 /// What the curator keeps and how it deduplicates.
@@ -111,6 +204,47 @@ impl Default for Settings {
                 tokenizer_vocab_size: 8192,
                 minhash: Default::default(),
             },
+            trainer: TrainerSettings {
+                device: "auto".into(),
+                n_layer: 0,
+                n_head: 0,
+                n_embd: 0,
+                block_size: 0,
+                batch_size: 16,
+                pretrain_steps: 0,
+                finetune_steps: 30,
+                lr: 1e-3,
+                finetune_lr: 3e-4,
+                warmup_steps: 20,
+                checkpoint_interval: 50,
+                rehearsal_ratio: 4.0,
+                seed: 1337,
+            },
+            evaluate: EvaluateSettings {
+                max_perplexity_increase: 0.02,
+                max_learnt_loss_increase: 0.05,
+                min_safety_pass_rate: 1.0,
+                max_score_decrease: 0.1,
+                max_latency_increase: 1.0,
+                max_new_tokens: 24,
+                validation_windows: 64,
+            },
+            registry: RegistrySettings {
+                min_requests: 50,
+                max_error_rate: 0.2,
+                min_feedback: 10,
+                max_negative_rate: 0.6,
+            },
+            gateway: GatewaySettings {
+                listen: "127.0.0.1:8080".into(),
+                api_keys: vec!["quark-local-key".into()],
+                max_body_bytes: 1 << 20,
+                max_tokens: 512,
+                telemetry_window_ms: 10_000,
+                instance: "gateway".into(),
+                remembered_requests: 10_000,
+            },
+            augment: AugmentSettings { min_examples: 8 },
         }
     }
 }
