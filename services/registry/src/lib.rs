@@ -1,0 +1,609 @@
+//! The model registry: projections of the topics into the database (models, aliases,
+//! datasets, tokenizers, evaluations, promotions, feedback counts) and the decisions that
+//! move the champion.
+//!
+//! - eval.completed (every gate check passed) → model.promoted: the model becomes champion and
+//!   the champion it replaces becomes `previous`.
+//! - eval.regressed for the live champion, or telemetry.reported showing the champion failing
+//!   live → model.promoted with reason `rollback`: `previous` becomes champion again.
+//!
+//! A decision is a pure function of the event and the projection, recorded by [`Handler::apply`]
+//! in the same transaction as the projection, with the promotion's id and time taken from its
+//! cause. So `quark replay`, which folds the topics back into empty tables, rebuilds exactly
+//! what live consumption built.
+
+pub mod tables;
+
+use async_trait::async_trait;
+use quark_events::bus::{Handler, HandlerError};
+use quark_events::{
+    Alias, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelPromoted,
+    ModelTrained, PromotionReason, TokenizerTrained,
+};
+pub use quark_runtime::config::RegistrySettings;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+pub use tables::RegistryMigration;
+use tables::{alias, dataset, evaluation, feedback, model, promotion, tokenizer};
+
+pub const NAME: &str = "registry";
+
+pub struct RegistryService {
+    db: DatabaseConnection,
+    policy: RegistrySettings,
+}
+
+impl RegistryService {
+    pub fn new(db: DatabaseConnection, policy: RegistrySettings) -> Self {
+        RegistryService { db, policy }
+    }
+}
+
+#[async_trait]
+impl Handler for RegistryService {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn consumes(&self) -> Vec<EventKind> {
+        use EventKind::*;
+        vec![
+            DatasetPrepared,
+            TokenizerTrained,
+            ModelTrained,
+            EvalCompleted,
+            EvalRegressed,
+            ModelPromoted,
+            FeedbackReceived,
+            TelemetryReported,
+        ]
+    }
+
+    async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
+        let decision = decide(&self.db, event, &self.policy)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        Ok(decision.map(Event::ModelPromoted).into_iter().collect())
+    }
+
+    async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        project(txn, event, &self.policy).await
+    }
+}
+
+/// The promotion or rollback an event calls for, given the registry as it stands.
+pub async fn decide<C: ConnectionTrait>(
+    db: &C,
+    event: &Event,
+    policy: &RegistrySettings,
+) -> Result<Option<ModelPromoted>, DbErr> {
+    let champion = alias_of(db, Alias::Champion).await?;
+    let promotion = |cause: &EventHeader, model_id, previous, reason, evaluation_id| {
+        let mut header = EventHeader::caused_by(cause, NAME, "promotion");
+        // The decision takes effect when its cause happened: a replay re-derives it exactly.
+        header.occurred_at = cause.occurred_at;
+        Some(ModelPromoted {
+            header,
+            model_id,
+            alias: Alias::Champion,
+            previous_model_id: previous,
+            reason,
+            evaluation_id,
+        })
+    };
+    Ok(match event {
+        Event::EvalCompleted(e) if e.checks.iter().all(|c| c.passed) => {
+            if champion == Some(e.model_id) || model(db, e.model_id).await?.is_none() {
+                None
+            } else {
+                promotion(
+                    &e.header,
+                    e.model_id,
+                    champion,
+                    PromotionReason::GatePassed,
+                    Some(e.evaluation_id),
+                )
+            }
+        }
+        Event::EvalRegressed(e) if champion == Some(e.model_id) => {
+            match alias_of(db, Alias::Previous).await? {
+                Some(previous) => promotion(
+                    &e.header,
+                    previous,
+                    champion,
+                    PromotionReason::Rollback,
+                    Some(e.evaluation_id),
+                ),
+                None => None,
+            }
+        }
+        Event::TelemetryReported(t) if champion == Some(t.model_id) => {
+            let rate = |n: i64, of: i64| n as f64 / of.max(1) as f64;
+            let failing = (t.requests >= policy.min_requests
+                && rate(t.errors, t.requests) > policy.max_error_rate)
+                || (t.feedback >= policy.min_feedback
+                    && rate(t.negative_feedback, t.feedback) > policy.max_negative_rate);
+            match alias_of(db, Alias::Previous).await? {
+                Some(previous) if failing => promotion(
+                    &t.header,
+                    previous,
+                    champion,
+                    PromotionReason::Rollback,
+                    None,
+                ),
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+}
+
+/// An event as JSON with every object's keys sorted: maps in events have no order, and a
+/// projection rebuilt by replay must be byte-for-byte the one built live.
+fn json<T: Serialize>(value: &T) -> String {
+    fn sort(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.sort_keys();
+                map.values_mut().for_each(sort);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(sort),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(value).expect("events serialise to JSON");
+    sort(&mut value);
+    value.to_string()
+}
+
+fn label<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Folds one event into the projection (and records the decision it calls for).
+pub async fn project<C: ConnectionTrait>(
+    db: &C,
+    event: &Event,
+    policy: &RegistrySettings,
+) -> Result<(), DbErr> {
+    let decision = decide(db, event, policy).await?;
+    match event {
+        Event::DatasetPrepared(d) => {
+            insert_new(
+                db,
+                dataset::ActiveModel {
+                    dataset_id: Set(d.dataset_id.to_string()),
+                    kind: Set(label(&d.kind)),
+                    prepared_at: Set(d.header.occurred_at.0),
+                    event: Set(json(d)),
+                },
+                dataset::Column::DatasetId,
+            )
+            .await?
+        }
+        Event::TokenizerTrained(t) => {
+            insert_new(
+                db,
+                tokenizer::ActiveModel {
+                    tokenizer_id: Set(t.tokenizer_id.to_string()),
+                    dataset_id: Set(t.dataset_id.to_string()),
+                    event: Set(json(t)),
+                },
+                tokenizer::Column::TokenizerId,
+            )
+            .await?
+        }
+        Event::ModelTrained(m) => {
+            insert_new(
+                db,
+                model::ActiveModel {
+                    model_id: Set(m.model_id.to_string()),
+                    run_kind: Set(label(&m.run_kind)),
+                    parent_model_id: Set(m.parent_model_id.map(|p| p.to_string())),
+                    trained_at: Set(m.header.occurred_at.0),
+                    event: Set(json(m)),
+                },
+                model::Column::ModelId,
+            )
+            .await?;
+            set_alias(db, Alias::Challenger, m.model_id, m.header.occurred_at.0).await?;
+        }
+        Event::EvalCompleted(e) => {
+            record_evaluation(
+                db,
+                &e.header,
+                e.evaluation_id,
+                e.model_id,
+                true,
+                "offline_gate",
+                json(e),
+            )
+            .await?;
+        }
+        Event::EvalRegressed(e) => {
+            record_evaluation(
+                db,
+                &e.header,
+                e.evaluation_id,
+                e.model_id,
+                false,
+                &label(&e.source),
+                json(e),
+            )
+            .await?;
+        }
+        Event::ModelPromoted(p) => record_promotion(db, p).await?,
+        Event::FeedbackReceived(f) => {
+            count(
+                db,
+                &f.model_id,
+                [
+                    (feedback::Column::Feedback, 1),
+                    (feedback::Column::Negative, i64::from(f.is_negative())),
+                    (
+                        feedback::Column::Corrections,
+                        i64::from(f.correction.is_some()),
+                    ),
+                    (
+                        feedback::Column::Preferences,
+                        i64::from(f.preferred_response.is_some()),
+                    ),
+                ],
+            )
+            .await?
+        }
+        Event::TelemetryReported(t) => {
+            count(
+                db,
+                &t.model_id.to_string(),
+                [
+                    (feedback::Column::Requests, t.requests),
+                    (feedback::Column::Errors, t.errors),
+                ],
+            )
+            .await?
+        }
+        _ => {}
+    }
+    if let Some(promotion) = decision {
+        record_promotion(db, &promotion).await?;
+    }
+    Ok(())
+}
+
+async fn insert_new<C, A>(
+    db: &C,
+    row: A,
+    key: impl sea_orm::sea_query::IntoIden,
+) -> Result<(), DbErr>
+where
+    C: ConnectionTrait,
+    A: sea_orm::ActiveModelTrait,
+{
+    let result = <A::Entity as EntityTrait>::insert(row)
+        .on_conflict(OnConflict::column(key).do_nothing().to_owned())
+        .exec_without_returning(db)
+        .await;
+    match result {
+        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn record_evaluation<C: ConnectionTrait>(
+    db: &C,
+    header: &EventHeader,
+    evaluation_id: Id,
+    model_id: Id,
+    passed: bool,
+    source: &str,
+    event: String,
+) -> Result<(), DbErr> {
+    insert_new(
+        db,
+        evaluation::ActiveModel {
+            evaluation_id: Set(evaluation_id.to_string()),
+            model_id: Set(model_id.to_string()),
+            passed: Set(passed),
+            source: Set(source.to_string()),
+            evaluated_at: Set(header.occurred_at.0),
+            event: Set(event),
+        },
+        evaluation::Column::EvaluationId,
+    )
+    .await?;
+    // A decided candidate is no longer the challenger.
+    if alias_of(db, Alias::Challenger).await? == Some(model_id) {
+        alias::Entity::delete_by_id(label(&Alias::Challenger))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn count<C: ConnectionTrait, const N: usize>(
+    db: &C,
+    model_id: &str,
+    increments: [(feedback::Column, i64); N],
+) -> Result<(), DbErr> {
+    let zero = feedback::ActiveModel {
+        model_id: Set(model_id.to_string()),
+        feedback: Set(0),
+        negative: Set(0),
+        corrections: Set(0),
+        preferences: Set(0),
+        requests: Set(0),
+        errors: Set(0),
+    };
+    insert_new(db, zero, feedback::Column::ModelId).await?;
+    let mut update = feedback::Entity::update_many().filter(feedback::Column::ModelId.eq(model_id));
+    for (column, by) in increments {
+        update = update.col_expr(
+            column,
+            sea_orm::sea_query::ExprTrait::add(Expr::col(column), by),
+        );
+    }
+    update.exec(db).await.map(drop)
+}
+
+async fn set_alias<C: ConnectionTrait>(
+    db: &C,
+    which: Alias,
+    model_id: Id,
+    since: i64,
+) -> Result<(), DbErr> {
+    alias::Entity::insert(alias::ActiveModel {
+        alias: Set(label(&which)),
+        model_id: Set(model_id.to_string()),
+        since: Set(since),
+    })
+    .on_conflict(
+        OnConflict::column(alias::Column::Alias)
+            .update_columns([alias::Column::ModelId, alias::Column::Since])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await
+    .map(drop)
+}
+
+/// Records a promotion once, and moves the aliases it implies.
+async fn record_promotion<C: ConnectionTrait>(db: &C, p: &ModelPromoted) -> Result<(), DbErr> {
+    let event_id = p.header.event_id.to_string();
+    if promotion::Entity::find_by_id(event_id.clone())
+        .one(db)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let at = p.header.occurred_at.0;
+    // After a rollback, `previous` is what preceded the restored champion, so a second
+    // rollback goes further back instead of restoring the model just rolled back.
+    let previous = match (p.alias, p.reason) {
+        (Alias::Champion, PromotionReason::Rollback) => promotion::Entity::find()
+            .filter(promotion::Column::ModelId.eq(p.model_id.to_string()))
+            .filter(promotion::Column::Alias.eq(label(&Alias::Champion)))
+            .order_by_desc(promotion::Column::PromotedAt)
+            .one(db)
+            .await?
+            .and_then(|earlier| earlier.previous_model_id)
+            .and_then(|id| id.parse().ok()),
+        _ => p.previous_model_id,
+    };
+    promotion::Entity::insert(promotion::ActiveModel {
+        event_id: Set(event_id),
+        model_id: Set(p.model_id.to_string()),
+        alias: Set(label(&p.alias)),
+        previous_model_id: Set(p.previous_model_id.map(|id| id.to_string())),
+        reason: Set(label(&p.reason)),
+        evaluation_id: Set(p.evaluation_id.map(|id| id.to_string())),
+        promoted_at: Set(at),
+    })
+    .exec_without_returning(db)
+    .await?;
+    set_alias(db, p.alias, p.model_id, at).await?;
+    if p.alias == Alias::Champion {
+        match previous {
+            Some(previous) => set_alias(db, Alias::Previous, previous, at).await?,
+            None => {
+                alias::Entity::delete_by_id(label(&Alias::Previous))
+                    .exec(db)
+                    .await?;
+            }
+        }
+        if alias_of(db, Alias::Challenger).await? == Some(p.model_id) {
+            alias::Entity::delete_by_id(label(&Alias::Challenger))
+                .exec(db)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn parse<T: DeserializeOwned>(text: &str) -> Result<T, DbErr> {
+    serde_json::from_str(text).map_err(|e| DbErr::Json(e.to_string()))
+}
+
+/// The model an alias points to.
+pub async fn alias_of<C: ConnectionTrait>(db: &C, which: Alias) -> Result<Option<Id>, DbErr> {
+    Ok(alias::Entity::find_by_id(label(&which))
+        .one(db)
+        .await?
+        .and_then(|row| row.model_id.parse().ok()))
+}
+
+pub async fn model<C: ConnectionTrait>(db: &C, id: Id) -> Result<Option<ModelTrained>, DbErr> {
+    model::Entity::find_by_id(id.to_string())
+        .one(db)
+        .await?
+        .map(|row| parse(&row.event))
+        .transpose()
+}
+
+/// Every model, oldest first.
+pub async fn models<C: ConnectionTrait>(db: &C) -> Result<Vec<ModelTrained>, DbErr> {
+    model::Entity::find()
+        .order_by_asc(model::Column::TrainedAt)
+        .order_by_asc(model::Column::ModelId)
+        .all(db)
+        .await?
+        .iter()
+        .map(|row| parse(&row.event))
+        .collect()
+}
+
+pub async fn dataset<C: ConnectionTrait>(db: &C, id: Id) -> Result<Option<DatasetPrepared>, DbErr> {
+    dataset::Entity::find_by_id(id.to_string())
+        .one(db)
+        .await?
+        .map(|row| parse(&row.event))
+        .transpose()
+}
+
+/// Every dataset of a kind, oldest first.
+pub async fn datasets_of_kind<C: ConnectionTrait>(
+    db: &C,
+    kind: DatasetKind,
+) -> Result<Vec<DatasetPrepared>, DbErr> {
+    dataset::Entity::find()
+        .filter(dataset::Column::Kind.eq(label(&kind)))
+        .order_by_asc(dataset::Column::PreparedAt)
+        .order_by_asc(dataset::Column::DatasetId)
+        .all(db)
+        .await?
+        .iter()
+        .map(|row| parse(&row.event))
+        .collect()
+}
+
+pub async fn tokenizer<C: ConnectionTrait>(
+    db: &C,
+    id: Id,
+) -> Result<Option<TokenizerTrained>, DbErr> {
+    tokenizer::Entity::find_by_id(id.to_string())
+        .one(db)
+        .await?
+        .map(|row| parse(&row.event))
+        .transpose()
+}
+
+/// The tokenizer trained on a dataset.
+pub async fn tokenizer_for<C: ConnectionTrait>(
+    db: &C,
+    dataset_id: Id,
+) -> Result<Option<TokenizerTrained>, DbErr> {
+    tokenizer::Entity::find()
+        .filter(tokenizer::Column::DatasetId.eq(dataset_id.to_string()))
+        .one(db)
+        .await?
+        .map(|row| parse(&row.event))
+        .transpose()
+}
+
+/// Every promotion, in the order they took effect.
+pub async fn promotions<C: ConnectionTrait>(db: &C) -> Result<Vec<promotion::Model>, DbErr> {
+    promotion::Entity::find()
+        .order_by_asc(promotion::Column::PromotedAt)
+        .order_by_asc(promotion::Column::EventId)
+        .all(db)
+        .await
+}
+
+/// The promotion that made the champion of time `at_ms` (milliseconds since the epoch).
+pub async fn champion_at<C: ConnectionTrait>(
+    db: &C,
+    at_ms: i64,
+) -> Result<Option<promotion::Model>, DbErr> {
+    promotion::Entity::find()
+        .filter(promotion::Column::Alias.eq(label(&Alias::Champion)))
+        .filter(promotion::Column::PromotedAt.lte(at_ms))
+        .order_by_desc(promotion::Column::PromotedAt)
+        .order_by_desc(promotion::Column::EventId)
+        .one(db)
+        .await
+}
+
+pub async fn evaluations<C: ConnectionTrait>(db: &C) -> Result<Vec<evaluation::Model>, DbErr> {
+    evaluation::Entity::find()
+        .order_by_asc(evaluation::Column::EvaluatedAt)
+        .order_by_asc(evaluation::Column::EvaluationId)
+        .all(db)
+        .await
+}
+
+/// Every row of every registry table, in a stable order: two registries are the same
+/// projection when their snapshots are equal.
+pub async fn snapshot<C: ConnectionTrait>(db: &C) -> Result<serde_json::Value, DbErr> {
+    async fn rows<C: ConnectionTrait, E: EntityTrait>(
+        db: &C,
+    ) -> Result<Vec<serde_json::Value>, DbErr> {
+        let mut rows: Vec<serde_json::Value> = E::find().into_json().all(db).await?;
+        rows.sort_by_key(|row| row.to_string());
+        Ok(rows)
+    }
+    Ok(serde_json::json!({
+        "models": rows::<_, model::Entity>(db).await?,
+        "datasets": rows::<_, dataset::Entity>(db).await?,
+        "tokenizers": rows::<_, tokenizer::Entity>(db).await?,
+        "evaluations": rows::<_, evaluation::Entity>(db).await?,
+        "promotions": rows::<_, promotion::Entity>(db).await?,
+        "aliases": rows::<_, alias::Entity>(db).await?,
+        "feedback": rows::<_, feedback::Entity>(db).await?,
+    }))
+}
+
+/// Rebuilds the registry from `events` (every event of the topics, in any order): clears
+/// the tables and folds the events in the order they happened.
+pub async fn rebuild(
+    db: &DatabaseConnection,
+    mut events: Vec<Event>,
+    policy: &RegistrySettings,
+) -> Result<usize, DbErr> {
+    use sea_orm::TransactionTrait;
+    // Time first; within a millisecond, the loop's own order (a cause before its effects).
+    events.sort_by_key(|e| (e.header().occurred_at.0, e.kind()));
+    let txn = db.begin().await?;
+    tables::clear(&txn).await?;
+    for event in &events {
+        project(&txn, event, policy).await?;
+    }
+    txn.commit().await?;
+    Ok(events.len())
+}
+
+/// Waits for the registry to know something another service announced (the registry is a
+/// consumer of its own and may lag the caller by a few messages).
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut lookup: F,
+) -> Result<T, HandlerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, DbErr>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match lookup().await {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) if tokio::time::Instant::now() < deadline => {}
+            Ok(None) => {
+                return Err(HandlerError::Transient(format!(
+                    "the registry does not know {what} after {timeout:?}"
+                )));
+            }
+            Err(e) => return Err(HandlerError::Transient(e.to_string())),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
