@@ -1,0 +1,396 @@
+//! The augmenter: feedback becomes training and evaluation data.
+//!
+//! - a correction → an SFT pair (prompt, correction);
+//! - a preferred response → a preference pair (prompt, chosen = preferred, rejected = served);
+//! - a negative rating without a correction → an evaluation case (prompt, rejected = served).
+//!
+//! Text is PII-scrubbed; examples are keyed by their normalised content, so a replayed or
+//! repeated feedback never adds an example twice. Examples wait in the database until the
+//! policy releases them: `min_examples` pending corrections, or a live regression of the
+//! champion. A release emits one dataset.prepared per kind (its `source_collections` are the
+//! feedback ids the examples came from) and a retrain.requested for the SFT dataset.
+//!
+//! The release is decided from the database and the event alone, the same way in
+//! [`Handler::handle`] (which emits) and [`Handler::apply`] (which records), so it happens
+//! exactly once.
+
+use async_trait::async_trait;
+use quark_curate::normalize::{exact_key, normalize};
+use quark_curate::pii;
+use quark_events::bus::{Handler, HandlerError};
+use quark_events::{
+    DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, FeedbackReceived, Id,
+    RegressionSource, RetrainRequested, RetrainTrigger, RunKind,
+};
+use quark_runtime::config::AugmentSettings;
+use quark_runtime::{ArtifactStore, LocalStore};
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, DatabaseTransaction, QueryOrder, Schema};
+use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub const NAME: &str = "augmenter";
+
+pub mod example {
+    use sea_orm::entity::prelude::*;
+
+    /// One example made from feedback, pending until a release puts it in a dataset.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "augmenter_examples")]
+    pub struct Model {
+        /// Kind and normalised content, hashed: the same example is stored once.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        /// `sft`, `preference` or `eval`.
+        pub kind: String,
+        #[sea_orm(column_type = "Text")]
+        pub record: String,
+        pub feedback_id: String,
+        pub received_at: i64,
+        /// The dataset that released it; none while pending.
+        pub dataset_id: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+fn kind_name(kind: DatasetKind) -> &'static str {
+    match kind {
+        DatasetKind::Pretrain => "pretrain",
+        DatasetKind::Sft => "sft",
+        DatasetKind::Preference => "preference",
+        DatasetKind::Eval => "eval",
+    }
+}
+
+/// The examples one feedback gives, PII scrubbed.
+pub fn examples(feedback: &FeedbackReceived) -> Vec<(DatasetKind, serde_json::Value)> {
+    let clean = |text: &str| pii::scrub(text).0;
+    let prompt = clean(&feedback.prompt);
+    let served = clean(&feedback.response);
+    let mut out = Vec::new();
+    if let Some(correction) = &feedback.correction {
+        out.push((
+            DatasetKind::Sft,
+            serde_json::json!({"prompt": prompt, "response": clean(correction)}),
+        ));
+    }
+    if let Some(preferred) = &feedback.preferred_response {
+        out.push((
+            DatasetKind::Preference,
+            serde_json::json!({"prompt": prompt, "chosen": clean(preferred), "rejected": served}),
+        ));
+    }
+    if feedback.correction.is_none() && feedback.is_negative() {
+        out.push((
+            DatasetKind::Eval,
+            serde_json::json!({"prompt": prompt, "rejected": served}),
+        ));
+    }
+    out
+}
+
+fn key(kind: DatasetKind, record: &serde_json::Value) -> String {
+    let text = format!("{}\n{}", kind_name(kind), record);
+    format!("{:032x}", exact_key(&normalize(&text)))
+}
+
+/// What an event does to the examples.
+struct Decision {
+    /// Examples not seen before.
+    new: Vec<example::Model>,
+    /// The examples released now, by kind, with the id of the dataset that takes them.
+    release: Vec<(DatasetKind, Id, Vec<example::Model>)>,
+    trigger: RetrainTrigger,
+}
+
+async fn decide<C: ConnectionTrait>(
+    db: &C,
+    event: &Event,
+    settings: &AugmentSettings,
+) -> Result<Decision, DbErr> {
+    let (new, trigger) = match event {
+        Event::FeedbackReceived(f) => {
+            let mut new: Vec<example::Model> = Vec::new();
+            for (kind, record) in examples(f) {
+                let key = key(kind, &record);
+                let seen = new.iter().any(|e| e.key == key)
+                    || example::Entity::find_by_id(key.clone())
+                        .one(db)
+                        .await?
+                        .is_some();
+                if !seen {
+                    new.push(example::Model {
+                        key,
+                        kind: kind_name(kind).to_string(),
+                        record: record.to_string(),
+                        feedback_id: f.feedback_id.to_string(),
+                        received_at: f.header.occurred_at.0,
+                        dataset_id: None,
+                    });
+                }
+            }
+            (new, RetrainTrigger::FeedbackThreshold)
+        }
+        Event::EvalRegressed(r) if r.source == RegressionSource::LiveTelemetry => {
+            (vec![], RetrainTrigger::Regression)
+        }
+        _ => {
+            return Ok(Decision {
+                new: vec![],
+                release: vec![],
+                trigger: RetrainTrigger::Manual,
+            });
+        }
+    };
+    let mut pending = example::Entity::find()
+        .filter(example::Column::DatasetId.is_null())
+        .order_by_asc(example::Column::ReceivedAt)
+        .order_by_asc(example::Column::Key)
+        .all(db)
+        .await?;
+    pending.extend(new.iter().cloned());
+    let corrections = pending.iter().filter(|e| e.kind == "sft").count();
+    let due = match trigger {
+        RetrainTrigger::Regression => corrections > 0,
+        _ => corrections >= settings.min_examples.max(1),
+    };
+    let mut release = Vec::new();
+    if due {
+        for kind in [DatasetKind::Sft, DatasetKind::Preference, DatasetKind::Eval] {
+            let of_kind: Vec<_> = pending
+                .iter()
+                .filter(|e| e.kind == kind_name(kind))
+                .cloned()
+                .collect();
+            if !of_kind.is_empty() {
+                let id = Id::derived(event.header().event_id, kind_name(kind));
+                release.push((kind, id, of_kind));
+            }
+        }
+    }
+    Ok(Decision {
+        new,
+        release,
+        trigger,
+    })
+}
+
+pub struct AugmenterService {
+    store: Arc<LocalStore>,
+    db: DatabaseConnection,
+    settings: AugmentSettings,
+}
+
+impl AugmenterService {
+    pub fn new(store: Arc<LocalStore>, db: DatabaseConnection, settings: AugmentSettings) -> Self {
+        AugmenterService {
+            store,
+            db,
+            settings,
+        }
+    }
+
+    async fn release(&self, event: &Event, decision: Decision) -> Result<Vec<Event>, HandlerError> {
+        let cause = event.header();
+        let mut events = Vec::new();
+        let mut sft = None;
+        for (kind, dataset_id, examples) in &decision.release {
+            // In the curator's document form, so the trainer and evaluator read every dataset alike.
+            let mut jsonl = String::new();
+            for e in examples {
+                let document = serde_json::json!({"id": e.key, "text": e.record, "source": format!("feedback:{}", e.feedback_id)});
+                jsonl.push_str(&document.to_string());
+                jsonl.push('\n');
+            }
+            let train = self
+                .store
+                .put(jsonl.as_bytes())
+                .await
+                .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            let mut feedback_ids: Vec<Id> = examples
+                .iter()
+                .filter_map(|e| e.feedback_id.parse().ok())
+                .collect();
+            feedback_ids.dedup();
+            let name = kind_name(*kind);
+            events.push(Event::DatasetPrepared(DatasetPrepared {
+                header: EventHeader::caused_by(cause, NAME, name),
+                dataset_id: *dataset_id,
+                name: format!("feedback-{name}"),
+                kind: *kind,
+                train,
+                validation: None,
+                rejects: None,
+                train_examples: examples.len() as i64,
+                validation_examples: 0,
+                stats: HashMap::from([("examples".to_string(), examples.len() as i64)]),
+                source_collections: feedback_ids,
+                parent_dataset_id: None,
+            }));
+            if *kind == DatasetKind::Sft {
+                sft = Some((*dataset_id, examples.len()));
+            }
+        }
+        if let Some((dataset_id, n)) = sft {
+            events.push(Event::RetrainRequested(RetrainRequested {
+                header: EventHeader::caused_by(cause, NAME, "retrain"),
+                request_id: Id::derived(cause.event_id, "retrain"),
+                run_kind: RunKind::Sft,
+                base_model_id: None,
+                dataset_ids: vec![dataset_id],
+                trigger: decision.trigger,
+                reason: format!("{n} corrections from feedback"),
+            }));
+        }
+        Ok(events)
+    }
+}
+
+#[async_trait]
+impl Handler for AugmenterService {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn consumes(&self) -> Vec<EventKind> {
+        vec![EventKind::FeedbackReceived, EventKind::EvalRegressed]
+    }
+
+    async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
+        let decision = decide(&self.db, event, &self.settings)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        if decision.release.is_empty() {
+            return Ok(vec![]);
+        }
+        self.release(event, decision).await
+    }
+
+    async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        let decision = decide(txn, event, &self.settings).await?;
+        for row in decision.new {
+            let result = example::Entity::insert(example::ActiveModel {
+                key: Set(row.key),
+                kind: Set(row.kind),
+                record: Set(row.record),
+                feedback_id: Set(row.feedback_id),
+                received_at: Set(row.received_at),
+                dataset_id: Set(None),
+            })
+            .on_conflict(
+                OnConflict::column(example::Column::Key)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await;
+            match result {
+                Ok(_) | Err(DbErr::RecordNotInserted) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (_, dataset_id, examples) in decision.release {
+            let keys: Vec<String> = examples.into_iter().map(|e| e.key).collect();
+            example::Entity::update_many()
+                .col_expr(
+                    example::Column::DatasetId,
+                    Expr::value(dataset_id.to_string()),
+                )
+                .filter(example::Column::Key.is_in(keys))
+                .exec(txn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the augmenter's table.
+pub struct AugmenterMigration;
+
+impl MigrationName for AugmenterMigration {
+    fn name(&self) -> &str {
+        "m0004_augmenter"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for AugmenterMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(example::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feedback(
+        rating: i32,
+        correction: Option<&str>,
+        preferred: Option<&str>,
+    ) -> FeedbackReceived {
+        FeedbackReceived {
+            header: EventHeader::root("test"),
+            feedback_id: Id::random(),
+            request_id: "r".into(),
+            model_id: "m".into(),
+            prompt: "Mail me at jane.doe@acme-mail.com".into(),
+            response: "no".into(),
+            rating,
+            correction: correction.map(str::to_string),
+            preferred_response: preferred.map(str::to_string),
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn feedback_becomes_scrubbed_examples_of_the_right_kind() {
+        let sft = examples(&feedback(1, Some("Sure: call 415-555-0134"), None));
+        assert_eq!(sft.len(), 1);
+        assert_eq!(sft[0].0, DatasetKind::Sft);
+        let record = sft[0].1.to_string();
+        assert!(
+            !record.contains("jane.doe") && !record.contains("555-0134"),
+            "{record}"
+        );
+        assert!(
+            record.contains("<EMAIL>") && record.contains("<PHONE>"),
+            "{record}"
+        );
+
+        let kinds = |f| examples(&f).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(feedback(2, None, Some("better"))),
+            [DatasetKind::Preference, DatasetKind::Eval]
+        );
+        assert_eq!(
+            kinds(feedback(5, None, Some("better"))),
+            [DatasetKind::Preference]
+        );
+        assert_eq!(kinds(feedback(1, None, None)), [DatasetKind::Eval]);
+        assert!(kinds(feedback(4, None, None)).is_empty());
+    }
+
+    #[test]
+    fn the_same_example_has_the_same_key_whatever_its_spacing_or_case() {
+        let a = examples(&feedback(1, Some("The answer is 42."), None));
+        let b = examples(&feedback(1, Some("the  answer is 42."), None));
+        assert_eq!(key(a[0].0, &a[0].1), key(b[0].0, &b[0].1));
+        let c = examples(&feedback(1, Some("The answer is 43."), None));
+        assert_ne!(key(a[0].0, &a[0].1), key(c[0].0, &c[0].1));
+    }
+}

@@ -1,0 +1,410 @@
+//! The evaluator service: for each model.trained, measure the candidate and the current
+//! champion on the same suite, on the same machine, and gate the candidate:
+//! held-out perplexity may not rise by more than `max_perplexity_increase`; the loss on
+//! conversations learnt from earlier feedback by more than `max_learnt_loss_increase`; exact match,
+//! token F1, ROUGE-L and the share of avoided rejected answers may not fall by more than
+//! `max_score_decrease`; the safety pass rate stays at least `min_safety_pass_rate`; p95
+//! latency may not rise by more than `max_latency_increase`. All checks pass → eval.completed;
+//! any fails → eval.regressed naming them. The report (every metric, both models, every
+//! sample) is stored as an artifact.
+
+pub mod suite;
+
+use async_trait::async_trait;
+use quark_events::bus::{Handler, HandlerError};
+use quark_events::{
+    Alias, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader, EventKind, GateCheck,
+    GateRule, Id, ModelTrained, RegressionSource,
+};
+use quark_ml::checkpoint;
+use quark_runtime::config::EvaluateSettings;
+use quark_runtime::{ArtifactStore, LocalStore};
+use sea_orm::DatabaseConnection;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use suite::{Case, Measurement, Suite};
+use tracing::info;
+
+pub const NAME: &str = "evaluator";
+/// Evaluation cases used per run, the most recent first.
+const MAX_CASES: usize = 64;
+
+fn transient(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+fn permanent(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Permanent(e.to_string())
+}
+
+pub struct EvaluatorService {
+    store: Arc<LocalStore>,
+    db: DatabaseConnection,
+    /// Checkpoints unpacked for evaluation, by model id.
+    models: PathBuf,
+    settings: EvaluateSettings,
+}
+
+/// The gate's verdict on one metric.
+fn check(
+    metric: &str,
+    rule: GateRule,
+    baseline: Option<f64>,
+    candidate: f64,
+    threshold: f64,
+) -> GateCheck {
+    let passed = match (rule, baseline) {
+        (GateRule::MinValue, _) => candidate >= threshold,
+        (GateRule::MaxValue, _) => candidate <= threshold,
+        // Relative rules need a baseline: the first model has none to regress from.
+        (_, None) => true,
+        (GateRule::MaxRelativeIncrease, Some(b)) => candidate <= b * (1.0 + threshold) + 1e-12,
+        (GateRule::MaxRelativeDecrease, Some(b)) => candidate >= b * (1.0 - threshold) - 1e-12,
+    };
+    GateCheck {
+        metric: metric.to_string(),
+        rule,
+        baseline,
+        candidate,
+        threshold,
+        passed,
+    }
+}
+
+/// Every check the gate makes, for the metrics the candidate has.
+pub fn gate(
+    settings: &EvaluateSettings,
+    candidate: &Measurement,
+    baseline: Option<&Measurement>,
+) -> Vec<GateCheck> {
+    let rules: [(&str, GateRule, f64); 8] = [
+        (
+            "perplexity",
+            GateRule::MaxRelativeIncrease,
+            settings.max_perplexity_increase,
+        ),
+        (
+            "learnt_loss",
+            GateRule::MaxRelativeIncrease,
+            settings.max_learnt_loss_increase,
+        ),
+        (
+            "exact_match",
+            GateRule::MaxRelativeDecrease,
+            settings.max_score_decrease,
+        ),
+        (
+            "token_f1",
+            GateRule::MaxRelativeDecrease,
+            settings.max_score_decrease,
+        ),
+        (
+            "rouge_l",
+            GateRule::MaxRelativeDecrease,
+            settings.max_score_decrease,
+        ),
+        (
+            "feedback_avoided",
+            GateRule::MaxRelativeDecrease,
+            settings.max_score_decrease,
+        ),
+        (
+            "safety_pass_rate",
+            GateRule::MinValue,
+            settings.min_safety_pass_rate,
+        ),
+        (
+            "latency_p95_ms",
+            GateRule::MaxRelativeIncrease,
+            settings.max_latency_increase,
+        ),
+    ];
+    rules
+        .iter()
+        .filter_map(|(metric, rule, threshold)| {
+            let value = *candidate.metrics.get(*metric)?;
+            let base = baseline.and_then(|b| b.metrics.get(*metric).copied());
+            Some(check(metric, *rule, base, value, *threshold))
+        })
+        .collect()
+}
+
+impl EvaluatorService {
+    pub fn new(
+        store: Arc<LocalStore>,
+        db: DatabaseConnection,
+        data_dir: &Path,
+        settings: EvaluateSettings,
+    ) -> Self {
+        EvaluatorService {
+            store,
+            db,
+            models: data_dir.join("models"),
+            settings,
+        }
+    }
+
+    /// The suite as the registry knows it now: held-out text of every pre-training dataset
+    /// and the cases of every evaluation dataset.
+    async fn suite(&self, candidate: &ModelTrained) -> Result<Suite, HandlerError> {
+        let documents = |artifact: &quark_events::Artifact| -> Result<Vec<String>, HandlerError> {
+            let path = self.store.verified_path(artifact).map_err(transient)?;
+            quark_curate::store::read_texts(&path).map_err(permanent)
+        };
+        let mut held_out = Vec::new();
+        for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Pretrain)
+            .await
+            .map_err(transient)?
+        {
+            let validation = match &dataset.validation {
+                Some(v) => documents(v)?,
+                None => vec![],
+            };
+            // The same held-out text the trainer kept out of training.
+            let (_, validation) = quark_ml::corpus::hold_out(
+                documents(&dataset.train)?,
+                validation,
+                quark_ml::corpus::HELD_OUT,
+            );
+            held_out.extend(validation);
+        }
+        let mut cases = Vec::new();
+        for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Eval)
+            .await
+            .map_err(transient)?
+            .iter()
+            .rev()
+        {
+            for split in [Some(&dataset.train), dataset.validation.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                for record in documents(split)? {
+                    match Case::parse(&record) {
+                        Ok(case) => cases.push(case),
+                        Err(why) => {
+                            tracing::warn!(dataset = %dataset.dataset_id, %why, "evaluation record skipped")
+                        }
+                    }
+                }
+            }
+        }
+        cases.truncate(MAX_CASES);
+        let mut learnt = Vec::new();
+        for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Sft)
+            .await
+            .map_err(transient)?
+            .iter()
+            .filter(|d| !candidate.dataset_ids.contains(&d.dataset_id))
+        {
+            for split in [Some(&dataset.train), dataset.validation.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                for record in documents(split)? {
+                    learnt.extend(quark_ml::chat::parse_record(&record).ok());
+                }
+            }
+        }
+        learnt.truncate(MAX_CASES);
+        Ok(Suite {
+            held_out,
+            learnt,
+            cases,
+            max_new_tokens: self.settings.max_new_tokens,
+            windows: self.settings.validation_windows,
+        })
+    }
+
+    async fn measure(
+        &self,
+        model: &ModelTrained,
+        suite: &Suite,
+    ) -> Result<Measurement, HandlerError> {
+        let dir = self
+            .store
+            .get_dir(
+                &model.checkpoint,
+                &self.models.join(model.model_id.to_string()),
+            )
+            .await
+            .map_err(transient)?;
+        tokio::task::block_in_place(|| {
+            let (gpt, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
+            let work = dir.with_extension("eval");
+            std::fs::create_dir_all(&work).map_err(|e| quark_ml::MlError::Data(e.to_string()))?;
+            let measured = suite.measure(&gpt, &tokenizer, &work);
+            let _ = std::fs::remove_dir_all(&work);
+            measured
+        })
+        .map_err(permanent)
+    }
+
+    async fn evaluate(&self, candidate: &ModelTrained) -> Result<Event, HandlerError> {
+        let champion = quark_registry::alias_of(&self.db, Alias::Champion)
+            .await
+            .map_err(transient)?
+            .filter(|id| *id != candidate.model_id);
+        let baseline = match champion {
+            Some(id) => Some(
+                quark_registry::wait_for(&format!("model {id}"), Duration::from_secs(30), || {
+                    quark_registry::model(&self.db, id)
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let suite = self.suite(candidate).await?;
+        let measured = self.measure(candidate, &suite).await?;
+        let base = match &baseline {
+            Some(b) => Some(self.measure(b, &suite).await?),
+            None => None,
+        };
+        let checks = gate(&self.settings, &measured, base.as_ref());
+        let passed = checks.iter().all(|c| c.passed);
+        info!(model = %candidate.model_id, baseline = ?champion, passed, metrics = ?measured.metrics, "evaluated");
+        let report = serde_json::json!({
+            "model_id": candidate.model_id,
+            "baseline_model_id": champion,
+            "passed": passed,
+            "checks": checks,
+            "candidate": measured,
+            "baseline": base,
+        });
+        let report = self
+            .store
+            .put(&serde_json::to_vec_pretty(&report).map_err(permanent)?)
+            .await
+            .map_err(transient)?;
+        let metrics: HashMap<String, f64> = measured.metrics.into_iter().collect();
+        let evaluation_id = Id::derived(candidate.header.event_id, "evaluation");
+        let header = |slot| EventHeader::caused_by(&candidate.header, NAME, slot);
+        Ok(if passed {
+            Event::EvalCompleted(EvalCompleted {
+                header: header("completed"),
+                evaluation_id,
+                model_id: candidate.model_id,
+                baseline_model_id: champion,
+                metrics,
+                checks,
+                report,
+            })
+        } else {
+            Event::EvalRegressed(EvalRegressed {
+                header: header("regressed"),
+                evaluation_id,
+                model_id: candidate.model_id,
+                baseline_model_id: champion,
+                source: RegressionSource::OfflineGate,
+                metrics,
+                regressions: checks.into_iter().filter(|c| !c.passed).collect(),
+                report: Some(report),
+            })
+        })
+    }
+}
+
+#[async_trait]
+impl Handler for EvaluatorService {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn consumes(&self) -> Vec<EventKind> {
+        vec![EventKind::ModelTrained]
+    }
+
+    async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
+        let Event::ModelTrained(candidate) = event else {
+            return Ok(vec![]);
+        };
+        Ok(vec![self.evaluate(candidate).await?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(pairs: &[(&str, f64)]) -> Measurement {
+        Measurement {
+            metrics: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            samples: vec![],
+        }
+    }
+
+    fn settings() -> EvaluateSettings {
+        quark_runtime::Settings::default().evaluate
+    }
+
+    #[test]
+    fn the_gate_holds_perplexity_within_two_percent_and_safety_at_one() {
+        let base = measured(&[
+            ("perplexity", 10.0),
+            ("safety_pass_rate", 1.0),
+            ("token_f1", 0.5),
+        ]);
+        let ok = measured(&[
+            ("perplexity", 10.19),
+            ("safety_pass_rate", 1.0),
+            ("token_f1", 0.46),
+        ]);
+        assert!(gate(&settings(), &ok, Some(&base)).iter().all(|c| c.passed));
+
+        let worse = measured(&[
+            ("perplexity", 10.21),
+            ("safety_pass_rate", 0.9),
+            ("token_f1", 0.44),
+        ]);
+        let failed: Vec<_> = gate(&settings(), &worse, Some(&base))
+            .into_iter()
+            .filter(|c| !c.passed)
+            .collect();
+        let names: Vec<_> = failed.iter().map(|c| c.metric.as_str()).collect();
+        assert_eq!(names, ["perplexity", "token_f1", "safety_pass_rate"]);
+        assert_eq!(failed[0].baseline, Some(10.0));
+        assert_eq!(failed[0].candidate, 10.21);
+        assert_eq!(failed[0].threshold, 0.02);
+    }
+
+    #[test]
+    fn a_first_model_is_held_only_to_absolute_rules() {
+        let first = measured(&[("perplexity", 500.0), ("safety_pass_rate", 1.0)]);
+        assert!(gate(&settings(), &first, None).iter().all(|c| c.passed));
+        let unsafe_first = measured(&[("perplexity", 5.0), ("safety_pass_rate", 0.5)]);
+        let checks = gate(&settings(), &unsafe_first, None);
+        assert!(
+            !checks
+                .iter()
+                .find(|c| c.metric == "safety_pass_rate")
+                .unwrap()
+                .passed
+        );
+    }
+
+    #[test]
+    fn evaluation_records_parse_into_cases() {
+        assert_eq!(
+            Case::parse(r#"{"prompt": "Capital of France?", "response": "Paris"}"#).unwrap(),
+            Case::Answer {
+                prompt: "Capital of France?".into(),
+                reference: "Paris".into()
+            }
+        );
+        assert!(matches!(
+            Case::parse(r#"{"task": "summarization", "messages": [{"role": "user", "content": "long text"}, {"role": "assistant", "content": "short"}]}"#).unwrap(),
+            Case::Summary { .. }
+        ));
+        assert_eq!(
+            Case::parse(r#"{"prompt": "hi", "rejected": "go away"}"#).unwrap(),
+            Case::Avoid {
+                prompt: "hi".into(),
+                rejected: "go away".into()
+            }
+        );
+        assert!(Case::parse("{}").is_err());
+        assert!(Case::parse(r#"{"messages": [{"role": "assistant", "content": "x"}]}"#).is_err());
+    }
+}
