@@ -1,0 +1,290 @@
+//! The gateway: an OpenAI-compatible HTTP API over the champion model.
+//!
+//! - `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or server-sent events with
+//!   `"stream": true`), `GET /v1/models`; errors in OpenAI's shape; every response carries its
+//!   request id (`x-request-id` and the body's `id`).
+//! - `POST /v1/feedback` (API key): a rating, a correction or a preferred response for an
+//!   earlier request id → feedback.received.
+//! - `GET /v1/admin/status`, `POST /v1/admin/retrain` (API key).
+//! - Hot swap: on model.promoted the new champion is loaded beside the old one and replaces
+//!   it; requests in flight finish on the model they started with.
+//! - Telemetry: per window and model, requests, errors, latency percentiles, tokens and
+//!   feedback → telemetry.reported.
+
+pub mod api;
+mod routes;
+pub use routes::manual_retrain;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use quark_events::bus::{Handler, HandlerError, Publisher};
+use quark_events::{
+    Alias, Event, EventHeader, EventKind, Id, ModelTrained, TelemetryReported, Timestamp,
+};
+use quark_ml::gpt::Gpt;
+use quark_ml::{Tokenizer, checkpoint};
+use quark_runtime::LocalStore;
+use quark_runtime::config::GatewaySettings;
+use sea_orm::DatabaseConnection;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub const NAME: &str = "gateway";
+
+/// A loaded model. Generation takes the lock: libtorch already spreads one request over
+/// the cores, and a tch tensor may not be shared between threads.
+pub struct Served {
+    pub model_id: Id,
+    pub model: Mutex<Gpt>,
+    pub tokenizer: Tokenizer,
+    pub created: i64,
+    /// When the promotion that made it champion took effect.
+    pub promoted_at: i64,
+}
+
+/// A request, kept so that feedback can refer to it by id.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub model_id: Id,
+    pub prompt: String,
+    pub response: String,
+}
+
+#[derive(Default)]
+struct Counts {
+    requests: i64,
+    errors: i64,
+    latencies_ms: Vec<f64>,
+    tokens: i64,
+    feedback: i64,
+    negative: i64,
+}
+
+pub struct Gateway {
+    pub settings: GatewaySettings,
+    store: Arc<LocalStore>,
+    models_dir: PathBuf,
+    db: DatabaseConnection,
+    publisher: Publisher,
+    served: RwLock<Option<Arc<Served>>>,
+    remembered: Mutex<(HashMap<String, Exchange>, VecDeque<String>)>,
+    window: Mutex<(Timestamp, HashMap<Id, Counts>)>,
+}
+
+impl Gateway {
+    pub fn new(
+        settings: GatewaySettings,
+        store: Arc<LocalStore>,
+        data_dir: &std::path::Path,
+        db: DatabaseConnection,
+        publisher: Publisher,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            settings,
+            store,
+            models_dir: data_dir.join("models"),
+            db,
+            publisher,
+            served: RwLock::new(None),
+            remembered: Mutex::new((HashMap::new(), VecDeque::new())),
+            window: Mutex::new((Timestamp::now(), HashMap::new())),
+        })
+    }
+
+    pub fn served(&self) -> Option<Arc<Served>> {
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Loads a model promoted at `promoted_at` and serves it, unless what is served was
+    /// promoted later (an old promotion redelivered must not swap back).
+    pub async fn serve(&self, model: &ModelTrained, promoted_at: i64) -> anyhow::Result<()> {
+        if self
+            .served()
+            .is_some_and(|s| s.model_id == model.model_id || s.promoted_at > promoted_at)
+        {
+            return Ok(());
+        }
+        let dir = self
+            .store
+            .get_dir(
+                &model.checkpoint,
+                &self.models_dir.join(model.model_id.to_string()),
+            )
+            .await?;
+        let (gpt, tokenizer) =
+            tokio::task::block_in_place(|| checkpoint::load(&dir, tch::Device::Cpu))
+                .with_context(|| format!("cannot load model {}", model.model_id))?;
+        let served = Arc::new(Served {
+            model_id: model.model_id,
+            model: Mutex::new(gpt),
+            tokenizer,
+            created: model.header.occurred_at.0 / 1000,
+            promoted_at,
+        });
+        let mut slot = self.served.write().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|s| s.promoted_at > promoted_at) {
+            return Ok(());
+        }
+        *slot = Some(served);
+        info!(model = %model.model_id, "serving");
+        Ok(())
+    }
+
+    /// Serves the registry's champion, if there is one (at start-up).
+    pub async fn serve_champion(&self) -> anyhow::Result<()> {
+        let Some(promotion) = quark_registry::promotions(&self.db)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|p| p.alias == "champion")
+        else {
+            return Ok(());
+        };
+        let id: Id = promotion
+            .model_id
+            .parse()
+            .context("a model id in the registry")?;
+        if let Some(model) = quark_registry::model(&self.db, id).await? {
+            self.serve(&model, promotion.promoted_at).await?;
+        }
+        Ok(())
+    }
+
+    fn remember(&self, request_id: &str, exchange: Exchange) {
+        let mut guard = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *guard;
+        map.insert(request_id.to_string(), exchange);
+        order.push_back(request_id.to_string());
+        while order.len() > self.settings.remembered_requests {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn recall(&self, request_id: &str) -> Option<Exchange> {
+        let guard = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        guard.0.get(request_id).cloned()
+    }
+
+    fn count(&self, model_id: Id, update: impl FnOnce(&mut Counts)) {
+        let mut guard = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        update(guard.1.entry(model_id).or_default());
+    }
+
+    /// Closes the telemetry window: one telemetry.reported per model that saw traffic.
+    pub async fn report(&self) -> Result<usize, quark_events::bus::BusError> {
+        let (start, counts) = {
+            let mut guard = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            let start = std::mem::replace(&mut guard.0, Timestamp::now());
+            (start, std::mem::take(&mut guard.1))
+        };
+        let end = Timestamp::now();
+        let events: Vec<Event> = counts
+            .into_iter()
+            .map(|(model_id, c)| {
+                let p = |q| quark_ml::metrics::percentile(&c.latencies_ms, q);
+                Event::TelemetryReported(TelemetryReported {
+                    header: EventHeader::root(NAME),
+                    model_id,
+                    instance: self.settings.instance.clone(),
+                    window_start: start,
+                    window_end: end,
+                    requests: c.requests,
+                    errors: c.errors,
+                    latency_p50_ms: p(0.5),
+                    latency_p95_ms: p(0.95),
+                    latency_p99_ms: p(0.99),
+                    tokens_generated: c.tokens,
+                    feedback: c.feedback,
+                    negative_feedback: c.negative,
+                })
+            })
+            .collect();
+        self.publisher.publish_all(&events).await?;
+        Ok(events.len())
+    }
+
+    /// Serves HTTP on `listener` and reports telemetry until `shutdown`; requests in flight
+    /// are finished first.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        if let Err(e) = self.serve_champion().await {
+            warn!(error = %e, "cannot load the champion yet");
+        }
+        let reporter = {
+            let gateway = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let period =
+                    std::time::Duration::from_millis(gateway.settings.telemetry_window_ms.max(100));
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = ticks.tick() => {}
+                    }
+                    if let Err(e) = gateway.report().await {
+                        warn!(error = %e, "telemetry not sent");
+                    }
+                }
+            })
+        };
+        info!(address = %listener.local_addr()?, "gateway listening");
+        axum::serve(listener, routes::router(self.clone()))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        let _ = reporter.await;
+        self.report().await.ok();
+        Ok(())
+    }
+}
+
+/// Follows model.promoted and swaps the served model. Each gateway instance is its own
+/// consumer group (`gateway-<instance>`): every instance sees every promotion.
+pub struct PromotionFollower {
+    pub gateway: Arc<Gateway>,
+    pub name: String,
+}
+
+#[async_trait]
+impl Handler for PromotionFollower {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn consumes(&self) -> Vec<EventKind> {
+        vec![EventKind::ModelPromoted]
+    }
+
+    async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
+        let Event::ModelPromoted(p) = event else {
+            return Ok(vec![]);
+        };
+        if p.alias != Alias::Champion {
+            return Ok(vec![]);
+        }
+        let db = &self.gateway.db;
+        let model = quark_registry::wait_for(
+            &format!("model {}", p.model_id),
+            std::time::Duration::from_secs(30),
+            || quark_registry::model(db, p.model_id),
+        )
+        .await?;
+        self.gateway
+            .serve(&model, p.header.occurred_at.0)
+            .await
+            .map_err(|e| HandlerError::Transient(format!("{e:#}")))?;
+        Ok(vec![])
+    }
+}
