@@ -278,3 +278,39 @@ pub fn committed_offsets(bus: &BusConfig, group: &str, topic: &str) -> Vec<i64> 
         })
         .collect()
 }
+
+/// Every event on `topic` now (read from the beginning to each partition's end).
+pub fn events_on(bus: &BusConfig, topic: &str) -> Vec<Event> {
+    let Some(state) = quark_events::bus::inspect(bus)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.topic == topic)
+    else {
+        return vec![];
+    };
+    let total = state.messages() as usize;
+    if total == 0 {
+        return vec![];
+    }
+    decode_all(&read_topic(bus, topic, total))
+}
+
+/// Waits until `topic` holds an event that `found` picks, and returns it.
+pub fn wait_for_event<T>(
+    bus: &BusConfig,
+    topic: &str,
+    timeout: Duration,
+    mut found: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(hit) = events_on(bus, topic).iter().find_map(&mut found) {
+            return hit;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for an event on {topic}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

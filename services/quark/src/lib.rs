@@ -15,6 +15,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(quark_events::bus::LedgerMigration),
             Box::new(quark_journal::JournalMigration),
+            Box::new(quark_registry::RegistryMigration),
+            Box::new(quark_augmenter::AugmenterMigration),
         ]
     }
 }

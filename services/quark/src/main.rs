@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quark::commands::{generate, ingest, plan, publish, run, topics, trace, train, watch};
+use quark::commands::{
+    generate, ingest, models, plan, publish, replay, run, topics, trace, train, watch,
+};
 use quark::services::Service;
 use quark::shutdown;
 use quark_runtime::{Settings, telemetry};
@@ -27,8 +29,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start everything: the embedded broker (unless bus.brokers is set), the database and every service.
-    Up,
+    /// Start everything: the embedded broker (unless bus.brokers is set), the database, every
+    /// service and the gateway. A fresh data directory starts cold: it ingests a corpus, then
+    /// trains, evaluates, promotes and serves a first model.
+    Up(run::UpArgs),
+    /// The model registry with lineage; --at TIME: the champion at that time and the decision that made it.
+    Models {
+        /// RFC 3339 time (2026-11-25T20:00:00Z) or milliseconds since the epoch.
+        #[arg(long)]
+        at: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the registry and rebuild it from the topics.
+    Replay,
+    /// Ask for a fine-tuning of the champion on every SFT dataset (retrain.requested, manual).
+    Retrain {
+        #[arg(long, default_value = "requested with quark retrain")]
+        reason: String,
+    },
     /// Run one service against the configured cluster.
     Run { service: Service },
     /// Publish events: JSON (one object, an array, or JSON lines) from a file or stdin, validated against the topic's schema.
@@ -109,7 +129,33 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     let _telemetry = telemetry::init("quark", &settings.telemetry)?;
     match cli.command {
-        Command::Up => run::up(settings, shutdown::on_signal()).await,
+        Command::Up(args) => run::up(settings, args, shutdown::on_signal()).await,
+        Command::Models { at, json } => {
+            let listing = match &at {
+                Some(at) => models::champion_at(&settings, models::parse_time(at)?).await?,
+                None => models::list(&settings).await?,
+            };
+            if json || at.is_some() {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", models::render(&listing));
+            }
+            Ok(())
+        }
+        Command::Replay => {
+            let folded = replay::replay(&settings).await?;
+            eprintln!("registry rebuilt from {folded} event(s)");
+            Ok(())
+        }
+        Command::Retrain { reason } => {
+            let event = quark_gateway::manual_retrain("quark-retrain", &reason);
+            quark_events::bus::ensure_topics(&settings.bus).await?;
+            quark_events::bus::Publisher::new(&settings.bus, "quark-retrain")?
+                .publish(&event)
+                .await?;
+            println!("retrain.requested {}", event.header().event_id);
+            Ok(())
+        }
         Command::Run { service } => run::run(&settings, &[service], shutdown::on_signal()).await,
         Command::Publish { topic, file } => {
             let input = match file {

@@ -2,7 +2,9 @@
 
 use quark_events::bus::Handler;
 use quark_runtime::{LocalStore, Settings};
+use sea_orm::DatabaseConnection;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
@@ -10,19 +12,69 @@ pub enum Service {
     Journal,
     /// data.collected → deduplicated, filtered, PII-scrubbed dataset → dataset.prepared.
     Curator,
+    /// Projections of models, aliases, datasets, evaluations and feedback; promotion and rollback.
+    Registry,
+    /// dataset.prepared / retrain.requested → pre-training or fine-tuning → model.trained.
+    Trainer,
+    /// model.trained → measured against the champion → eval.completed or eval.regressed.
+    Evaluator,
+    /// feedback.received → SFT, preference and evaluation examples → dataset.prepared, retrain.requested.
+    Augmenter,
+    /// The OpenAI-compatible HTTP API over the champion (gateway.listen).
+    Gateway,
 }
 
 impl Service {
-    pub const ALL: &'static [Service] = &[Service::Journal, Service::Curator];
+    pub const ALL: &'static [Service] = &[
+        Service::Journal,
+        Service::Curator,
+        Service::Registry,
+        Service::Trainer,
+        Service::Evaluator,
+        Service::Augmenter,
+        Service::Gateway,
+    ];
 
-    pub fn handler(self, settings: &Settings) -> anyhow::Result<Arc<dyn Handler>> {
+    /// The consumer of a service other than the gateway (which is started by `run`).
+    pub fn handler(
+        self,
+        settings: &Settings,
+        db: &DatabaseConnection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Arc<dyn Handler>> {
+        let store = || -> anyhow::Result<Arc<LocalStore>> {
+            Ok(Arc::new(LocalStore::new(settings.artifacts_root())?))
+        };
         Ok(match self {
             Service::Journal => Arc::new(quark_journal::JournalService),
             Service::Curator => Arc::new(quark_curator::CuratorService::new(
-                Arc::new(LocalStore::new(settings.artifacts_root())?),
+                store()?,
                 &settings.data_dir,
                 &settings.curate,
             )),
+            Service::Registry => Arc::new(quark_registry::RegistryService::new(
+                db.clone(),
+                settings.registry.clone(),
+            )),
+            Service::Trainer => Arc::new(quark_trainer::TrainerService::new(
+                store()?,
+                db.clone(),
+                &settings.data_dir,
+                settings.trainer.clone(),
+                shutdown.clone(),
+            )),
+            Service::Evaluator => Arc::new(quark_evaluator::EvaluatorService::new(
+                store()?,
+                db.clone(),
+                &settings.data_dir,
+                settings.evaluate.clone(),
+            )),
+            Service::Augmenter => Arc::new(quark_augmenter::AugmenterService::new(
+                store()?,
+                db.clone(),
+                settings.augment.clone(),
+            )),
+            Service::Gateway => anyhow::bail!("the gateway is started by `run`"),
         })
     }
 }

