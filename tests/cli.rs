@@ -9,6 +9,7 @@ use std::time::Duration;
 struct Quark {
     data_dir: tempfile::TempDir,
     broker: String,
+    gateway: String,
 }
 
 impl Quark {
@@ -16,6 +17,7 @@ impl Quark {
         Quark {
             data_dir: tempfile::tempdir().unwrap(),
             broker: format!("127.0.0.1:{}", free_port()),
+            gateway: format!("127.0.0.1:{}", free_port()),
         }
     }
 
@@ -25,6 +27,7 @@ impl Quark {
             .args(args)
             .env("QUARK__DATA_DIR", self.data_dir.path())
             .env("QUARK__BROKER__LISTEN", &self.broker)
+            .env("QUARK__GATEWAY__LISTEN", &self.gateway)
             .env("QUARK__TELEMETRY__LOG", "warn")
             .current_dir(self.data_dir.path());
         command
@@ -59,7 +62,14 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn up_publish_watch_topics_trace_and_stop() {
     let quark = Quark::new();
-    let mut up = quark.command(&["up"]).spawn().unwrap();
+    // A starting corpus too short to keep: the loop idles, the commands are what is tested.
+    let corpus = quark.data_dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("note.txt"), "A short note.").unwrap();
+    let mut up = quark
+        .command(&["up", "--quiet", "--ingest", corpus.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     wait_for(
         "quark up to start the broker",
         Duration::from_secs(60),

