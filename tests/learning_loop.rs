@@ -521,6 +521,38 @@ print("openai client ok", len(chunks), "chunks")
     });
     assert!(telemetry.latency_p50_ms > 0.0 && telemetry.latency_p99_ms >= telemetry.latency_p50_ms);
 
+    // A live regression: a window in which the champion failed half of its requests rolls it
+    // back to the previous champion, and the gateway swaps back.
+    let failing = Event::TelemetryReported(quark_events::TelemetryReported {
+        header: quark_events::EventHeader::root("probe"),
+        model_id: champion,
+        instance: "probe".into(),
+        window_start: quark_events::Timestamp::now(),
+        window_end: quark_events::Timestamp::now(),
+        requests: 100,
+        errors: 50,
+        latency_p50_ms: 10.0,
+        latency_p95_ms: 20.0,
+        latency_p99_ms: 30.0,
+        tokens_generated: 1600,
+        feedback: 0,
+        negative_feedback: 0,
+    });
+    let publisher = quark_events::bus::Publisher::new(&quark.broker.bus(), "probe").unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(publisher.publish(&failing))
+        .unwrap();
+    let (restored, reason) = quark.wait(EventKind::ModelPromoted, |e| {
+        promoted(e).filter(|(_, reason)| *reason == PromotionReason::Rollback)
+    });
+    assert_eq!((restored, reason), (first, PromotionReason::Rollback));
+    wait_for(
+        "the gateway to swap back to the previous champion",
+        Duration::from_secs(60),
+        || quark.served_model() == Some(first.to_string()),
+    );
+
     // Replay: stop, drop and rebuild the registry from the topics; it is the same.
     let mut process = quark.process.take().unwrap();
     let pid = process.0.id().to_string();
@@ -545,7 +577,8 @@ print("openai client ok", len(chunks), "chunks")
         .output()
         .unwrap();
     let at: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(at["champion"]["model_id"], champion.to_string());
+    assert_eq!(at["champion"]["model_id"], first.to_string());
+    assert_eq!(at["champion"]["reason"], "rollback");
 }
 
 fn chrono_now_ms() -> i64 {
