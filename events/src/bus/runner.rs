@@ -70,6 +70,16 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
+    /// A transient error from anything displayable (for `map_err`).
+    pub fn transient(error: impl std::fmt::Display) -> Self {
+        HandlerError::Transient(error.to_string())
+    }
+
+    /// A permanent error from anything displayable (for `map_err`).
+    pub fn permanent(error: impl std::fmt::Display) -> Self {
+        HandlerError::Permanent(error.to_string())
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             HandlerError::Transient(_) => "handler_transient",

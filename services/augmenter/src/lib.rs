@@ -212,7 +212,7 @@ impl AugmenterService {
                 .store
                 .put(jsonl.as_bytes())
                 .await
-                .map_err(|e| HandlerError::Transient(e.to_string()))?;
+                .map_err(HandlerError::transient)?;
             let mut feedback_ids: Vec<Id> = examples
                 .iter()
                 .filter_map(|e| e.feedback_id.parse().ok())
@@ -265,7 +265,7 @@ impl Handler for AugmenterService {
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
         let decision = decide(&self.db, event, &self.settings)
             .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            .map_err(HandlerError::transient)?;
         if decision.release.is_empty() {
             return Ok(vec![]);
         }

@@ -31,14 +31,6 @@ pub const NAME: &str = "evaluator";
 /// Evaluation cases used per run, the most recent first.
 const MAX_CASES: usize = 64;
 
-fn transient(e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Transient(e.to_string())
-}
-
-fn permanent(e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Permanent(e.to_string())
-}
-
 pub struct EvaluatorService {
     store: Arc<LocalStore>,
     db: DatabaseConnection,
@@ -150,13 +142,16 @@ impl EvaluatorService {
     /// and the cases of every evaluation dataset.
     async fn suite(&self, candidate: &ModelTrained) -> Result<Suite, HandlerError> {
         let documents = |artifact: &quark_events::Artifact| -> Result<Vec<String>, HandlerError> {
-            let path = self.store.verified_path(artifact).map_err(transient)?;
-            quark_curate::store::read_texts(&path).map_err(permanent)
+            let path = self
+                .store
+                .verified_path(artifact)
+                .map_err(HandlerError::transient)?;
+            quark_curate::store::read_texts(&path).map_err(HandlerError::permanent)
         };
         let mut held_out = Vec::new();
         for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Pretrain)
             .await
-            .map_err(transient)?
+            .map_err(HandlerError::transient)?
         {
             let validation = match &dataset.validation {
                 Some(v) => documents(v)?,
@@ -173,7 +168,7 @@ impl EvaluatorService {
         let mut cases = Vec::new();
         for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Eval)
             .await
-            .map_err(transient)?
+            .map_err(HandlerError::transient)?
             .iter()
             .rev()
         {
@@ -195,7 +190,7 @@ impl EvaluatorService {
         let mut learnt = Vec::new();
         for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Sft)
             .await
-            .map_err(transient)?
+            .map_err(HandlerError::transient)?
             .iter()
             .filter(|d| !candidate.dataset_ids.contains(&d.dataset_id))
         {
@@ -230,7 +225,7 @@ impl EvaluatorService {
                 &self.models.join(model.model_id.to_string()),
             )
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::transient)?;
         tokio::task::block_in_place(|| {
             let (gpt, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
             let work = dir.with_extension("eval");
@@ -239,13 +234,13 @@ impl EvaluatorService {
             let _ = std::fs::remove_dir_all(&work);
             measured
         })
-        .map_err(permanent)
+        .map_err(HandlerError::permanent)
     }
 
     async fn evaluate(&self, candidate: &ModelTrained) -> Result<Event, HandlerError> {
         let champion = quark_registry::alias_of(&self.db, Alias::Champion)
             .await
-            .map_err(transient)?
+            .map_err(HandlerError::transient)?
             .filter(|id| *id != candidate.model_id);
         let baseline = match champion {
             Some(id) => Some(
@@ -275,9 +270,9 @@ impl EvaluatorService {
         });
         let report = self
             .store
-            .put(&serde_json::to_vec_pretty(&report).map_err(permanent)?)
+            .put(&serde_json::to_vec_pretty(&report).map_err(HandlerError::permanent)?)
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::transient)?;
         let metrics: HashMap<String, f64> = measured.metrics.into_iter().collect();
         let evaluation_id = Id::derived(candidate.header.event_id, "evaluation");
         let header = |slot| EventHeader::caused_by(&candidate.header, NAME, slot);

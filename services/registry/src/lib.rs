@@ -68,7 +68,7 @@ impl Handler for RegistryService {
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
         let decision = decide(&self.db, event, &self.policy)
             .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            .map_err(HandlerError::transient)?;
         Ok(decision.map(Event::ModelPromoted).into_iter().collect())
     }
 
@@ -602,7 +602,7 @@ where
                     "the registry does not know {what} after {timeout:?}"
                 )));
             }
-            Err(e) => return Err(HandlerError::Transient(e.to_string())),
+            Err(e) => return Err(HandlerError::transient(e)),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -76,14 +76,6 @@ enum Plan {
     },
 }
 
-fn transient(e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Transient(e.to_string())
-}
-
-fn permanent(e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Permanent(e.to_string())
-}
-
 impl TrainerService {
     pub fn new(
         store: Arc<LocalStore>,
@@ -108,7 +100,7 @@ impl TrainerService {
             Event::DatasetPrepared(d) if d.kind == DatasetKind::Pretrain => {
                 let champion = quark_registry::alias_of(db, quark_events::Alias::Champion)
                     .await
-                    .map_err(transient)?;
+                    .map_err(HandlerError::transient)?;
                 if d.train_examples == 0 {
                     info!(dataset = %d.dataset_id, "nothing was kept: nothing to pre-train on");
                     return Ok(None);
@@ -137,7 +129,7 @@ impl TrainerService {
     async fn finetune_plan(&self, request: &RetrainRequested) -> Result<Plan, HandlerError> {
         let db = &self.db;
         if request.run_kind != RunKind::Sft {
-            return Err(permanent(format!(
+            return Err(HandlerError::permanent(format!(
                 "this trainer fine-tunes with sft; {:?} runs are not supported",
                 request.run_kind
             )));
@@ -167,15 +159,15 @@ impl TrainerService {
         if datasets.is_empty() {
             datasets = quark_registry::datasets_of_kind(db, DatasetKind::Sft)
                 .await
-                .map_err(transient)?;
+                .map_err(HandlerError::transient)?;
         }
         datasets.retain(|d| d.kind == DatasetKind::Sft);
         if datasets.is_empty() {
-            return Err(permanent("no SFT dataset to fine-tune on"));
+            return Err(HandlerError::permanent("no SFT dataset to fine-tune on"));
         }
         let rehearsal = quark_registry::datasets_of_kind(db, DatasetKind::Pretrain)
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::transient)?;
         Ok(Plan::Finetune {
             base,
             datasets,
@@ -246,18 +238,19 @@ impl TrainerService {
         let dir = self.work.join(cause.event_id.to_string());
         if let Ok(text) = std::fs::read_to_string(dir.join(OUTCOME)) {
             info!(job = %dir.display(), "already trained; re-sending its model.trained");
-            return serde_json::from_str(&text).map_err(permanent);
+            return serde_json::from_str(&text).map_err(HandlerError::permanent);
         }
         let _one_at_a_time = self.busy.lock().await;
-        let device = quark_ml::device::select(&self.settings.device).map_err(permanent)?;
+        let device =
+            quark_ml::device::select(&self.settings.device).map_err(HandlerError::permanent)?;
         let run_dir = dir.join("run");
-        std::fs::create_dir_all(&dir).map_err(transient)?;
+        std::fs::create_dir_all(&dir).map_err(HandlerError::transient)?;
         let resuming = checkpoint::RunDir::new(&run_dir)
             .latest()
-            .map_err(transient)?
+            .map_err(HandlerError::transient)?
             .is_some();
         let started = Instant::now();
-        let resume = || Trainer::resume(&run_dir, device).map_err(transient);
+        let resume = || Trainer::resume(&run_dir, device).map_err(HandlerError::transient);
         let (run_kind, parent, dataset_ids, tokenizer_id, mut trainer, data) = match &plan {
             Plan::Pretrain {
                 dataset,
@@ -267,12 +260,17 @@ impl TrainerService {
                 let trainer = if resuming {
                     resume()?
                 } else {
-                    let path = self.store.verified_path(tokenizer).map_err(transient)?;
-                    let tokenizer = tokenizer::load(&path).map_err(permanent)?;
+                    let path = self
+                        .store
+                        .verified_path(tokenizer)
+                        .map_err(HandlerError::transient)?;
+                    let tokenizer = tokenizer::load(&path).map_err(HandlerError::permanent)?;
                     let shape = self.shape(device, tokenizer.get_vocab_size(true) as i64);
-                    let model = Gpt::new(shape, device, self.settings.seed).map_err(permanent)?;
+                    let model = Gpt::new(shape, device, self.settings.seed)
+                        .map_err(HandlerError::permanent)?;
                     let config = self.train_config(device, false);
-                    Trainer::start(model, tokenizer, config, None, &run_dir).map_err(permanent)?
+                    Trainer::start(model, tokenizer, config, None, &run_dir)
+                        .map_err(HandlerError::permanent)?
                 };
                 let data = self.pretrain_data(dataset, &trainer, &dir)?;
                 let ids = vec![dataset.dataset_id];
@@ -291,12 +289,12 @@ impl TrainerService {
                         .store
                         .get_dir(&base.checkpoint, &base_dir)
                         .await
-                        .map_err(transient)?;
+                        .map_err(HandlerError::transient)?;
                     let (model, tokenizer) =
-                        checkpoint::load(&base_dir, device).map_err(permanent)?;
+                        checkpoint::load(&base_dir, device).map_err(HandlerError::permanent)?;
                     let config = self.train_config(device, true);
                     Trainer::start(model, tokenizer, config, Some(base_dir), &run_dir)
-                        .map_err(permanent)?
+                        .map_err(HandlerError::permanent)?
                 };
                 let data = self.sft_data(datasets, rehearsal, &trainer)?;
                 let ids = datasets.iter().map(|d| d.dataset_id).collect();
@@ -324,9 +322,9 @@ impl TrainerService {
                 }
             })
         })
-        .map_err(permanent)?;
+        .map_err(HandlerError::permanent)?;
         if outcome.stopped {
-            return Err(transient(format!(
+            return Err(HandlerError::transient(format!(
                 "stopped by shutdown at step {}; the job resumes from its checkpoint",
                 outcome.state.step
             )));
@@ -335,7 +333,7 @@ impl TrainerService {
             .store
             .put_dir(&outcome.checkpoint, MODEL_FILES)
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::transient)?;
         let state = &outcome.state;
         let config = &trainer.model.config;
         let mut metrics = HashMap::from([
@@ -386,17 +384,20 @@ impl TrainerService {
         let outcome_file = dir.join(OUTCOME);
         std::fs::write(
             &outcome_file,
-            serde_json::to_vec(&trained).map_err(permanent)?,
+            serde_json::to_vec(&trained).map_err(HandlerError::permanent)?,
         )
-        .map_err(transient)?;
+        .map_err(HandlerError::transient)?;
         // The optimizer state is no longer needed once the model is published.
         let _ = std::fs::remove_dir_all(&run_dir);
         Ok(trained)
     }
 
     fn documents(&self, artifact: &Artifact) -> Result<Vec<String>, HandlerError> {
-        let path = self.store.verified_path(artifact).map_err(transient)?;
-        quark_curate::store::read_texts(&path).map_err(permanent)
+        let path = self
+            .store
+            .verified_path(artifact)
+            .map_err(HandlerError::transient)?;
+        quark_curate::store::read_texts(&path).map_err(HandlerError::permanent)
     }
 
     /// The dataset's splits encoded into token shards in the job directory.
@@ -417,14 +418,16 @@ impl TrainerService {
         );
         let (train_path, val_path) = (dir.join("train.tok"), dir.join("val.tok"));
         let tokenizer = &trainer.tokenizer;
-        shards::write(tokenizer, &train, &train_path).map_err(permanent)?;
-        shards::write(tokenizer, &validation, &val_path).map_err(permanent)?;
+        shards::write(tokenizer, &train, &train_path).map_err(HandlerError::permanent)?;
+        shards::write(tokenizer, &validation, &val_path).map_err(HandlerError::permanent)?;
         let block = trainer.model.config.block_size as usize;
-        let train = Shard::open(&train_path).map_err(permanent)?;
-        let val = Shard::open(&val_path).map_err(permanent)?;
+        let train = Shard::open(&train_path).map_err(HandlerError::permanent)?;
+        let val = Shard::open(&val_path).map_err(HandlerError::permanent)?;
         let (batch, seed) = (self.settings.batch_size, self.settings.seed);
         Ok(Data {
-            batches: Box::new(Windows::new(train, batch, block, seed).map_err(permanent)?),
+            batches: Box::new(
+                Windows::new(train, batch, block, seed).map_err(HandlerError::permanent)?,
+            ),
             // A validation split shorter than one window is not scored.
             validation: validation_batches(&val, block, batch, None, trainer.model.device())
                 .unwrap_or_default(),
@@ -444,8 +447,8 @@ impl TrainerService {
             self.documents(artifact)?
                 .iter()
                 .map(|text| {
-                    let messages = chat::parse_record(text).map_err(permanent)?;
-                    chat::render(tokenizer, &messages).map_err(permanent)
+                    let messages = chat::parse_record(text).map_err(HandlerError::permanent)?;
+                    chat::render(tokenizer, &messages).map_err(HandlerError::permanent)
                 })
                 .collect()
         };
@@ -472,7 +475,8 @@ impl TrainerService {
         }
         let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
         let (batch, seed) = (self.settings.batch_size, self.settings.seed);
-        let packed = Packed::new(&train, batch, block, pad, seed).map_err(permanent)?;
+        let packed =
+            Packed::new(&train, batch, block, pad, seed).map_err(HandlerError::permanent)?;
         let validation = match validation.is_empty() {
             true => vec![],
             false => Packed::new(&validation, batch, block, pad, seed)
@@ -506,7 +510,7 @@ fn rehearsal_windows(
     }
     let ids = tokenizer
         .encode(text.as_str(), false)
-        .map_err(permanent)?
+        .map_err(HandlerError::permanent)?
         .get_ids()
         .to_vec();
     if ids.len() < block * 2 {
