@@ -496,11 +496,10 @@ print("openai client ok", len(chunks), "chunks")
         regressed.regressions
     );
     std::thread::sleep(Duration::from_secs(3));
-    let promotions: Vec<_> = quark
-        .events(EventKind::ModelPromoted)
-        .iter()
-        .filter_map(promoted)
-        .collect();
+    // Partitions interleave: order the promotions by when they happened.
+    let mut promotions = quark.events(EventKind::ModelPromoted);
+    promotions.sort_by_key(|e| e.header().occurred_at.0);
+    let promotions: Vec<_> = promotions.iter().filter_map(promoted).collect();
     assert_eq!(
         promotions,
         [

@@ -157,13 +157,16 @@ impl EvaluatorService {
                 Some(v) => documents(v)?,
                 None => vec![],
             };
-            // The same held-out text the trainer kept out of training.
-            let (_, validation) = quark_ml::corpus::hold_out(
-                documents(&dataset.train)?,
-                validation,
-                quark_ml::corpus::HELD_OUT,
-            );
-            held_out.extend(validation);
+            // The same held-out text the trainer kept out of training; the training split is
+            // read only when the dataset has no validation documents to use.
+            if validation.is_empty() {
+                let train = documents(&dataset.train)?;
+                let (_, tail) =
+                    quark_ml::corpus::hold_out(train, vec![], quark_ml::corpus::HELD_OUT);
+                held_out.extend(tail);
+            } else {
+                held_out.extend(validation);
+            }
         }
         let mut cases = Vec::new();
         for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Eval)
