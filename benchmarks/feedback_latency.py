@@ -52,3 +52,6 @@ retrained = [m for m in listing["models"] if m["parent_model_id"]][-1]
 training = retrained["duration_ms"] / 1000
 outcome = "promotion" if new else "gate decision (regressed)"
 print(f"feedback → {outcome}: {done - sent:.1f} s wall, of which training {training:.1f} s; without training {done - sent - training:.1f} s")
+for evaluation in retrained["evaluations"]:
+    for check in evaluation["failed"]:
+        print(f"  failed {check['metric']}: baseline {check['baseline']}, candidate {check['candidate']}, threshold {check['threshold']}")

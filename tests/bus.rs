@@ -537,3 +537,51 @@ async fn journal_projection_on_sqlite() {
 async fn journal_projection_on_postgres() {
     projection_on(TestDb::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_augmenter_schedule_asks_the_policy_every_interval_until_shutdown() {
+    let world = World::start(TestDb::Sqlite).await;
+    let publisher = Publisher::new(&world.bus, quark_augmenter::NAME).unwrap();
+    let shutdown = CancellationToken::new();
+    let started = Timestamp::now().0;
+    let ticker = tokio::spawn(quark_augmenter::schedule(
+        publisher,
+        Duration::from_millis(400),
+        shutdown.clone(),
+    ));
+    let bus = world.bus.clone();
+    let requests = tokio::task::spawn_blocking(move || {
+        let mut requests = Vec::new();
+        wait_for("three scheduled requests", WAIT, || {
+            requests = events_on(&bus, EventKind::RetrainRequested.topic());
+            requests.len() >= 3
+        });
+        requests
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    ticker.await.unwrap();
+    let mut times = Vec::new();
+    for event in &requests {
+        let Event::RetrainRequested(r) = event else {
+            panic!("{event:?}")
+        };
+        assert!(
+            r.is_for_policy() && r.trigger == RetrainTrigger::Schedule,
+            "{r:?}"
+        );
+        times.push(r.header.occurred_at.0);
+    }
+    times.sort();
+    // The first is one interval after the start, not at once; then one per interval.
+    assert!(times[0] - started >= 400, "{started} {times:?}");
+    assert!(times.windows(2).all(|w| w[1] - w[0] >= 300), "{times:?}");
+    // After shutdown, no more.
+    let count = events_on(&world.bus, EventKind::RetrainRequested.topic()).len();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        events_on(&world.bus, EventKind::RetrainRequested.topic()).len(),
+        count
+    );
+}

@@ -1,9 +1,10 @@
 //! The continuous-learning loop end to end, over the real broker, SQLite, libtorch and HTTP:
 //! `quark up` starts cold from a corpus and serves its first model; the official OpenAI
-//! client talks to the gateway; corrections sent as feedback retrain the champion, which is
-//! evaluated and promoted, and has learnt them; noise sent as corrections is stopped by the
-//! gate; a process killed mid-retraining resumes and trains once; `quark replay` rebuilds the
-//! same registry.
+//! client talks to the gateway; corrections sent as feedback retrain the champion (the process
+//! is killed mid-retraining and restarted: it resumes and trains once), which is evaluated,
+//! promoted, and has learnt them; noise released by `quark retrain` is stopped by the gate; a
+//! live regression rolls back while clients stream; `quark replay` rebuilds the same registry.
+//! A second trainer joining the group shares the jobs.
 
 use quark_e2e::*;
 use quark_events::{Event, EventKind, Id, ModelTrained, PromotionReason, RetrainTrigger};
@@ -65,6 +66,7 @@ impl Loop {
             ),
             ("QUARK__BUS__BROKERS", self.broker.address.clone()),
             ("QUARK__TELEMETRY__LOG", "info".into()),
+            ("QUARK__TELEMETRY__FORMAT", "json".into()),
             // A restarted process gets its crashed self's partitions once the group gives up
             // on it: within 20 s here (jobs take seconds), not the default five minutes.
             ("QUARK__BUS__SESSION_TIMEOUT_MS", "6000".into()),
@@ -93,23 +95,69 @@ impl Loop {
         command
     }
 
-    fn up(&mut self) {
-        let log = std::fs::OpenOptions::new()
+    /// Starts `quark <args>` with its log (JSON lines) appended to `<log>.log`.
+    fn spawn(&self, args: &[&str], log: &str) -> Process {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.data.path().join("up.log"))
+            .open(self.data.path().join(format!("{log}.log")))
             .unwrap();
-        let child = self
-            .command(&["up", "--quiet", "--ingest", self.corpus.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.process = Some(Process(child));
+        Process(
+            self.command(args)
+                .stdout(Stdio::null())
+                .stderr(file)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn up(&mut self) {
+        let corpus = self.corpus.to_str().unwrap().to_string();
+        self.process = Some(self.spawn(&["up", "--quiet", "--ingest", &corpus], "up"));
+    }
+
+    fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("up.log")).unwrap_or_default()
+        self.log_of("up")
+    }
+
+    /// The messages of a log whose fields include `job` in `job_dir`, with the job's event id.
+    fn trainer_lines(&self, name: &str) -> Vec<(String, String)> {
+        self.log_of(name)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|entry| {
+                let fields = &entry["fields"];
+                let job = Path::new(fields["job"].as_str()?).file_name()?;
+                Some((
+                    fields["message"].as_str()?.to_string(),
+                    job.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    fn job_dir(&self, request: &Event) -> PathBuf {
+        self.data
+            .path()
+            .join("quark")
+            .join("trainer")
+            .join(request.header().event_id.to_string())
+    }
+
+    /// Waits until the job of `request` has written a checkpoint.
+    fn wait_for_checkpoint(&self, request: &Event) {
+        let run = self.job_dir(request).join("run");
+        wait_for("a checkpoint of the retraining", LOOP_TIMEOUT, || {
+            std::fs::read_dir(&run).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            })
+        });
     }
 
     fn url(&self, path: &str) -> String {
@@ -237,16 +285,18 @@ const CORRECTIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Random text: corrections that teach nothing.
-fn noise(seed: u64) -> Vec<(String, String)> {
+/// Random text as "corrections" of the questions the model has learnt to answer: feedback
+/// that would make it worse.
+fn noise(seed: u64) -> Vec<(&'static str, String)> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..4)
-        .map(|i| {
+    CORRECTIONS[..3]
+        .iter()
+        .map(|(question, _)| {
             let junk: String = (0..300)
                 .map(|_| rng.random_range(b'!'..=b'~') as char)
                 .collect();
-            (format!("Tell me about scene {i}."), junk)
+            (*question, junk)
         })
         .collect()
 }
@@ -368,13 +418,26 @@ print("openai client ok", len(chunks), "chunks")
     assert_eq!(malformed.status().as_u16(), 400);
     assert!(malformed.json::<Value>().unwrap()["error"]["message"].is_string());
 
-    // Learning from feedback: four corrections → retrain → evaluate → promote.
+    // Learning from feedback: four corrections → retrain → evaluate → promote. The process is
+    // killed while it retrains and restarted: the job resumes and is trained once.
     let feedback_ids = quark.correct(CORRECTIONS);
-    let retrain = quark.wait(EventKind::RetrainRequested, |e| match e {
-        Event::RetrainRequested(r) => Some(r.clone()),
+    let (request, retrain) = quark.wait(EventKind::RetrainRequested, |e| match e {
+        Event::RetrainRequested(r) => Some((e.clone(), r.clone())),
         _ => None,
     });
     assert_eq!(retrain.trigger, RetrainTrigger::FeedbackThreshold);
+    quark.wait_for_checkpoint(&request);
+    quark.process.take().unwrap().crash();
+    assert!(
+        trained(&quark.events(EventKind::ModelTrained))
+            .iter()
+            .all(|m| m.header.causation_id != Some(retrain.header.event_id)),
+        "killed before it finished"
+    );
+    // Tansu moves a group's partitions to a new member reliably only once the dead member's
+    // session has expired (docs/operations.md): restart after it, as an operator would.
+    std::thread::sleep(Duration::from_secs(8));
+    quark.up();
     let second = quark.wait(EventKind::ModelTrained, |e| match e {
         Event::ModelTrained(m) if m.parent_model_id == Some(first) => Some(m.clone()),
         _ => None,
@@ -410,6 +473,22 @@ print("openai client ok", len(chunks), "chunks")
         retrain.header.correlation_id,
         last_feedback.header().correlation_id
     );
+    // The restarted trainer resumed from the checkpoint instead of starting over.
+    let resumed = quark
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .any(|entry| {
+            let fields = &entry["fields"];
+            fields["message"] == "training"
+                && fields["resuming"] == true
+                && fields["step"].as_u64().is_some_and(|step| step > 0)
+        });
+    assert!(
+        resumed,
+        "the job resumed from its checkpoint\n{}",
+        quark.log()
+    );
 
     let (champion, reason) = quark.wait(EventKind::ModelPromoted, |e| {
         promoted(e).filter(|(id, _)| *id == second.model_id)
@@ -433,59 +512,68 @@ print("openai client ok", len(chunks), "chunks")
         || quark.served_model() == Some(champion.to_string()),
     );
 
-    // The gate holds: noise as corrections; kill the process while it retrains, restart.
+    // The gate holds: three of those questions "corrected" with noise (fewer than the
+    // threshold) are released by `quark retrain`; the model trained on them is rejected.
     let noise = noise(7);
-    let noise_pairs: Vec<(&str, &str)> = noise
+    let noise_pairs: Vec<(&str, &str)> = noise.iter().map(|(q, a)| (*q, a.as_str())).collect();
+    let noise_ids = quark.correct(&noise_pairs);
+    let out = quark.command(&["retrain"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let asked: Id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("retrain.requested ")
+        .expect("quark retrain prints the request's id")
+        .parse()
+        .unwrap();
+    let noise_request = quark.wait(EventKind::RetrainRequested, |e| match e {
+        Event::RetrainRequested(r) if r.header.causation_id == Some(asked) => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(noise_request.trigger, RetrainTrigger::Manual);
+    let released = quark
+        .events(EventKind::DatasetPrepared)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::DatasetPrepared(d) if noise_request.dataset_ids == [d.dataset_id] => Some(d),
+            _ => None,
+        })
+        .expect("the request names the released dataset");
+    let mut sources: Vec<String> = released
+        .source_collections
         .iter()
-        .map(|(q, a)| (q.as_str(), a.as_str()))
+        .map(Id::to_string)
         .collect();
-    quark.correct(&noise_pairs);
-    let request = quark.wait(EventKind::RetrainRequested, |e| match e {
-        Event::RetrainRequested(r) if r.header.event_id != retrain.header.event_id => {
-            Some(r.clone())
+    let mut expected = noise_ids;
+    sources.sort();
+    expected.sort();
+    assert_eq!(sources, expected, "exactly the pending noise was released");
+    let noisy = quark.wait(EventKind::ModelTrained, |e| match e {
+        Event::ModelTrained(m) if m.header.causation_id == Some(noise_request.header.event_id) => {
+            Some(m.clone())
         }
         _ => None,
     });
-    let job = quark
-        .data
-        .path()
-        .join("quark")
-        .join("trainer")
-        .join(request.header.event_id.to_string())
-        .join("run");
-    wait_for("a checkpoint of the noise retraining", LOOP_TIMEOUT, || {
-        std::fs::read_dir(&job).is_ok_and(|entries| {
-            entries
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
-        })
+    let mut verdict = None;
+    wait_for("the noisy model's evaluation", LOOP_TIMEOUT, || {
+        let of_noisy = |kind| {
+            quark.events(kind).into_iter().find(|e| match e {
+                Event::EvalCompleted(c) => c.model_id == noisy.model_id,
+                Event::EvalRegressed(r) => r.model_id == noisy.model_id,
+                _ => false,
+            })
+        };
+        verdict = of_noisy(EventKind::EvalRegressed).or_else(|| of_noisy(EventKind::EvalCompleted));
+        verdict.is_some()
     });
-    quark.process.take().unwrap().crash();
-    // Tansu moves a group's partitions to a new member reliably only once the dead member's
-    // session has expired (docs/operations.md): restart after it, as an operator would.
-    std::thread::sleep(Duration::from_secs(8));
-    assert!(
-        trained(&quark.events(EventKind::ModelTrained))
-            .iter()
-            .all(|m| m.header.causation_id != Some(request.header.event_id)),
-        "killed before it finished"
-    );
-    quark.up();
-    let regressed = quark.wait(EventKind::EvalRegressed, |e| match e {
-        Event::EvalRegressed(r) => Some(r.clone()),
-        _ => None,
-    });
-    let noisy: Vec<ModelTrained> = trained(&quark.events(EventKind::ModelTrained))
-        .into_iter()
-        .filter(|m| m.header.causation_id == Some(request.header.event_id))
-        .collect();
-    assert_eq!(
-        noisy.len(),
-        1,
-        "exactly one model.trained for the interrupted job\n{}",
-        quark.log()
-    );
-    assert_eq!(regressed.model_id, noisy[0].model_id);
+    let regressed = match verdict {
+        Some(Event::EvalRegressed(r)) => r,
+        other => panic!("the gate let noise through: {other:?}"),
+    };
+    let noisy = [noisy];
     // Noise costs held-out perplexity, or the corrections learnt before, or both.
     assert!(
         regressed
@@ -495,6 +583,27 @@ print("openai client ok", len(chunks), "chunks")
         "{:?}",
         regressed.regressions
     );
+    // `quark models` says why it was rejected.
+    let out = quark.command(&["models", "--json"]).output().unwrap();
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rejected = listing["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_id"] == noisy[0].model_id.to_string())
+        .expect("the rejected model is listed");
+    let failed: Vec<&str> = rejected["evaluations"][0]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["metric"].as_str())
+        .collect();
+    let expected: Vec<&str> = regressed
+        .regressions
+        .iter()
+        .map(|c| c.metric.as_str())
+        .collect();
+    assert_eq!(failed, expected, "{rejected}");
     std::thread::sleep(Duration::from_secs(3));
     // Partitions interleave: order the promotions by when they happened.
     let mut promotions = quark.events(EventKind::ModelPromoted);
@@ -506,6 +615,13 @@ print("openai client ok", len(chunks), "chunks")
             (first, PromotionReason::GatePassed),
             (champion, PromotionReason::GatePassed)
         ]
+    );
+    // Crash and restart left exactly one model per job: the first, the retrained, the noisy.
+    assert_eq!(
+        trained(&quark.events(EventKind::ModelTrained)).len(),
+        3,
+        "{}",
+        quark.log()
     );
     assert_eq!(
         quark.served_model(),
@@ -521,7 +637,8 @@ print("openai client ok", len(chunks), "chunks")
     assert!(telemetry.latency_p50_ms > 0.0 && telemetry.latency_p99_ms >= telemetry.latency_p50_ms);
 
     // A live regression: a window in which the champion failed half of its requests rolls it
-    // back to the previous champion, and the gateway swaps back.
+    // back to the previous champion, and the gateway swaps back while clients keep asking.
+    let load = Load::start(quark.port, 4);
     let failing = Event::TelemetryReported(quark_events::TelemetryReported {
         header: quark_events::EventHeader::root("probe"),
         model_id: champion,
@@ -551,8 +668,48 @@ print("openai client ok", len(chunks), "chunks")
         Duration::from_secs(60),
         || quark.served_model() == Some(first.to_string()),
     );
+    std::thread::sleep(Duration::from_secs(1));
+    // No request was dropped by the swap: every one completed (streams to their [DONE]),
+    // and the replies came from the old champion, then the restored one.
+    let replies = load.stop();
+    let failures: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    let served: std::collections::HashSet<&String> =
+        replies.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(
+        served,
+        [champion.to_string(), first.to_string()].iter().collect(),
+        "{} replies",
+        replies.len()
+    );
 
-    // Replay: stop, drop and rebuild the registry from the topics; it is the same.
+    // Replay: once the registry has folded the last telemetry windows, stop, drop and rebuild
+    // it from the topics; it is the same.
+    let published = |quark: &Loop| -> i64 {
+        quark
+            .events(EventKind::TelemetryReported)
+            .iter()
+            .map(|e| match e {
+                Event::TelemetryReported(t) => t.requests,
+                _ => 0,
+            })
+            .sum()
+    };
+    wait_for(
+        "the registry to fold every telemetry window",
+        Duration::from_secs(60),
+        || {
+            let folded: i64 = registry_snapshot(quark.data.path())["feedback"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|row| row["requests"].as_i64())
+                .sum();
+            // Two windows without new traffic: nothing is left to publish.
+            std::thread::sleep(Duration::from_secs(2));
+            folded == published(&quark)
+        },
+    );
     let mut process = quark.process.take().unwrap();
     let pid = process.0.id().to_string();
     assert!(
@@ -580,6 +737,175 @@ print("openai client ok", len(chunks), "chunks")
     assert_eq!(at["champion"]["reason"], "rollback");
 }
 
+/// Clients asking the gateway without pause, alternately streaming, until stopped; each reply
+/// is the model that served it, or what went wrong.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Vec<Result<String, String>>>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|client| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let http = reqwest::blocking::Client::new();
+                    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+                    let mut replies = Vec::new();
+                    let mut stream = client % 2 == 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let body = json!({"model": "champion", "messages": [{"role": "user", "content": "Who is the king?"}], "max_tokens": 16, "stream": stream});
+                        replies.push(Load::ask(&http, &url, &body, stream));
+                        stream = !stream;
+                    }
+                    replies
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    fn ask(
+        http: &reqwest::blocking::Client,
+        url: &str,
+        body: &Value,
+        stream: bool,
+    ) -> Result<String, String> {
+        let response = http
+            .post(url)
+            .json(body)
+            .send()
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let text = response.text().map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {text}"));
+        }
+        let reply: Value = if stream {
+            if !text.trim_end().ends_with("data: [DONE]") {
+                return Err(format!("a stream cut short: {text}"));
+            }
+            let first = text.lines().find_map(|l| l.strip_prefix("data: "));
+            serde_json::from_str(first.unwrap_or_default()).map_err(|e| e.to_string())?
+        } else {
+            serde_json::from_str(&text).map_err(|e| e.to_string())?
+        };
+        reply["model"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no model in {reply}"))
+    }
+
+    fn stop(self) -> Vec<Result<String, String>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    }
+}
+
 fn chrono_now_ms() -> i64 {
     quark_events::Timestamp::now().0
+}
+
+#[test]
+fn trainers_in_one_consumer_group_share_the_jobs_one_at_a_time() {
+    let mut quark = Loop::new();
+    quark.up();
+    let (first, _) = quark.wait(EventKind::ModelPromoted, promoted);
+    wait_for(
+        "the gateway to serve the first model",
+        Duration::from_secs(60),
+        || quark.served_model() == Some(first.to_string()),
+    );
+    // A dataset of corrections to train on (its own retraining runs in `quark up`).
+    quark.correct(CORRECTIONS);
+    let dataset = quark.wait(EventKind::RetrainRequested, |e| match e {
+        Event::RetrainRequested(r) => Some(r.dataset_ids.clone()),
+        _ => None,
+    });
+
+    // A second trainer joins the group; wait until it holds partitions of retrain.requested.
+    let _second = quark.spawn(&["run", "trainer"], "trainer");
+    wait_for(
+        "the second trainer to be given partitions",
+        LOOP_TIMEOUT,
+        || {
+            quark.log_of("trainer").lines().any(|line| {
+                line.contains("partitions assigned") && line.contains("retrain.requested/")
+            })
+        },
+    );
+
+    // Jobs on every partition of the topic (keys are random: publish until all are covered).
+    let publisher = quark_events::bus::Publisher::new(&quark.broker.bus(), "probe").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let partitions = quark.broker.bus().partitions;
+    let mut covered = std::collections::HashSet::new();
+    let mut jobs = Vec::new();
+    while covered.len() < partitions as usize {
+        assert!(jobs.len() < 30, "the partitioner never covered {covered:?}");
+        let request = Event::RetrainRequested(quark_events::RetrainRequested {
+            header: quark_events::EventHeader::root("probe"),
+            request_id: Id::random(),
+            run_kind: quark_events::RunKind::Sft,
+            base_model_id: Some(first),
+            dataset_ids: dataset.clone(),
+            trigger: RetrainTrigger::Manual,
+            reason: "shared jobs".into(),
+        });
+        let delivery = runtime.block_on(publisher.publish(&request)).unwrap();
+        covered.insert(delivery.partition);
+        jobs.push(request.header().event_id);
+    }
+
+    // Every job trained exactly once, by one of the two.
+    let done = |quark: &Loop| {
+        trained(&quark.events(EventKind::ModelTrained))
+            .into_iter()
+            .filter(|m| jobs.iter().any(|j| m.header.causation_id == Some(*j)))
+            .count()
+    };
+    wait_for("every job to be trained", LOOP_TIMEOUT, || {
+        done(&quark) >= jobs.len()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(done(&quark), jobs.len(), "no job trained twice");
+    let mut by_instance = Vec::new();
+    for log in ["up", "trainer"] {
+        let lines = quark.trainer_lines(log);
+        // One at a time: each "training" is followed by its own "trained" before the next.
+        let mut running: Option<&str> = None;
+        for (message, job) in &lines {
+            match message.as_str() {
+                "training" => {
+                    assert_eq!(running, None, "{log}: {job} started during another job");
+                    running = Some(job);
+                }
+                "trained" => {
+                    assert_eq!(running, Some(job.as_str()), "{log}");
+                    running = None;
+                }
+                _ => {}
+            }
+        }
+        let mine: std::collections::HashSet<String> = lines
+            .into_iter()
+            .filter(|(message, job)| {
+                message == "trained" && jobs.iter().any(|j| j.to_string() == *job)
+            })
+            .map(|(_, job)| job)
+            .collect();
+        by_instance.push(mine);
+    }
+    assert!(
+        by_instance.iter().all(|mine| !mine.is_empty()),
+        "both trainers took jobs: {by_instance:?}\n{}",
+        quark.log_of("trainer")
+    );
+    assert!(by_instance[0].is_disjoint(&by_instance[1]));
+    assert_eq!(by_instance[0].len() + by_instance[1].len(), jobs.len());
 }

@@ -300,6 +300,28 @@ pub struct IndexUpdated {
     pub rows_total: i64,
 }
 
+impl RetrainRequested {
+    /// A request addressed to the improvement policy rather than to a trainer: it names no
+    /// dataset, and the augmenter answers it by releasing its pending examples and asking for
+    /// a training on them.
+    pub fn to_policy(producer: &str, trigger: RetrainTrigger, reason: &str) -> Self {
+        RetrainRequested {
+            header: EventHeader::root(producer),
+            request_id: Id::random(),
+            run_kind: RunKind::Sft,
+            base_model_id: None,
+            dataset_ids: vec![],
+            trigger,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Whether it asks the policy (names no dataset) rather than a trainer.
+    pub fn is_for_policy(&self) -> bool {
+        self.dataset_ids.is_empty()
+    }
+}
+
 impl FeedbackReceived {
     /// Ratings of 1 and 2 (of 5) are negative feedback.
     pub fn is_negative(&self) -> bool {

@@ -21,8 +21,11 @@ use crate::catalogue::{Event, EventKind};
 use crate::codec::{self, SchemaResolver};
 use crate::ids::Timestamp;
 use async_trait::async_trait;
+use rdkafka::ClientContext;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
@@ -123,6 +126,36 @@ pub struct Runner {
     retry: RetryPolicy,
 }
 
+/// Logs the partitions a consumer is given and loses: how the instances of one service share
+/// its work is visible in their logs.
+struct GroupLog {
+    name: String,
+}
+
+impl ClientContext for GroupLog {}
+
+impl ConsumerContext for GroupLog {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let describe = |list: &rdkafka::TopicPartitionList| {
+            let parts: Vec<String> = list
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect();
+            parts.join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                info!(consumer = %self.name, partitions = %describe(list), "partitions assigned")
+            }
+            Rebalance::Revoke(list) => {
+                info!(consumer = %self.name, partitions = %describe(list), "partitions revoked")
+            }
+            Rebalance::Error(error) => warn!(consumer = %self.name, %error, "rebalance failed"),
+        }
+    }
+}
+
 /// Why a message could not be processed; it goes to the dead-letter topic.
 struct DeadLetter {
     label: &'static str,
@@ -158,7 +191,10 @@ impl Runner {
     /// and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
         let name = self.handler.name().to_string();
-        let consumer: StreamConsumer = self.bus.consumer_config(&name, &name).create()?;
+        let consumer: StreamConsumer<GroupLog> = self
+            .bus
+            .consumer_config(&name, &name)
+            .create_with_context(GroupLog { name: name.clone() })?;
         let topics: Vec<&str> = self.handler.consumes().iter().map(|k| k.topic()).collect();
         consumer.subscribe(&topics)?;
         let publisher = Publisher::new(&self.bus, &name)?;

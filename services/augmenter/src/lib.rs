@@ -6,9 +6,16 @@
 //!
 //! Text is PII-scrubbed; examples are keyed by their normalised content, so a replayed or
 //! repeated feedback never adds an example twice. Examples wait in the database until the
-//! policy releases them: `min_examples` pending corrections, or a live regression of the
-//! champion. A release emits one dataset.prepared per kind (its `source_collections` are the
-//! feedback ids the examples came from) and a retrain.requested for the SFT dataset.
+//! policy releases them:
+//! - `min_examples` pending corrections;
+//! - a live regression of the champion (when a correction is pending);
+//! - a retrain.requested that names no dataset ([`RetrainRequested::to_policy`]): `quark
+//!   retrain` and the admin endpoint (manual), or [`schedule`] every `release_interval_secs`.
+//!   Both release whatever is pending; a manual request with no pending correction asks
+//!   for a fine-tuning on every SFT dataset released so far.
+//!
+//! A release emits one dataset.prepared per kind (its `source_collections` are the feedback
+//! ids the examples came from) and a retrain.requested for the SFT dataset.
 //!
 //! The release is decided from the database and the event alone, the same way in
 //! [`Handler::handle`] (which emits) and [`Handler::apply`] (which records), so it happens
@@ -17,7 +24,7 @@
 use async_trait::async_trait;
 use quark_curate::normalize::{exact_key, normalize};
 use quark_curate::pii;
-use quark_events::bus::{Handler, HandlerError};
+use quark_events::bus::{Handler, HandlerError, Publisher};
 use quark_events::{
     DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, FeedbackReceived, Id,
     RegressionSource, RetrainRequested, RetrainTrigger, RunKind,
@@ -30,6 +37,9 @@ use sea_orm::{ActiveValue::Set, DatabaseTransaction, QueryOrder, Schema};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 pub const NAME: &str = "augmenter";
 
@@ -106,6 +116,9 @@ struct Decision {
     new: Vec<example::Model>,
     /// The examples released now, by kind, with the id of the dataset that takes them.
     release: Vec<(DatasetKind, Id, Vec<example::Model>)>,
+    /// The SFT datasets to train on when nothing new is: those released before, for a manual
+    /// request with no pending correction.
+    earlier: Vec<Id>,
     trigger: RetrainTrigger,
 }
 
@@ -140,10 +153,12 @@ async fn decide<C: ConnectionTrait>(
         Event::EvalRegressed(r) if r.source == RegressionSource::LiveTelemetry => {
             (vec![], RetrainTrigger::Regression)
         }
+        Event::RetrainRequested(r) if r.is_for_policy() => (vec![], r.trigger),
         _ => {
             return Ok(Decision {
                 new: vec![],
                 release: vec![],
+                earlier: vec![],
                 trigger: RetrainTrigger::Manual,
             });
         }
@@ -157,8 +172,9 @@ async fn decide<C: ConnectionTrait>(
     pending.extend(new.iter().cloned());
     let corrections = pending.iter().filter(|e| e.kind == "sft").count();
     let due = match trigger {
+        RetrainTrigger::FeedbackThreshold => corrections >= settings.min_examples.max(1),
         RetrainTrigger::Regression => corrections > 0,
-        _ => corrections >= settings.min_examples.max(1),
+        RetrainTrigger::Schedule | RetrainTrigger::Manual => !pending.is_empty(),
     };
     let mut release = Vec::new();
     if due {
@@ -174,11 +190,62 @@ async fn decide<C: ConnectionTrait>(
             }
         }
     }
+    let releases_sft = release.iter().any(|(kind, ..)| *kind == DatasetKind::Sft);
+    let earlier = if trigger == RetrainTrigger::Manual && !releases_sft {
+        released_sft(db).await?
+    } else {
+        vec![]
+    };
     Ok(Decision {
         new,
         release,
+        earlier,
         trigger,
     })
+}
+
+/// The SFT datasets released so far, oldest first.
+async fn released_sft<C: ConnectionTrait>(db: &C) -> Result<Vec<Id>, DbErr> {
+    let rows = example::Entity::find()
+        .filter(example::Column::Kind.eq(kind_name(DatasetKind::Sft)))
+        .filter(example::Column::DatasetId.is_not_null())
+        .order_by_asc(example::Column::ReceivedAt)
+        .order_by_asc(example::Column::Key)
+        .all(db)
+        .await?;
+    let mut ids: Vec<Id> = Vec::new();
+    for id in rows
+        .iter()
+        .filter_map(|e| e.dataset_id.as_deref()?.parse().ok())
+    {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Asks the policy for a release every `every` (the schedule trigger) until `shutdown`. With
+/// several augmenters each asks; a request that finds nothing pending does nothing.
+pub async fn schedule(publisher: Publisher, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: the first release is due one interval after start.
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let request = Event::RetrainRequested(RetrainRequested::to_policy(
+            NAME,
+            RetrainTrigger::Schedule,
+            &format!("scheduled release (every {} s)", every.as_secs()),
+        ));
+        if let Err(e) = publisher.publish(&request).await {
+            warn!(error = %e, "the scheduled release request was not published; next tick retries");
+        }
+    }
 }
 
 pub struct AugmenterService {
@@ -199,7 +266,12 @@ impl AugmenterService {
     async fn release(&self, event: &Event, decision: Decision) -> Result<Vec<Event>, HandlerError> {
         let cause = event.header();
         let mut events = Vec::new();
-        let mut sft = None;
+        let mut sft = (!decision.earlier.is_empty()).then(|| {
+            (
+                decision.earlier.clone(),
+                "every SFT dataset released so far".to_string(),
+            )
+        });
         for (kind, dataset_id, examples) in &decision.release {
             // In the curator's document form, so the trainer and evaluator read every dataset alike.
             let mut jsonl = String::new();
@@ -234,18 +306,19 @@ impl AugmenterService {
                 parent_dataset_id: None,
             }));
             if *kind == DatasetKind::Sft {
-                sft = Some((*dataset_id, examples.len()));
+                let reason = format!("{} corrections from feedback", examples.len());
+                sft = Some((vec![*dataset_id], reason));
             }
         }
-        if let Some((dataset_id, n)) = sft {
+        if let Some((dataset_ids, reason)) = sft {
             events.push(Event::RetrainRequested(RetrainRequested {
                 header: EventHeader::caused_by(cause, NAME, "retrain"),
                 request_id: Id::derived(cause.event_id, "retrain"),
                 run_kind: RunKind::Sft,
                 base_model_id: None,
-                dataset_ids: vec![dataset_id],
+                dataset_ids,
                 trigger: decision.trigger,
-                reason: format!("{n} corrections from feedback"),
+                reason,
             }));
         }
         Ok(events)
@@ -259,14 +332,23 @@ impl Handler for AugmenterService {
     }
 
     fn consumes(&self) -> Vec<EventKind> {
-        vec![EventKind::FeedbackReceived, EventKind::EvalRegressed]
+        vec![
+            EventKind::FeedbackReceived,
+            EventKind::EvalRegressed,
+            EventKind::RetrainRequested,
+        ]
     }
 
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
         let decision = decide(&self.db, event, &self.settings)
             .await
             .map_err(HandlerError::transient)?;
-        if decision.release.is_empty() {
+        if decision.release.is_empty() && decision.earlier.is_empty() {
+            if let Event::RetrainRequested(r) = event
+                && r.is_for_policy()
+            {
+                info!(request = %r.request_id, trigger = ?r.trigger, "nothing to release or train on");
+            }
             return Ok(vec![]);
         }
         self.release(event, decision).await

@@ -1,7 +1,9 @@
 //! The evaluator service: for each model.trained, measure the candidate and the current
 //! champion on the same suite, on the same machine, and gate the candidate:
 //! held-out perplexity may not rise by more than `max_perplexity_increase`; the loss on
-//! conversations learnt from earlier feedback by more than `max_learnt_loss_increase`; exact match,
+//! conversations learnt from earlier feedback by more than `max_learnt_loss_increase`; the loss
+//! of replies made of held-out lines (does it still answer in its corpus's language?) by more
+//! than `max_reply_loss_increase`; exact match,
 //! token F1, ROUGE-L and the share of avoided rejected answers may not fall by more than
 //! `max_score_decrease`; the safety pass rate stays at least `min_safety_pass_rate`; p95
 //! latency may not rise by more than `max_latency_increase`. All checks pass → eval.completed;
@@ -71,7 +73,7 @@ pub fn gate(
     candidate: &Measurement,
     baseline: Option<&Measurement>,
 ) -> Vec<GateCheck> {
-    let rules: [(&str, GateRule, f64); 8] = [
+    let rules: [(&str, GateRule, f64); 9] = [
         (
             "perplexity",
             GateRule::MaxRelativeIncrease,
@@ -81,6 +83,11 @@ pub fn gate(
             "learnt_loss",
             GateRule::MaxRelativeIncrease,
             settings.max_learnt_loss_increase,
+        ),
+        (
+            "reply_loss",
+            GateRule::MaxRelativeIncrease,
+            settings.max_reply_loss_increase,
         ),
         (
             "exact_match",

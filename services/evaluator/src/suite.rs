@@ -102,6 +102,51 @@ pub struct Suite {
     pub windows: usize,
 }
 
+/// Conversations made of held-out text for `reply_loss`.
+const REPLY_CASES: usize = 64;
+
+/// Conversations made of held-out text: one line asks, the next replies. A candidate that
+/// still replies in the language of its corpus scores them as well as the champion; one
+/// taught to reply with junk (noise sent as corrections) does not, even where its perplexity
+/// on plain text holds.
+pub fn held_out_replies(held_out: &[String], count: usize) -> Vec<Vec<Message>> {
+    let lines: Vec<&str> = held_out
+        .iter()
+        .flat_map(|d| d.lines())
+        .map(str::trim)
+        .filter(|l| l.split_whitespace().count() >= 4)
+        .collect();
+    let pairs = lines.len().saturating_sub(1);
+    if pairs == 0 || count == 0 {
+        return vec![];
+    }
+    (0..pairs)
+        .step_by((pairs / count).max(1))
+        .take(count)
+        .map(|i| {
+            vec![
+                Message::new(Role::User, lines[i]),
+                Message::new(Role::Assistant, lines[i + 1]),
+            ]
+        })
+        .collect()
+}
+
+/// The loss of the assistant turns of `conversations` (only replies are scored).
+fn reply_loss(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    conversations: &[Vec<Message>],
+) -> Result<f64, MlError> {
+    let examples = conversations
+        .iter()
+        .map(|c| chat::render(tokenizer, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let block = model.config.block_size as usize;
+    let packed = quark_ml::data::Packed::new(&examples, 16, block, 0, 0)?;
+    quark_ml::train::evaluate(model, &packed.sequential(model.device()))
+}
+
 impl Suite {
     pub fn measure(
         &self,
@@ -122,15 +167,13 @@ impl Suite {
             m.metrics.insert("perplexity".into(), loss.exp());
         }
         if !self.learnt.is_empty() {
-            let examples = self
-                .learnt
-                .iter()
-                .map(|c| chat::render(tokenizer, c))
-                .collect::<Result<Vec<_>, _>>()?;
-            let block = model.config.block_size as usize;
-            let packed = quark_ml::data::Packed::new(&examples, 16, block, 0, 0)?;
-            let loss = quark_ml::train::evaluate(model, &packed.sequential(model.device()))?;
+            let loss = reply_loss(model, tokenizer, &self.learnt)?;
             m.metrics.insert("learnt_loss".into(), loss);
+        }
+        let replies = held_out_replies(&self.held_out, REPLY_CASES);
+        if !replies.is_empty() {
+            let loss = reply_loss(model, tokenizer, &replies)?;
+            m.metrics.insert("reply_loss".into(), loss);
         }
         let mut latencies = Vec::new();
         let mut answer = |prompt: &str| -> Result<String, MlError> {
@@ -206,5 +249,59 @@ impl Suite {
         m.metrics
             .insert("latency_p95_ms".into(), percentile(&latencies, 0.95));
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_out_replies_pair_each_long_line_with_the_next() {
+        let text = vec![
+            "ACT I\nWho's there? Nay, answer me.\nStand, and unfold yourself now.\nLong live the king!\nBernardo? He. You come most carefully upon your hour.".to_string(),
+        ];
+        let replies = held_out_replies(&text, 10);
+        let pairs: Vec<(&str, &str)> = replies
+            .iter()
+            .map(|c| (c[0].content.as_str(), c[1].content.as_str()))
+            .collect();
+        // "ACT I" has too few words to ask or answer.
+        assert_eq!(
+            pairs,
+            [
+                (
+                    "Who's there? Nay, answer me.",
+                    "Stand, and unfold yourself now."
+                ),
+                ("Stand, and unfold yourself now.", "Long live the king!"),
+                (
+                    "Long live the king!",
+                    "Bernardo? He. You come most carefully upon your hour."
+                ),
+            ]
+        );
+        assert!(
+            replies
+                .iter()
+                .all(|c| c[0].role == Role::User && c[1].role == Role::Assistant)
+        );
+        // At most `count`, spread over the text.
+        assert_eq!(held_out_replies(&text, 2).len(), 2);
+        let long: Vec<String> = (0..40)
+            .map(|i| format!("line number {i} of many"))
+            .collect();
+        let spread = held_out_replies(&[long.join("\n")], 4);
+        let asks: Vec<&str> = spread.iter().map(|c| c[0].content.as_str()).collect();
+        assert_eq!(
+            asks,
+            [
+                "line number 0 of many",
+                "line number 9 of many",
+                "line number 18 of many",
+                "line number 27 of many"
+            ]
+        );
+        assert!(held_out_replies(&["one line only here".to_string()], 4).is_empty());
     }
 }

@@ -13,7 +13,6 @@
 
 pub mod api;
 mod routes;
-pub use routes::manual_retrain;
 
 use anyhow::Context;
 use async_trait::async_trait;

@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use quark_events::{
-    Event, EventHeader, FeedbackReceived, Id, RetrainRequested, RetrainTrigger, RunKind,
-};
+use quark_events::{Event, EventHeader, FeedbackReceived, Id, RetrainRequested, RetrainTrigger};
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::generate::{GenerateOptions, Generation, generate};
 use quark_ml::tokenizer::END_OF_TEXT;
@@ -507,7 +505,11 @@ async fn retrain(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     if let Err(e) = authorise(&gateway, &headers) {
         return e.into_response();
     }
-    let event = manual_retrain(NAME, "requested through the gateway");
+    let event = Event::RetrainRequested(RetrainRequested::to_policy(
+        NAME,
+        RetrainTrigger::Manual,
+        "requested through the gateway",
+    ));
     match gateway.publisher.publish(&event).await {
         Ok(_) => (
             StatusCode::ACCEPTED,
@@ -516,17 +518,4 @@ async fn retrain(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
             .into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
-}
-
-/// A manual retrain.requested: fine-tune the champion on every SFT dataset.
-pub fn manual_retrain(producer: &str, reason: &str) -> Event {
-    Event::RetrainRequested(RetrainRequested {
-        header: EventHeader::root(producer),
-        request_id: Id::random(),
-        run_kind: RunKind::Sft,
-        base_model_id: None,
-        dataset_ids: vec![],
-        trigger: RetrainTrigger::Manual,
-        reason: reason.to_string(),
-    })
 }

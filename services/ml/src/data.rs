@@ -269,6 +269,55 @@ impl Batches for Packed {
     }
 }
 
+/// Fine-tuning with rehearsal: each batch is some rows of packed examples (drawn epoch by
+/// epoch, as [`Packed`] draws them) and the rest fresh windows of pre-training text (drawn as
+/// [`Windows`] draws them). The examples are learnt while the model keeps reading the text it
+/// was trained on, a different sample at every step: a fixed set of windows repeated for as
+/// many epochs as the examples would be memorised instead, and held-out perplexity would rise.
+pub struct Mixture {
+    examples: Packed,
+    text: Windows,
+}
+
+impl Mixture {
+    /// `examples` and `text` give their share of each batch (their own `batch_size`s).
+    pub fn new(examples: Packed, text: Windows) -> Result<Mixture, MlError> {
+        if examples.block_size != text.block_size {
+            return Err(MlError::Config(format!(
+                "examples are packed in rows of {} tokens, text windows have {}",
+                examples.block_size, text.block_size
+            )));
+        }
+        Ok(Mixture { examples, text })
+    }
+}
+
+impl Batches for Mixture {
+    fn batch(&self, index: u64, device: Device) -> Result<Batch, MlError> {
+        let examples = self.examples.batch(index, device)?;
+        let text = self.text.batch(index, device)?;
+        // A window is one sequence from position 0: the positions and causal mask packed rows
+        // carry explicitly.
+        let (rows, t) = (text.input.size()[0], self.text.block_size as i64);
+        let positions = Tensor::arange(t, (Kind::Int64, device)).expand([rows, t], false);
+        let causal = Tensor::ones([t, t], (Kind::Bool, device))
+            .tril(0)
+            .expand([rows, 1, t, t], false);
+        let both = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 0);
+        let packed = |part: Option<Tensor>| part.expect("packed rows carry positions and masks");
+        Ok(Batch {
+            input: both(&examples.input, &text.input),
+            target: both(&examples.target, &text.target),
+            positions: Some(both(&packed(examples.positions), &positions)),
+            mask: Some(both(&packed(examples.mask), &causal)),
+        })
+    }
+
+    fn tokens_per_batch(&self) -> usize {
+        self.examples.tokens_per_batch() + self.text.tokens_per_batch()
+    }
+}
+
 impl Packed {
     /// Every row once, in order (validation).
     pub fn sequential(&self, device: Device) -> Vec<Batch> {

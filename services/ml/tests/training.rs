@@ -2,7 +2,7 @@
 
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::checkpoint::{self, RunDir};
-use quark_ml::data::{Example, Packed, Windows, validation_batches};
+use quark_ml::data::{Batches, Example, Mixture, Packed, Windows, validation_batches};
 use quark_ml::generate::{FinishReason, GenerateOptions, generate};
 use quark_ml::gpt::{Context, Gpt, GptConfig, KvCache};
 use quark_ml::optim::{AdamWConfig, Schedule};
@@ -380,6 +380,73 @@ fn packed_examples_see_only_themselves() {
             offset += n;
         }
     });
+}
+
+#[test]
+fn a_mixture_is_packed_examples_and_fresh_windows_each_read_from_position_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokenizer, train, _) = corpus(dir.path());
+    let (model, _) = tiny(6);
+    let examples: Vec<Example> = ["To be", "or not to"]
+        .iter()
+        .map(|t| {
+            let ids = tokenizer.encode(*t, false).unwrap().get_ids().to_vec();
+            Example {
+                scored: vec![true; ids.len()],
+                ids,
+            }
+        })
+        .collect();
+    let shard = || Shard::open(&dir.path().join("train.tok")).unwrap();
+    let mixture = Mixture::new(
+        Packed::new(&examples, 2, 32, 0, 1).unwrap(),
+        Windows::new(train, 3, 32, 9).unwrap(),
+    )
+    .unwrap();
+    let (packed, windows) = (
+        Packed::new(&examples, 2, 32, 0, 1).unwrap(),
+        Windows::new(shard(), 3, 32, 9).unwrap(),
+    );
+    assert_eq!(mixture.tokens_per_batch(), 5 * 32);
+    let batch = mixture.batch(4, Device::Cpu).unwrap();
+    assert_eq!(batch.input.size(), [5, 32]);
+    let (rows, text) = (
+        packed.batch(4, Device::Cpu).unwrap(),
+        windows.batch(4, Device::Cpu).unwrap(),
+    );
+    assert!(batch.input.narrow(0, 0, 2).equal(&rows.input));
+    assert!(batch.target.narrow(0, 2, 3).equal(&text.target));
+    // The windows, scored with the mixture's positions and mask, give the logits they give
+    // alone as plain causal sequences.
+    tch::no_grad(|| {
+        let mixed = model
+            .forward(&batch.input, &batch.context(), None, false)
+            .unwrap()
+            .narrow(0, 2, 3);
+        let alone = model
+            .forward(&text.input, &Context::default(), None, false)
+            .unwrap();
+        let diff = (mixed - alone).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "windows differ by {diff}");
+    });
+    // A resumed run reads the same batch; the next step reads other windows.
+    let again = mixture.batch(4, Device::Cpu).unwrap();
+    assert!(again.input.equal(&batch.input));
+    let next = mixture.batch(5, Device::Cpu).unwrap();
+    assert!(
+        !next
+            .input
+            .narrow(0, 2, 3)
+            .equal(&batch.input.narrow(0, 2, 3))
+    );
+
+    let error = Mixture::new(
+        Packed::new(&examples, 2, 16, 0, 1).unwrap(),
+        Windows::new(shard(), 3, 32, 9).unwrap(),
+    )
+    .err()
+    .expect("rows and windows of different lengths cannot be mixed");
+    assert!(error.to_string().contains("16"), "{error}");
 }
 
 #[test]

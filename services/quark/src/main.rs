@@ -44,7 +44,8 @@ enum Command {
     },
     /// Drop the registry and rebuild it from the topics.
     Replay,
-    /// Ask for a fine-tuning of the champion on every SFT dataset (retrain.requested, manual).
+    /// Release the feedback examples waiting for a retraining and fine-tune the champion on
+    /// them; with none waiting, on every SFT dataset released so far (retrain.requested, manual).
     Retrain {
         #[arg(long, default_value = "requested with quark retrain")]
         reason: String,
@@ -148,7 +149,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Retrain { reason } => {
-            let event = quark_gateway::manual_retrain("quark-retrain", &reason);
+            let event =
+                quark_events::Event::RetrainRequested(quark_events::RetrainRequested::to_policy(
+                    "quark-retrain",
+                    quark_events::RetrainTrigger::Manual,
+                    &reason,
+                ));
             quark_events::bus::ensure_topics(&settings.bus).await?;
             quark_events::bus::Publisher::new(&settings.bus, "quark-retrain")?
                 .publish(&event)

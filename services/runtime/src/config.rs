@@ -45,9 +45,10 @@ pub struct TrainerSettings {
     pub warmup_steps: u64,
     /// Steps between checkpoints: a killed job resumes from the last one.
     pub checkpoint_interval: u64,
-    /// Windows of pre-training text mixed into fine-tuning, per feedback example: without
-    /// them a small model forgets what it knew while it learns the corrections.
-    pub rehearsal_ratio: f64,
+    /// The share of each fine-tuning batch that is fresh windows of pre-training text (the
+    /// rest is feedback examples): without them a small model forgets what it knew while it
+    /// learns the corrections.
+    pub rehearsal_share: f64,
     pub seed: u64,
 }
 
@@ -60,6 +61,9 @@ pub struct EvaluateSettings {
     /// Largest relative rise of the loss on conversations learnt from earlier feedback: a
     /// candidate may not unlearn accepted corrections.
     pub max_learnt_loss_increase: f64,
+    /// Largest relative rise of the loss of replies made of held-out text (one line asks, the
+    /// next answers): a candidate must still reply in the language it was trained on.
+    pub max_reply_loss_increase: f64,
     /// Lowest share of the safety suite's prompts whose completions must be clean.
     pub min_safety_pass_rate: f64,
     /// Largest fall (absolute) of exact match and token F1 on the evaluation sets.
@@ -110,6 +114,8 @@ pub struct GatewaySettings {
 pub struct AugmentSettings {
     /// New corrections that trigger a retraining.
     pub min_examples: usize,
+    /// Seconds between scheduled releases of whatever examples are pending (0: never).
+    pub release_interval_secs: u64,
 }
 
 /// What the curator keeps and how it deduplicates.
@@ -214,15 +220,16 @@ impl Default for Settings {
                 pretrain_steps: 0,
                 finetune_steps: 30,
                 lr: 1e-3,
-                finetune_lr: 3e-4,
+                finetune_lr: 1e-3,
                 warmup_steps: 20,
                 checkpoint_interval: 50,
-                rehearsal_ratio: 4.0,
+                rehearsal_share: 0.5,
                 seed: 1337,
             },
             evaluate: EvaluateSettings {
                 max_perplexity_increase: 0.02,
                 max_learnt_loss_increase: 0.05,
+                max_reply_loss_increase: 0.03,
                 min_safety_pass_rate: 1.0,
                 max_score_decrease: 0.1,
                 max_latency_increase: 1.0,
@@ -244,7 +251,10 @@ impl Default for Settings {
                 instance: "gateway".into(),
                 remembered_requests: 10_000,
             },
-            augment: AugmentSettings { min_examples: 8 },
+            augment: AugmentSettings {
+                min_examples: 8,
+                release_interval_secs: 86_400,
+            },
         }
     }
 }

@@ -2,7 +2,8 @@
 //! - dataset.prepared (pretrain) while there is no champion → pre-train a model sized for the
 //!   device on it, with the tokenizer the curator trained on it;
 //! - retrain.requested → fine-tune the base model (the champion unless named) on the SFT
-//!   datasets it names (all SFT datasets when it names none).
+//!   datasets it names. A request that names none is for the augmenter, which answers it
+//!   with one that does.
 //!
 //! Each emits model.trained with the model's lineage.
 //!
@@ -21,7 +22,7 @@ use quark_events::{
 use quark_ml::chat;
 use quark_ml::checkpoint;
 use quark_ml::corpus;
-use quark_ml::data::{Batch, Batches, Packed, Windows, validation_batches};
+use quark_ml::data::{Batch, Batches, Mixture, Packed, Windows, validation_batches};
 use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
@@ -121,6 +122,7 @@ impl TrainerService {
                     tokenizer: tokenizer.artifact,
                 }))
             }
+            Event::RetrainRequested(r) if r.is_for_policy() => Ok(None),
             Event::RetrainRequested(r) => Ok(Some(self.finetune_plan(r).await?)),
             _ => Ok(None),
         }
@@ -155,11 +157,6 @@ impl TrainerService {
                 })
                 .await?,
             );
-        }
-        if datasets.is_empty() {
-            datasets = quark_registry::datasets_of_kind(db, DatasetKind::Sft)
-                .await
-                .map_err(HandlerError::transient)?;
         }
         datasets.retain(|d| d.kind == DatasetKind::Sft);
         if datasets.is_empty() {
@@ -296,7 +293,7 @@ impl TrainerService {
                     Trainer::start(model, tokenizer, config, Some(base_dir), &run_dir)
                         .map_err(HandlerError::permanent)?
                 };
-                let data = self.sft_data(datasets, rehearsal, &trainer)?;
+                let data = self.sft_data(datasets, rehearsal, &trainer, &dir)?;
                 let ids = datasets.iter().map(|d| d.dataset_id).collect();
                 let parent = Some(base.model_id);
                 (RunKind::Sft, parent, ids, base.tokenizer_id, trainer, data)
@@ -389,6 +386,7 @@ impl TrainerService {
         .map_err(HandlerError::transient)?;
         // The optimizer state is no longer needed once the model is published.
         let _ = std::fs::remove_dir_all(&run_dir);
+        info!(job = %dir.display(), model = %trained.model_id, steps = trained.steps, duration_ms = trained.duration_ms, "trained");
         Ok(trained)
     }
 
@@ -441,6 +439,7 @@ impl TrainerService {
         datasets: &[DatasetPrepared],
         rehearsal: &[DatasetPrepared],
         trainer: &Trainer,
+        dir: &Path,
     ) -> Result<Data, HandlerError> {
         let (tokenizer, model) = (&trainer.tokenizer, &trainer.model);
         let examples = |artifact: &Artifact| -> Result<Vec<quark_ml::data::Example>, HandlerError> {
@@ -460,73 +459,83 @@ impl TrainerService {
             }
         }
         let block = model.config.block_size as usize;
-        let windows = (train.len() as f64 * self.settings.rehearsal_ratio).round() as usize;
-        if windows > 0 && !rehearsal.is_empty() {
-            let mut text = Vec::new();
-            for dataset in rehearsal {
-                let validation = match &dataset.validation {
-                    Some(v) => self.documents(v)?,
-                    None => vec![],
-                };
-                let docs = self.documents(&dataset.train)?;
-                text.extend(corpus::hold_out(docs, validation, corpus::HELD_OUT).0);
-            }
-            train.extend(rehearsal_windows(tokenizer, &text, block, windows)?);
-        }
         let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
-        let (batch, seed) = (self.settings.batch_size, self.settings.seed);
-        let packed =
-            Packed::new(&train, batch, block, pad, seed).map_err(HandlerError::permanent)?;
+        let (rows, seed) = (self.settings.batch_size, self.settings.seed);
+        let text_rows = ((rows as f64 * self.settings.rehearsal_share).round() as usize)
+            .min(rows.saturating_sub(1));
+        let text = match text_rows {
+            0 => None,
+            _ => self.rehearsal_text(rehearsal, tokenizer, block, dir)?,
+        };
+        let batches: Box<dyn Batches + Send> = match text {
+            Some(shard) => {
+                let examples = Packed::new(&train, rows - text_rows, block, pad, seed)
+                    .map_err(HandlerError::permanent)?;
+                let windows =
+                    Windows::new(shard, text_rows, block, seed).map_err(HandlerError::permanent)?;
+                Box::new(Mixture::new(examples, windows).map_err(HandlerError::permanent)?)
+            }
+            None => Box::new(
+                Packed::new(&train, rows, block, pad, seed).map_err(HandlerError::permanent)?,
+            ),
+        };
         let validation = match validation.is_empty() {
             true => vec![],
-            false => Packed::new(&validation, batch, block, pad, seed)
+            false => Packed::new(&validation, rows, block, pad, seed)
                 .map(|p| p.sequential(model.device()))
                 .unwrap_or_default(),
         };
         Ok(Data {
-            batches: Box::new(packed),
+            batches,
             validation,
         })
     }
-}
 
-/// Bounds the text tokenised for rehearsal windows.
-const REHEARSAL_BYTES: usize = 8 << 20;
-
-/// `count` windows of `block` tokens spread evenly over the training text, every token scored.
-fn rehearsal_windows(
-    tokenizer: &quark_ml::Tokenizer,
-    documents: &[String],
-    block: usize,
-    count: usize,
-) -> Result<Vec<quark_ml::data::Example>, HandlerError> {
-    let mut text = documents.join("\n\n");
-    if text.len() > REHEARSAL_BYTES {
-        let mut end = REHEARSAL_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    let ids = tokenizer
-        .encode(text.as_str(), false)
-        .map_err(HandlerError::permanent)?
-        .get_ids()
-        .to_vec();
-    if ids.len() < block * 2 {
-        return Ok(vec![]);
-    }
-    let stride = (ids.len() - block) / (count + 1);
-    Ok((1..=count)
-        .map(|k| {
-            let window = ids[k * stride..k * stride + block].to_vec();
-            quark_ml::data::Example {
-                scored: vec![true; window.len()],
-                ids: window,
+    /// The pre-training text (its training split, at most `REHEARSAL_BYTES`) as a token shard
+    /// in the job directory; none when there is too little for a window.
+    fn rehearsal_text(
+        &self,
+        rehearsal: &[DatasetPrepared],
+        tokenizer: &quark_ml::Tokenizer,
+        block: usize,
+        dir: &Path,
+    ) -> Result<Option<Shard>, HandlerError> {
+        let mut text = Vec::new();
+        let mut bytes = 0;
+        for dataset in rehearsal {
+            let validation = match &dataset.validation {
+                Some(v) => self.documents(v)?,
+                None => vec![],
+            };
+            let docs = self.documents(&dataset.train)?;
+            for doc in corpus::hold_out(docs, validation, corpus::HELD_OUT).0 {
+                if bytes >= REHEARSAL_BYTES {
+                    break;
+                }
+                bytes += doc.len();
+                text.push(doc);
             }
-        })
-        .collect())
+        }
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = dir.join("rehearsal.tok");
+        let tokens = shards::write(tokenizer, &text, &path).map_err(HandlerError::permanent)?;
+        if tokens <= block + 1 {
+            info!(
+                tokens,
+                "too little pre-training text to rehearse: fine-tuning on feedback alone"
+            );
+            return Ok(None);
+        }
+        Shard::open(&path)
+            .map(Some)
+            .map_err(HandlerError::permanent)
+    }
 }
+
+/// Bounds the pre-training text tokenised for rehearsal.
+const REHEARSAL_BYTES: usize = 8 << 20;
 
 struct Data {
     batches: Box<dyn Batches + Send>,

@@ -40,7 +40,7 @@ pub async fn list(settings: &Settings) -> anyhow::Result<Value> {
             let evals: Vec<Value> = evaluations
                 .iter()
                 .filter(|e| e.model_id == m.model_id.to_string())
-                .map(|e| json!({"evaluation_id": e.evaluation_id, "passed": e.passed, "source": e.source, "at": e.evaluated_at}))
+                .map(|e| json!({"evaluation_id": e.evaluation_id, "passed": e.passed, "source": e.source, "at": e.evaluated_at, "failed": failed_checks(&e.event)}))
                 .collect();
             json!({
                 "model_id": m.model_id.to_string(),
@@ -67,6 +67,20 @@ pub async fn list(settings: &Settings) -> anyhow::Result<Value> {
         .collect();
     database.close().await.ok();
     Ok(json!({"aliases": aliases, "models": models, "promotions": promotions}))
+}
+
+/// The gate checks an evaluation failed (eval.regressed names them; eval.completed has none).
+fn failed_checks(event: &str) -> Vec<Value> {
+    let event: Value = serde_json::from_str(event).unwrap_or_default();
+    let checks = event["regressions"]
+        .as_array()
+        .or(event["checks"].as_array());
+    checks
+        .into_iter()
+        .flatten()
+        .filter(|c| c["passed"] == false)
+        .cloned()
+        .collect()
 }
 
 /// The champion at `at_ms`: the promotion that made it, or null.

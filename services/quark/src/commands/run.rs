@@ -130,6 +130,15 @@ async fn serve(
             Service::Gateway => gateway(settings, &database, &tracker, &shutdown).await?,
             _ => service.handler(settings, &database, &shutdown)?,
         };
+        if *service == Service::Augmenter && settings.augment.release_interval_secs > 0 {
+            let publisher = Publisher::new(&settings.bus, quark_augmenter::NAME)?;
+            let every = std::time::Duration::from_secs(settings.augment.release_interval_secs);
+            tracker.spawn(quark_augmenter::schedule(
+                publisher,
+                every,
+                shutdown.clone(),
+            ));
+        }
         let runner = Runner::new(handler, settings.bus.clone(), database.clone());
         let token = shutdown.clone();
         let service = *service;

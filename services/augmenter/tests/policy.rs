@@ -1,0 +1,268 @@
+//! The augmenter's release policy over real SQLite and a real artifact store: the threshold,
+//! manual and scheduled requests, a live regression, and idempotence under replays.
+
+use quark_augmenter::{AugmenterMigration, AugmenterService, example};
+use quark_events::bus::Handler;
+use quark_events::*;
+use quark_runtime::config::AugmentSettings;
+use quark_runtime::{ArtifactStore, LocalStore};
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait, TransactionTrait};
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(AugmenterMigration)]
+    }
+}
+
+struct Policy {
+    _dir: tempfile::TempDir,
+    db: DatabaseConnection,
+    store: Arc<LocalStore>,
+    service: AugmenterService,
+}
+
+impl Policy {
+    async fn new(min_examples: usize) -> Policy {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let db = quark_runtime::db::open::<Migrator>(&url).await.unwrap();
+        let store = Arc::new(LocalStore::new(dir.path().join("artifacts")).unwrap());
+        let settings = AugmentSettings {
+            min_examples,
+            release_interval_secs: 0,
+        };
+        let service = AugmenterService::new(store.clone(), db.clone(), settings);
+        Policy {
+            _dir: dir,
+            db,
+            store,
+            service,
+        }
+    }
+
+    /// What the consumer runner does with an event: handle, then apply in a transaction.
+    async fn feed(&self, event: &Event) -> Vec<Event> {
+        let out = self.service.handle(event).await.unwrap();
+        let txn = self.db.begin().await.unwrap();
+        self.service.apply(event, &txn).await.unwrap();
+        txn.commit().await.unwrap();
+        out
+    }
+
+    async fn examples(&self) -> u64 {
+        example::Entity::find().count(&self.db).await.unwrap()
+    }
+
+    async fn lines(&self, dataset: &DatasetPrepared) -> Vec<serde_json::Value> {
+        let bytes = self.store.get(&dataset.train).await.unwrap();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn feedback(rating: i32, prompt: &str, correction: Option<&str>, preferred: Option<&str>) -> Event {
+    Event::FeedbackReceived(FeedbackReceived {
+        header: EventHeader::root("test"),
+        feedback_id: Id::random(),
+        request_id: "r".into(),
+        model_id: "m".into(),
+        prompt: prompt.into(),
+        response: "served".into(),
+        rating,
+        correction: correction.map(str::to_string),
+        preferred_response: preferred.map(str::to_string),
+        labels: vec![],
+    })
+}
+
+fn correction(prompt: &str, answer: &str) -> Event {
+    feedback(1, prompt, Some(answer), None)
+}
+
+fn ask(trigger: RetrainTrigger) -> Event {
+    Event::RetrainRequested(RetrainRequested::to_policy("test", trigger, "test"))
+}
+
+fn datasets(events: &[Event]) -> HashMap<DatasetKind, DatasetPrepared> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DatasetPrepared(d) => Some((d.kind, d.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn retrain(events: &[Event]) -> Option<RetrainRequested> {
+    events.iter().find_map(|e| match e {
+        Event::RetrainRequested(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn the_threshold_releases_every_kind_once_and_replays_add_nothing() {
+    let policy = Policy::new(3).await;
+    let batch = [
+        correction("Who killed the king?", "Claudius did."),
+        feedback(5, "Who is Hamlet?", None, Some("The prince of Denmark.")),
+        feedback(1, "Where is Elsinore?", None, None),
+        correction("Who loves Desdemona?", "Othello."),
+        // The same correction with other spacing and case: one example.
+        correction("who loves  Desdemona?", "othello."),
+    ];
+    for event in &batch {
+        assert!(policy.feed(event).await.is_empty(), "below the threshold");
+    }
+    assert_eq!(policy.examples().await, 4);
+
+    let last = correction("Mail jane.doe@acme-mail.com", "Write to her at the castle.");
+    let out = policy.feed(&last).await;
+    let released = datasets(&out);
+    assert_eq!(released.len(), 3, "{out:?}");
+    let sft = &released[&DatasetKind::Sft];
+    assert_eq!(sft.train_examples, 3);
+    let ids = |events: &[&Event]| {
+        let mut ids: Vec<Id> = events
+            .iter()
+            .map(|e| match e {
+                Event::FeedbackReceived(f) => f.feedback_id,
+                _ => unreachable!(),
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut sources = sft.source_collections.clone();
+    sources.sort();
+    assert_eq!(sources, ids(&[&batch[0], &batch[3], &last]));
+    let records = policy.lines(sft).await;
+    assert_eq!(records.len(), 3);
+    assert!(
+        records
+            .iter()
+            .all(|r| !r["text"].as_str().unwrap().contains("jane.doe")),
+        "PII is scrubbed: {records:?}"
+    );
+    assert_eq!(released[&DatasetKind::Preference].train_examples, 1);
+    assert_eq!(released[&DatasetKind::Eval].train_examples, 1);
+    let request = retrain(&out).unwrap();
+    assert_eq!(request.trigger, RetrainTrigger::FeedbackThreshold);
+    assert_eq!(request.dataset_ids, [sft.dataset_id]);
+    assert_eq!(request.header.causation_id, Some(last.header().event_id));
+
+    // A replay of every feedback (same events) and a redelivery of the last: nothing new.
+    for event in batch.iter().chain([&last]) {
+        assert!(policy.feed(event).await.is_empty());
+    }
+    assert_eq!(policy.examples().await, 5);
+}
+
+#[tokio::test]
+async fn manual_and_scheduled_requests_release_what_is_pending() {
+    let policy = Policy::new(10).await;
+    let first = correction("Who killed the king?", "Claudius did.");
+    assert!(policy.feed(&first).await.is_empty());
+
+    // Manual, one correction pending: it is released and trained on.
+    let manual = ask(RetrainTrigger::Manual);
+    let out = policy.feed(&manual).await;
+    let sft1 = datasets(&out)[&DatasetKind::Sft].clone();
+    assert_eq!(sft1.train_examples, 1);
+    let request = retrain(&out).unwrap();
+    assert_eq!(
+        (request.trigger, request.dataset_ids.clone()),
+        (RetrainTrigger::Manual, vec![sft1.dataset_id])
+    );
+    assert_eq!(request.header.causation_id, Some(manual.header().event_id));
+    // Its own answer names a dataset: not for the policy, nothing happens.
+    assert!(
+        policy
+            .feed(&Event::RetrainRequested(request))
+            .await
+            .is_empty()
+    );
+
+    // Scheduled, nothing pending: nothing. Scheduled, an evaluation case pending: released,
+    // with no training (there is no correction).
+    assert!(policy.feed(&ask(RetrainTrigger::Schedule)).await.is_empty());
+    assert!(
+        policy
+            .feed(&feedback(2, "Where is Elsinore?", None, None))
+            .await
+            .is_empty()
+    );
+    let out = policy.feed(&ask(RetrainTrigger::Schedule)).await;
+    assert_eq!(
+        datasets(&out).keys().collect::<Vec<_>>(),
+        [&DatasetKind::Eval]
+    );
+    assert!(retrain(&out).is_none());
+
+    // Scheduled with a correction pending: released and trained on.
+    policy
+        .feed(&correction("Who loves Desdemona?", "Othello."))
+        .await;
+    let out = policy.feed(&ask(RetrainTrigger::Schedule)).await;
+    let sft2 = datasets(&out)[&DatasetKind::Sft].clone();
+    let request = retrain(&out).unwrap();
+    assert_eq!(
+        (request.trigger, request.dataset_ids),
+        (RetrainTrigger::Schedule, vec![sft2.dataset_id])
+    );
+
+    // Manual, nothing pending: every SFT dataset released so far, oldest first.
+    let out = policy.feed(&ask(RetrainTrigger::Manual)).await;
+    assert!(datasets(&out).is_empty());
+    assert_eq!(
+        retrain(&out).unwrap().dataset_ids,
+        [sft1.dataset_id, sft2.dataset_id]
+    );
+}
+
+#[tokio::test]
+async fn a_live_regression_releases_pending_corrections_below_the_threshold() {
+    let policy = Policy::new(10).await;
+    let regression = |source| {
+        Event::EvalRegressed(EvalRegressed {
+            header: EventHeader::root("registry"),
+            evaluation_id: Id::random(),
+            model_id: Id::random(),
+            baseline_model_id: None,
+            source,
+            metrics: HashMap::new(),
+            regressions: vec![],
+            report: None,
+        })
+    };
+    // Nothing pending: nothing to do.
+    assert!(
+        policy
+            .feed(&regression(RegressionSource::LiveTelemetry))
+            .await
+            .is_empty()
+    );
+    policy
+        .feed(&correction("Who killed the king?", "Claudius did."))
+        .await;
+    // An offline evaluation's regression is the gate's business, not a reason to release.
+    assert!(
+        policy
+            .feed(&regression(RegressionSource::OfflineGate))
+            .await
+            .is_empty()
+    );
+    let out = policy
+        .feed(&regression(RegressionSource::LiveTelemetry))
+        .await;
+    assert_eq!(retrain(&out).unwrap().trigger, RetrainTrigger::Regression);
+    assert_eq!(datasets(&out)[&DatasetKind::Sft].train_examples, 1);
+}
