@@ -82,6 +82,11 @@ impl Loop {
             ("QUARK__TRAINER__BATCH_SIZE", "8".into()),
             ("QUARK__TRAINER__PRETRAIN_STEPS", "150".into()),
             ("QUARK__TRAINER__FINETUNE_STEPS", "30".into()),
+            // This model is pre-trained for only 150 steps, far from converged: it fine-tunes
+            // at its pre-training peak rate rather than the default tenth of it.
+            ("QUARK__TRAINER__FINETUNE_LR", "1e-3".into()),
+            // Two rows of feedback examples per step, as in the default batch of 16.
+            ("QUARK__TRAINER__REHEARSAL_SHARE", "0.75".into()),
             ("QUARK__TRAINER__CHECKPOINT_INTERVAL", "5".into()),
             ("QUARK__EVALUATE__MAX_NEW_TOKENS", "12".into()),
             ("QUARK__EVALUATE__VALIDATION_WINDOWS", "32".into()),

@@ -220,10 +220,10 @@ impl Default for Settings {
                 pretrain_steps: 0,
                 finetune_steps: 30,
                 lr: 1e-3,
-                finetune_lr: 1e-3,
+                finetune_lr: 1e-4,
                 warmup_steps: 20,
                 checkpoint_interval: 50,
-                rehearsal_share: 0.5,
+                rehearsal_share: 0.875,
                 seed: 1337,
             },
             evaluate: EvaluateSettings {
