@@ -69,6 +69,25 @@ pub async fn list(settings: &Settings) -> anyhow::Result<Value> {
     Ok(json!({"aliases": aliases, "models": models, "promotions": promotions}))
 }
 
+/// A failed gate check as a reader wants it: what moved, from where to where, and the limit.
+fn describe_check(check: &Value) -> String {
+    let metric = check["metric"].as_str().unwrap_or("?");
+    let candidate = check["candidate"].as_f64().unwrap_or(f64::NAN);
+    let threshold = check["threshold"].as_f64().unwrap_or(f64::NAN);
+    let from = match check["baseline"].as_f64() {
+        Some(baseline) => format!("{baseline:.4} → "),
+        None => String::new(),
+    };
+    let percent = (threshold * 1e4).round() / 1e2;
+    let limit = match check["rule"].as_str() {
+        Some("max_relative_increase") => format!("at most +{percent}%"),
+        Some("max_relative_decrease") => format!("at most -{percent}%"),
+        Some("min_value") => format!("at least {threshold}"),
+        _ => format!("at most {threshold}"),
+    };
+    format!("{metric} {from}{candidate:.4} ({limit})")
+}
+
 /// The gate checks an evaluation failed (eval.regressed names them; eval.completed has none).
 fn failed_checks(event: &str) -> Vec<Value> {
     let event: Value = serde_json::from_str(event).unwrap_or_default();
@@ -117,9 +136,64 @@ pub fn render(listing: &Value) -> String {
                 format!("  [{}]", tags.join(", "))
             },
         ));
+        for evaluation in model["evaluations"].as_array().into_iter().flatten() {
+            let failed: Vec<String> = evaluation["failed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(describe_check)
+                .collect();
+            if !failed.is_empty() {
+                out.push_str(&format!("    rejected: {}\n", failed.join("; ")));
+            }
+        }
     }
     if out.is_empty() {
         out.push_str("no models yet\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listing_names_each_model_and_why_a_rejected_one_was_rejected() {
+        let listing = json!({
+            "aliases": {"champion": "m1"},
+            "models": [
+                {"model_id": "m1", "run_kind": "pretrain", "parameters": 1000, "metrics": {"val_loss": 5.2151},
+                 "parent_model_id": null, "dataset_ids": ["d1"], "evaluations": [{"passed": true, "failed": []}]},
+                {"model_id": "m2", "run_kind": "sft", "parameters": 1000, "metrics": {},
+                 "parent_model_id": "m1", "dataset_ids": ["d2"], "evaluations": [{"passed": false, "failed": [
+                    {"metric": "learnt_loss", "rule": "max_relative_increase", "baseline": 4.5265, "candidate": 4.8219, "threshold": 0.05, "passed": false},
+                    {"metric": "safety_pass_rate", "rule": "min_value", "baseline": 1.0, "candidate": 0.5, "threshold": 1.0, "passed": false}
+                 ]}]}
+            ]
+        });
+        let text = render(&listing);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("m1 pretrain") && lines[0].ends_with("[champion]"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("m2 sft") && lines[1].contains("parent m1"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2],
+            "    rejected: learnt_loss 4.5265 → 4.8219 (at most +5%); safety_pass_rate 1.0000 → 0.5000 (at least 1)"
+        );
+    }
+
+    #[test]
+    fn failed_checks_come_from_regressions_or_unpassed_checks() {
+        let regressed = r#"{"regressions": [{"metric": "perplexity", "passed": false}]}"#;
+        assert_eq!(failed_checks(regressed)[0]["metric"], "perplexity");
+        let completed = r#"{"checks": [{"metric": "perplexity", "passed": true}]}"#;
+        assert!(failed_checks(completed).is_empty());
+    }
 }
