@@ -129,13 +129,20 @@ impl Loop {
         self.log_of("up")
     }
 
-    /// The messages of a log whose fields include `job` in `job_dir`, with the job's event id.
-    fn trainer_lines(&self, name: &str) -> Vec<(String, String)> {
+    /// The fields (message included) of each entry of a JSON log.
+    fn log_fields(&self, name: &str) -> Vec<Value> {
         self.log_of(name)
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter_map(|entry| {
-                let fields = &entry["fields"];
+            .map(|mut entry| entry["fields"].take())
+            .collect()
+    }
+
+    /// The trainer's messages about jobs, each with the job's event id (its directory name).
+    fn trainer_lines(&self, name: &str) -> Vec<(String, String)> {
+        self.log_fields(name)
+            .iter()
+            .filter_map(|fields| {
                 let job = Path::new(fields["job"].as_str()?).file_name()?;
                 Some((
                     fields["message"].as_str()?.to_string(),
@@ -145,17 +152,15 @@ impl Loop {
             .collect()
     }
 
-    fn job_dir(&self, request: &Event) -> PathBuf {
-        self.data
+    /// Waits until the job of `request` has written a checkpoint.
+    fn wait_for_checkpoint(&self, request: &Event) {
+        let run = self
+            .data
             .path()
             .join("quark")
             .join("trainer")
             .join(request.header().event_id.to_string())
-    }
-
-    /// Waits until the job of `request` has written a checkpoint.
-    fn wait_for_checkpoint(&self, request: &Event) {
-        let run = self.job_dir(request).join("run");
+            .join("run");
         wait_for("a checkpoint of the retraining", LOOP_TIMEOUT, || {
             std::fs::read_dir(&run).is_ok_and(|entries| {
                 entries
@@ -479,16 +484,11 @@ print("openai client ok", len(chunks), "chunks")
         last_feedback.header().correlation_id
     );
     // The restarted trainer resumed from the checkpoint instead of starting over.
-    let resumed = quark
-        .log()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .any(|entry| {
-            let fields = &entry["fields"];
-            fields["message"] == "training"
-                && fields["resuming"] == true
-                && fields["step"].as_u64().is_some_and(|step| step > 0)
-        });
+    let resumed = quark.log_fields("up").iter().any(|fields| {
+        fields["message"] == "training"
+            && fields["resuming"] == true
+            && fields["step"].as_u64().is_some_and(|step| step > 0)
+    });
     assert!(
         resumed,
         "the job resumed from its checkpoint\n{}",

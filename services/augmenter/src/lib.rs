@@ -266,12 +266,6 @@ impl AugmenterService {
     async fn release(&self, event: &Event, decision: Decision) -> Result<Vec<Event>, HandlerError> {
         let cause = event.header();
         let mut events = Vec::new();
-        let mut sft = (!decision.earlier.is_empty()).then(|| {
-            (
-                decision.earlier.clone(),
-                "every SFT dataset released so far".to_string(),
-            )
-        });
         for (kind, dataset_id, examples) in &decision.release {
             // In the curator's document form, so the trainer and evaluator read every dataset alike.
             let mut jsonl = String::new();
@@ -305,11 +299,20 @@ impl AugmenterService {
                 source_collections: feedback_ids,
                 parent_dataset_id: None,
             }));
-            if *kind == DatasetKind::Sft {
-                let reason = format!("{} corrections from feedback", examples.len());
-                sft = Some((vec![*dataset_id], reason));
-            }
         }
+        // The corrections released now, or else (a manual request) the earlier ones.
+        let sft = decision
+            .release
+            .iter()
+            .find(|(kind, ..)| *kind == DatasetKind::Sft)
+            .map(|(_, id, examples)| {
+                let reason = format!("{} corrections from feedback", examples.len());
+                (vec![*id], reason)
+            })
+            .or_else(|| {
+                let earlier = decision.earlier.clone();
+                (!earlier.is_empty()).then(|| (earlier, "every SFT dataset released so far".into()))
+            });
         if let Some((dataset_ids, reason)) = sft {
             events.push(Event::RetrainRequested(RetrainRequested {
                 header: EventHeader::caused_by(cause, NAME, "retrain"),

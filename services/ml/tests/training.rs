@@ -334,10 +334,9 @@ fn streaming_stops_at_stop_sequences_and_never_shows_them() {
     assert_eq!(cut.tokens.len(), 3);
 }
 
-#[test]
-fn packed_examples_see_only_themselves() {
-    let (model, tokenizer) = tiny(4);
-    let examples: Vec<Example> = ["To be", "or not to", "the question"]
+/// Texts as examples scored on every token.
+fn plain_examples(tokenizer: &Tokenizer, texts: &[&str]) -> Vec<Example> {
+    texts
         .iter()
         .map(|t| {
             let ids = tokenizer.encode(*t, false).unwrap().get_ids().to_vec();
@@ -346,7 +345,13 @@ fn packed_examples_see_only_themselves() {
                 ids,
             }
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn packed_examples_see_only_themselves() {
+    let (model, tokenizer) = tiny(4);
+    let examples = plain_examples(&tokenizer, &["To be", "or not to", "the question"]);
     let packed = Packed::new(&examples, 1, 32, 0, 1).unwrap();
     let rows = packed.sequential(Device::Cpu);
     assert_eq!(rows.len(), 1, "all three fit one row of 32");
@@ -387,16 +392,7 @@ fn a_mixture_is_packed_examples_and_fresh_windows_each_read_from_position_zero()
     let dir = tempfile::tempdir().unwrap();
     let (tokenizer, train, _) = corpus(dir.path());
     let (model, _) = tiny(6);
-    let examples: Vec<Example> = ["To be", "or not to"]
-        .iter()
-        .map(|t| {
-            let ids = tokenizer.encode(*t, false).unwrap().get_ids().to_vec();
-            Example {
-                scored: vec![true; ids.len()],
-                ids,
-            }
-        })
-        .collect();
+    let examples = plain_examples(&tokenizer, &["To be", "or not to"]);
     let shard = || Shard::open(&dir.path().join("train.tok")).unwrap();
     let mixture = Mixture::new(
         Packed::new(&examples, 2, 32, 0, 1).unwrap(),

@@ -398,6 +398,20 @@ impl TrainerService {
         quark_curate::store::read_texts(&path).map_err(HandlerError::permanent)
     }
 
+    /// A pre-training dataset's training and held-out documents, split as the evaluator
+    /// splits them.
+    fn splits(
+        &self,
+        dataset: &DatasetPrepared,
+    ) -> Result<(Vec<String>, Vec<String>), HandlerError> {
+        let validation = match &dataset.validation {
+            Some(v) => self.documents(v)?,
+            None => vec![],
+        };
+        let train = self.documents(&dataset.train)?;
+        Ok(corpus::hold_out(train, validation, corpus::HELD_OUT))
+    }
+
     /// The dataset's splits encoded into token shards in the job directory.
     fn pretrain_data(
         &self,
@@ -405,15 +419,7 @@ impl TrainerService {
         trainer: &Trainer,
         dir: &Path,
     ) -> Result<Data, HandlerError> {
-        let validation = match &dataset.validation {
-            Some(v) => self.documents(v)?,
-            None => vec![],
-        };
-        let (train, validation) = corpus::hold_out(
-            self.documents(&dataset.train)?,
-            validation,
-            corpus::HELD_OUT,
-        );
+        let (train, validation) = self.splits(dataset)?;
         let (train_path, val_path) = (dir.join("train.tok"), dir.join("val.tok"));
         let tokenizer = &trainer.tokenizer;
         shards::write(tokenizer, &train, &train_path).map_err(HandlerError::permanent)?;
@@ -502,13 +508,12 @@ impl TrainerService {
     ) -> Result<Option<Shard>, HandlerError> {
         let mut text = Vec::new();
         let mut bytes = 0;
+        // Datasets past the bound are not read at all.
         for dataset in rehearsal {
-            let validation = match &dataset.validation {
-                Some(v) => self.documents(v)?,
-                None => vec![],
-            };
-            let docs = self.documents(&dataset.train)?;
-            for doc in corpus::hold_out(docs, validation, corpus::HELD_OUT).0 {
+            if bytes >= REHEARSAL_BYTES {
+                break;
+            }
+            for doc in self.splits(dataset)?.0 {
                 if bytes >= REHEARSAL_BYTES {
                     break;
                 }
