@@ -152,22 +152,25 @@ impl Loop {
             .collect()
     }
 
-    /// Waits until the job of `request` has written a checkpoint.
-    fn wait_for_checkpoint(&self, request: &Event) {
-        let run = self
-            .data
-            .path()
-            .join("quark")
-            .join("trainer")
-            .join(request.header().event_id.to_string())
-            .join("run");
-        wait_for("a checkpoint of the retraining", LOOP_TIMEOUT, || {
-            std::fs::read_dir(&run).is_ok_and(|entries| {
-                entries
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
-            })
+    /// Waits until a running job has written a checkpoint; returns the job's event id (its
+    /// directory). A finished job keeps no run directory, so only a job in flight is found.
+    /// Watched from before the job starts: a short job can finish within one topic poll.
+    fn wait_for_checkpoint(&self) -> String {
+        let jobs = self.data.path().join("quark").join("trainer");
+        let mut found = None;
+        wait_for("a checkpoint of a running job", LOOP_TIMEOUT, || {
+            found = std::fs::read_dir(&jobs).ok().and_then(|dirs| {
+                dirs.flatten().find_map(|job| {
+                    let checkpointed = std::fs::read_dir(job.path().join("run")).is_ok_and(|run| {
+                        run.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+                    });
+                    checkpointed.then(|| job.file_name().to_string_lossy().into_owned())
+                })
+            });
+            found.is_some()
         });
+        found.unwrap()
     }
 
     fn url(&self, path: &str) -> String {
@@ -431,13 +434,14 @@ print("openai client ok", len(chunks), "chunks")
     // Learning from feedback: four corrections → retrain → evaluate → promote. The process is
     // killed while it retrains and restarted: the job resumes and is trained once.
     let feedback_ids = quark.correct(CORRECTIONS);
-    let (request, retrain) = quark.wait(EventKind::RetrainRequested, |e| match e {
-        Event::RetrainRequested(r) => Some((e.clone(), r.clone())),
+    let job = quark.wait_for_checkpoint();
+    quark.process.take().unwrap().crash();
+    let retrain = quark.wait(EventKind::RetrainRequested, |e| match e {
+        Event::RetrainRequested(r) => Some(r.clone()),
         _ => None,
     });
     assert_eq!(retrain.trigger, RetrainTrigger::FeedbackThreshold);
-    quark.wait_for_checkpoint(&request);
-    quark.process.take().unwrap().crash();
+    assert_eq!(job, retrain.header.event_id.to_string(), "the job killed");
     assert!(
         trained(&quark.events(EventKind::ModelTrained))
             .iter()
