@@ -1,8 +1,16 @@
 //! `quark-broker`: runs Tansu on one listener with SQLite storage until SIGINT or SIGTERM.
+//!
+//! A panic anywhere ends the process: Tansu runs its storage engine in a task of its own,
+//! and a panic there would leave a broker that accepts connections and fails every
+//! request. Dead, it is restarted by its supervisor (`quark up`); half-dead, nobody knows.
+
+mod memo;
+mod storage;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use std::path::PathBuf;
+use storage::EmbeddedStorage;
 use tansu_broker::{NODE_ID, broker::Broker, coordinator::group::administrator::Controller};
 use tansu_storage::StorageContainer;
 use url::Url;
@@ -20,8 +28,13 @@ struct Args {
     cluster_id: String,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QUARK_BROKER_LOG")
@@ -44,17 +57,26 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot enter {}", args.data_dir.display()))?;
     let storage = Url::parse("sqlite://broker.db")?;
 
-    let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+    let engine = StorageContainer::builder()
+        .cluster_id(args.cluster_id.clone())
         .node_id(NODE_ID)
-        .cluster_id(args.cluster_id)
-        .incarnation_id(uuid::Uuid::new_v4())
         .advertised_listener(listener.clone())
-        .listener(listener)
         .storage(storage)
         .silent(true)
         .build()
         .await
-        .context("cannot start the broker")?;
+        .context("cannot open the broker's storage")?;
+    let storage = EmbeddedStorage::new(engine);
+    let groups = Controller::with_storage(storage.clone())?;
+    let broker = Broker::new(
+        NODE_ID,
+        &args.cluster_id,
+        listener.clone(),
+        listener,
+        storage,
+        groups,
+        uuid::Uuid::new_v4(),
+    );
     // `main` serves until SIGINT/SIGTERM and then drains connections.
     broker.main(tokio::time::Instant::now()).await?;
     Ok(())
