@@ -4,11 +4,13 @@
 //!   schema registry send), the id resolved through a [`SchemaResolver`].
 //!
 //! Decoding reads with the writer's schema and resolves into the current one, so data written
-//! with an older (compatible) version of a schema still decodes.
+//! with an older (compatible) version of a schema still decodes: the current schemas are known
+//! here, every other version through the resolver (a cache of the schema registry).
 
 use crate::catalogue::{Event, EventKind, entry};
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -58,66 +60,133 @@ impl CodecError {
             CodecError::TrailingBytes(_) => "trailing_bytes",
         }
     }
-}
 
-/// Maps Confluent schema-registry ids to writer schemas and back. A client of a real
-/// Confluent registry implements it; [`LocalRegistry`] serves one process.
-pub trait SchemaResolver: Send + Sync {
-    /// The writer schema registered under `id`.
-    fn schema(&self, id: u32) -> Option<Arc<Schema>>;
-    /// The id under which the current schema of `kind` is registered.
-    fn id_of(&self, kind: EventKind) -> Option<u32>;
-}
-
-/// An in-process registry: every current event schema registered at start (ids 1..=n in
-/// catalogue order) plus any writer schemas registered later, e.g. older versions.
-pub struct LocalRegistry {
-    by_id: RwLock<HashMap<u32, Registered>>,
-}
-
-/// A schema with its fingerprint, so lookups by event type compare 8 bytes.
-type Registered = (Arc<Schema>, [u8; 8]);
-
-impl Default for LocalRegistry {
-    fn default() -> Self {
-        let by_id = EventKind::ALL
-            .iter()
-            .map(|k| {
-                (
-                    *k as u32 + 1,
-                    (Arc::new(k.schema().clone()), k.fingerprint()),
-                )
-            })
-            .collect();
-        LocalRegistry {
-            by_id: RwLock::new(by_id),
+    /// The writer schema a registry could still supply, when that is why decoding failed.
+    pub fn miss(&self) -> Option<SchemaMiss> {
+        match self {
+            CodecError::UnknownSchemaId(id) => Some(SchemaMiss::Id(*id)),
+            CodecError::UnknownFingerprint(hex) => {
+                let bytes: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                    .collect::<Option<_>>()?;
+                bytes.try_into().ok().map(SchemaMiss::Fingerprint)
+            }
+            _ => None,
         }
     }
 }
 
+/// A writer schema a resolver did not know: what [`SchemaResolver::refresh`] is asked to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaMiss {
+    /// A Confluent-framed message's registry id.
+    Id(u32),
+    /// A single-object message's CRC-64-AVRO fingerprint.
+    Fingerprint([u8; 8]),
+}
+
+/// Maps schema-registry ids and single-object fingerprints to writer schemas, and event types to
+/// the id of their current schema. Lookups are synchronous (a cache); a resolver backed by a
+/// registry fills its cache on a miss in [`SchemaResolver::refresh`], and the consumer runner
+/// retries the decode once it returns true. [`LocalRegistry`] is the cache itself.
+pub trait SchemaResolver: Send + Sync {
+    /// The writer schema registered under `id`.
+    fn schema(&self, id: u32) -> Option<Arc<Schema>>;
+    /// The registered writer schema with this single-object fingerprint.
+    fn schema_by_fingerprint(&self, fingerprint: &[u8; 8]) -> Option<Arc<Schema>>;
+    /// The id under which the current schema of `kind` is registered.
+    fn id_of(&self, kind: EventKind) -> Option<u32>;
+    /// Looks the missing schema up at the source; true when the cache has learnt something.
+    fn refresh(&self, miss: SchemaMiss) -> BoxFuture<'_, bool> {
+        let _ = miss;
+        Box::pin(std::future::ready(false))
+    }
+}
+
+/// The process-wide registry client, installed once by the binary when a schema registry is
+/// configured: every [`crate::bus::Publisher`] then writes Confluent framing with its ids, and
+/// every [`crate::bus::Runner`] resolves writer schemas through it.
+static INSTALLED: RwLock<Option<Arc<dyn SchemaResolver>>> = RwLock::new(None);
+
+/// Installs `resolver` as the process-wide registry client (replacing any earlier one).
+pub fn install_registry(resolver: Arc<dyn SchemaResolver>) {
+    *INSTALLED.write().expect("registry lock") = Some(resolver);
+}
+
+/// The process-wide registry client, if one was installed.
+pub fn installed_registry() -> Option<Arc<dyn SchemaResolver>> {
+    INSTALLED.read().expect("registry lock").clone()
+}
+
+/// The installed registry client, or else a [`LocalRegistry`] of the current schemas.
+pub fn default_resolver() -> Arc<dyn SchemaResolver> {
+    installed_registry().unwrap_or_else(|| Arc::new(LocalRegistry::default()))
+}
+
+/// An in-process registry and cache: ids and fingerprints of writer schemas. `default()` holds
+/// every current event schema (ids 1..=n in catalogue order); `empty()` none, for a cache that a
+/// registry client fills.
+pub struct LocalRegistry {
+    inner: RwLock<Registered>,
+}
+
+#[derive(Default)]
+struct Registered {
+    by_id: HashMap<u32, (Arc<Schema>, [u8; 8])>,
+    by_fingerprint: HashMap<[u8; 8], u32>,
+}
+
+impl Default for LocalRegistry {
+    fn default() -> Self {
+        let registry = LocalRegistry::empty();
+        for kind in EventKind::ALL {
+            registry.register(*kind as u32 + 1, kind.schema().clone());
+        }
+        registry
+    }
+}
+
 impl LocalRegistry {
+    pub fn empty() -> Self {
+        LocalRegistry {
+            inner: RwLock::new(Registered::default()),
+        }
+    }
+
     /// Registers a writer schema under `id` (replacing any schema there).
     pub fn register(&self, id: u32, schema: Schema) {
         let fingerprint = crate::fingerprint::fingerprint(&schema);
-        self.by_id
-            .write()
+        let mut inner = self.inner.write().expect("registry lock");
+        if let Some((_, old)) = inner.by_id.insert(id, (Arc::new(schema), fingerprint)) {
+            inner.by_fingerprint.remove(&old);
+        }
+        inner.by_fingerprint.insert(fingerprint, id);
+    }
+
+    /// Whether a schema is registered under `id`.
+    pub fn contains(&self, id: u32) -> bool {
+        self.inner
+            .read()
             .expect("registry lock")
-            .insert(id, (Arc::new(schema), fingerprint));
+            .by_id
+            .contains_key(&id)
     }
 }
 
 impl SchemaResolver for LocalRegistry {
     fn schema(&self, id: u32) -> Option<Arc<Schema>> {
-        let by_id = self.by_id.read().expect("registry lock");
-        by_id.get(&id).map(|(schema, _)| schema.clone())
+        let inner = self.inner.read().expect("registry lock");
+        inner.by_id.get(&id).map(|(schema, _)| schema.clone())
+    }
+    fn schema_by_fingerprint(&self, fingerprint: &[u8; 8]) -> Option<Arc<Schema>> {
+        let inner = self.inner.read().expect("registry lock");
+        let id = inner.by_fingerprint.get(fingerprint)?;
+        inner.by_id.get(id).map(|(schema, _)| schema.clone())
     }
     fn id_of(&self, kind: EventKind) -> Option<u32> {
-        let current = kind.fingerprint();
-        let by_id = self.by_id.read().expect("registry lock");
-        by_id
-            .iter()
-            .find(|(_, (_, f))| *f == current)
-            .map(|(id, _)| *id)
+        let inner = self.inner.read().expect("registry lock");
+        inner.by_fingerprint.get(&kind.fingerprint()).copied()
     }
 }
 
@@ -154,18 +223,24 @@ fn write_datum(event: &Event, out: &mut Vec<u8>) -> Result<(), CodecError> {
         })
 }
 
-/// Decodes a message in either framing. `resolver` is consulted for Confluent-framed
-/// messages only.
+/// Decodes a message in either framing. A single-object fingerprint that is not a current
+/// schema's, and every Confluent id, are looked up in `resolver`; the writer schema found is
+/// resolved into the current one.
 pub fn decode(bytes: &[u8], resolver: &dyn SchemaResolver) -> Result<Event, CodecError> {
     match bytes {
         [] => Err(CodecError::Empty),
         [0xC3, 0x01, rest @ ..] => {
-            let fingerprint = rest
+            let fingerprint: [u8; 8] = rest
                 .get(..8)
+                .and_then(|b| b.try_into().ok())
                 .ok_or(CodecError::Truncated("single-object header"))?;
-            let kind = EventKind::from_fingerprint(fingerprint)
-                .ok_or_else(|| CodecError::UnknownFingerprint(hex(fingerprint)))?;
-            read_datum(kind, kind.schema(), &rest[8..])
+            if let Some(kind) = EventKind::from_fingerprint(&fingerprint) {
+                return read_datum(kind, kind.schema(), &rest[8..]);
+            }
+            let writer = resolver
+                .schema_by_fingerprint(&fingerprint)
+                .ok_or_else(|| CodecError::UnknownFingerprint(hex(&fingerprint)))?;
+            read_with_writer(&writer, &rest[8..])
         }
         [CONFLUENT_MAGIC, rest @ ..] => {
             let id: [u8; 4] = rest
@@ -174,10 +249,7 @@ pub fn decode(bytes: &[u8], resolver: &dyn SchemaResolver) -> Result<Event, Code
                 .ok_or(CodecError::Truncated("Confluent header"))?;
             let id = u32::from_be_bytes(id);
             let writer = resolver.schema(id).ok_or(CodecError::UnknownSchemaId(id))?;
-            let name = writer.name().map(|n| n.fullname(None)).unwrap_or_default();
-            let kind =
-                EventKind::from_schema_name(&name).ok_or(CodecError::UnknownSchemaName(name))?;
-            read_datum(kind, &writer, &rest[4..])
+            read_with_writer(&writer, &rest[4..])
         }
         // Only a lone C3 is a cut-off magic; C3 followed by anything but 01 is another framing.
         [first] if *first == SINGLE_OBJECT_MAGIC[0] => {
@@ -185,6 +257,13 @@ pub fn decode(bytes: &[u8], resolver: &dyn SchemaResolver) -> Result<Event, Code
         }
         [first, ..] => Err(CodecError::UnknownFraming(*first)),
     }
+}
+
+/// Reads a datum written with `writer`, a registered schema of some Quark event type.
+fn read_with_writer(writer: &Schema, datum: &[u8]) -> Result<Event, CodecError> {
+    let name = writer.name().map(|n| n.fullname(None)).unwrap_or_default();
+    let kind = EventKind::from_schema_name(&name).ok_or(CodecError::UnknownSchemaName(name))?;
+    read_datum(kind, writer, datum)
 }
 
 fn read_datum(kind: EventKind, writer: &Schema, mut datum: &[u8]) -> Result<Event, CodecError> {

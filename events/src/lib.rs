@@ -16,7 +16,9 @@ pub mod payloads;
 pub mod samples;
 
 pub use catalogue::{Event, EventKind};
-pub use codec::{CodecError, LocalRegistry, SchemaResolver, decode, encode, encode_confluent};
+pub use codec::{
+    CodecError, LocalRegistry, SchemaMiss, SchemaResolver, decode, encode, encode_confluent,
+};
 pub use header::EventHeader;
 pub use ids::{Id, Timestamp};
 pub use payloads::*;
