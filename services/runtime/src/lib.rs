@@ -6,5 +6,5 @@ pub mod config;
 pub mod db;
 pub mod telemetry;
 
-pub use artifacts::{ArtifactError, ArtifactStore, LocalStore};
+pub use artifacts::{ArtifactError, ArtifactStore, LocalStore, S3Config, S3Store};
 pub use config::{ConfigError, Settings};
