@@ -10,7 +10,7 @@ use quark_e2e::*;
 use quark_events::{Event, EventKind, Id, ModelTrained, PromotionReason, RetrainTrigger};
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::data::Packed;
-use quark_runtime::LocalStore;
+use quark_runtime::ArtifactStore;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,6 +72,7 @@ impl Loop {
             ("QUARK__BUS__SESSION_TIMEOUT_MS", "6000".into()),
             ("QUARK__BUS__MAX_POLL_INTERVAL_MS", "20000".into()),
             ("QUARK__GATEWAY__LISTEN", format!("127.0.0.1:{}", self.port)),
+            ("QUARK__SCHEMA_REGISTRY__LISTEN", "127.0.0.1:0".into()),
             ("QUARK__GATEWAY__TELEMETRY_WINDOW_MS", "1000".into()),
             ("QUARK__CURATE__TOKENIZER_VOCAB_SIZE", "512".into()),
             ("QUARK__TRAINER__DEVICE", "cpu".into()),
@@ -118,7 +119,7 @@ impl Loop {
 
     fn up(&mut self) {
         let corpus = self.corpus.to_str().unwrap().to_string();
-        self.process = Some(self.spawn(&["up", "--quiet", "--ingest", &corpus], "up"));
+        self.process = Some(self.spawn(&["up", "--quiet", "--verbose", "--ingest", &corpus], "up"));
     }
 
     fn log_of(&self, name: &str) -> String {
@@ -236,7 +237,7 @@ impl Loop {
 
     /// SFT loss of a model on `pairs`, through the ML core.
     fn loss_on(&self, model: &ModelTrained, pairs: &[(&str, &str)]) -> f64 {
-        let store = LocalStore::new(self.data.path().join("quark").join("artifacts")).unwrap();
+        let store = ArtifactStore::local(self.data.path().join("quark").join("artifacts")).unwrap();
         let dir = self
             .data
             .path()

@@ -83,6 +83,7 @@ catalogue! {
     TelemetryReported => "telemetry.reported",
     RetrainRequested => "retrain.requested",
     IndexUpdated => "index.updated",
+    ResponseServed => "response.served",
 }
 
 /// What the codec needs of one event type, parsed once.

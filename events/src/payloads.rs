@@ -234,6 +234,15 @@ pub struct ModelPromoted {
     pub previous_model_id: Option<Id>,
     pub reason: PromotionReason,
     pub evaluation_id: Option<Id>,
+    // What a consumer needs to use the model without asking anyone (null in promotions
+    // written before they were carried).
+    pub checkpoint: Option<Artifact>,
+    pub tokenizer_id: Option<Id>,
+    pub tokenizer: Option<Artifact>,
+    pub run_kind: Option<RunKind>,
+    pub parent_model_id: Option<Id>,
+    pub dataset_ids: Option<Vec<Id>>,
+    pub trained_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -327,4 +336,32 @@ impl FeedbackReceived {
     pub fn is_negative(&self) -> bool {
         self.rating <= 2
     }
+}
+
+/// One message of a chat request, as the model saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+pub struct ServedMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct ResponseServed {
+    pub header: EventHeader,
+    pub request_id: String,
+    pub model_id: Id,
+    pub route: String,
+    pub endpoint: String,
+    pub prompt: String,
+    pub messages: Vec<ServedMessage>,
+    pub response: String,
+    pub finish_reason: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub latency_ms: f64,
+    pub streamed: bool,
+    pub instance: String,
 }

@@ -136,6 +136,13 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             previous_model_id: Some(Id::random()),
             reason: PromotionReason::Rollback,
             evaluation_id: Some(Id::random()),
+            checkpoint: Some(artifact("checkpoint")),
+            tokenizer_id: Some(Id::random()),
+            tokenizer: Some(artifact("tokenizer.json")),
+            run_kind: Some(RunKind::Sft),
+            parent_model_id: Some(Id::random()),
+            dataset_ids: Some(vec![Id::random()]),
+            trained_at: Some(Timestamp(1_700_000_000_000)),
         }
         .into(),
         EventKind::FeedbackReceived => FeedbackReceived {
@@ -186,6 +193,26 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             dimensions: 384,
             rows_added: 100,
             rows_total: 1100,
+        }
+        .into(),
+        EventKind::ResponseServed => ResponseServed {
+            header,
+            request_id: "chatcmpl-5f0c8f0e2b7d4c1a9e3b6d2f1a0c9e8d".into(),
+            model_id: Id::random(),
+            route: "champion".into(),
+            endpoint: "chat".into(),
+            prompt: "Who is Hamlet?".into(),
+            messages: vec![ServedMessage {
+                role: "user".into(),
+                content: "Who is Hamlet?".into(),
+            }],
+            response: "The prince of Denmark.".into(),
+            finish_reason: "stop".into(),
+            prompt_tokens: 12,
+            completion_tokens: 6,
+            latency_ms: 48.5,
+            streamed: true,
+            instance: "gateway-1".into(),
         }
         .into(),
     }

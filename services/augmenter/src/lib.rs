@@ -17,9 +17,16 @@
 //! A release emits one dataset.prepared per kind (its `source_collections` are the feedback
 //! ids the examples came from) and a retrain.requested for the SFT dataset.
 //!
+//! Feedback from the gateway names only its request id: the augmenter joins it to the
+//! response.served it folded ([`join`]); feedback that arrives before its response is parked
+//! and completed by the response (whose arrival then counts as that feedback's: the release it
+//! completes is caused by the feedback).
+//!
 //! The release is decided from the database and the event alone, the same way in
 //! [`Handler::handle`] (which emits) and [`Handler::apply`] (which records), so it happens
 //! exactly once.
+
+pub mod join;
 
 use async_trait::async_trait;
 use quark_curate::normalize::{exact_key, normalize};
@@ -29,8 +36,8 @@ use quark_events::{
     DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, FeedbackReceived, Id,
     RegressionSource, RetrainRequested, RetrainTrigger, RunKind,
 };
+use quark_runtime::ArtifactStore;
 use quark_runtime::config::AugmentSettings;
-use quark_runtime::{ArtifactStore, LocalStore};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, DatabaseTransaction, QueryOrder, Schema};
@@ -120,6 +127,53 @@ struct Decision {
     /// request with no pending correction.
     earlier: Vec<Id>,
     trigger: RetrainTrigger,
+    /// What the release counts as caused by: the event, or for a response that completes
+    /// parked feedback, the last of that feedback.
+    cause: EventHeader,
+    /// Feedback whose response has not arrived: to park.
+    park: Option<FeedbackReceived>,
+}
+
+impl Decision {
+    fn nothing(event: &Event) -> Decision {
+        Decision {
+            new: vec![],
+            release: vec![],
+            earlier: vec![],
+            trigger: RetrainTrigger::Manual,
+            cause: event.header().clone(),
+            park: None,
+        }
+    }
+}
+
+/// The examples of `feedback` not stored yet (nor among `new`).
+async fn new_examples<C: ConnectionTrait>(
+    db: &C,
+    feedback: &[FeedbackReceived],
+) -> Result<Vec<example::Model>, DbErr> {
+    let mut new: Vec<example::Model> = Vec::new();
+    for f in feedback {
+        for (kind, record) in examples(f) {
+            let key = key(kind, &record);
+            let seen = new.iter().any(|e| e.key == key)
+                || example::Entity::find_by_id(key.clone())
+                    .one(db)
+                    .await?
+                    .is_some();
+            if !seen {
+                new.push(example::Model {
+                    key,
+                    kind: kind_name(kind).to_string(),
+                    record: record.to_string(),
+                    feedback_id: f.feedback_id.to_string(),
+                    received_at: f.header.occurred_at.0,
+                    dataset_id: None,
+                });
+            }
+        }
+    }
+    Ok(new)
 }
 
 async fn decide<C: ConnectionTrait>(
@@ -127,41 +181,36 @@ async fn decide<C: ConnectionTrait>(
     event: &Event,
     settings: &AugmentSettings,
 ) -> Result<Decision, DbErr> {
+    let mut cause = event.header().clone();
     let (new, trigger) = match event {
-        Event::FeedbackReceived(f) => {
-            let mut new: Vec<example::Model> = Vec::new();
-            for (kind, record) in examples(f) {
-                let key = key(kind, &record);
-                let seen = new.iter().any(|e| e.key == key)
-                    || example::Entity::find_by_id(key.clone())
-                        .one(db)
-                        .await?
-                        .is_some();
-                if !seen {
-                    new.push(example::Model {
-                        key,
-                        kind: kind_name(kind).to_string(),
-                        record: record.to_string(),
-                        feedback_id: f.feedback_id.to_string(),
-                        received_at: f.header.occurred_at.0,
-                        dataset_id: None,
-                    });
-                }
+        Event::FeedbackReceived(f) => match join::complete(db, f).await? {
+            Some(full) => (
+                new_examples(db, &[full]).await?,
+                RetrainTrigger::FeedbackThreshold,
+            ),
+            None if examples(f).is_empty() => return Ok(Decision::nothing(event)),
+            None => {
+                let mut decision = Decision::nothing(event);
+                decision.park = Some(f.clone());
+                return Ok(decision);
             }
-            (new, RetrainTrigger::FeedbackThreshold)
+        },
+        Event::ResponseServed(r) => {
+            let completed = join::completed_by(db, r).await?;
+            let Some(last) = completed.last() else {
+                return Ok(Decision::nothing(event));
+            };
+            cause = last.header.clone();
+            (
+                new_examples(db, &completed).await?,
+                RetrainTrigger::FeedbackThreshold,
+            )
         }
         Event::EvalRegressed(r) if r.source == RegressionSource::LiveTelemetry => {
             (vec![], RetrainTrigger::Regression)
         }
         Event::RetrainRequested(r) if r.is_for_policy() => (vec![], r.trigger),
-        _ => {
-            return Ok(Decision {
-                new: vec![],
-                release: vec![],
-                earlier: vec![],
-                trigger: RetrainTrigger::Manual,
-            });
-        }
+        _ => return Ok(Decision::nothing(event)),
     };
     let mut pending = example::Entity::find()
         .filter(example::Column::DatasetId.is_null())
@@ -185,7 +234,7 @@ async fn decide<C: ConnectionTrait>(
                 .cloned()
                 .collect();
             if !of_kind.is_empty() {
-                let id = Id::derived(event.header().event_id, kind_name(kind));
+                let id = Id::derived(cause.event_id, kind_name(kind));
                 release.push((kind, id, of_kind));
             }
         }
@@ -201,6 +250,8 @@ async fn decide<C: ConnectionTrait>(
         release,
         earlier,
         trigger,
+        cause,
+        park: None,
     })
 }
 
@@ -249,13 +300,17 @@ pub async fn schedule(publisher: Publisher, every: Duration, shutdown: Cancellat
 }
 
 pub struct AugmenterService {
-    store: Arc<LocalStore>,
+    store: Arc<ArtifactStore>,
     db: DatabaseConnection,
     settings: AugmentSettings,
 }
 
 impl AugmenterService {
-    pub fn new(store: Arc<LocalStore>, db: DatabaseConnection, settings: AugmentSettings) -> Self {
+    pub fn new(
+        store: Arc<ArtifactStore>,
+        db: DatabaseConnection,
+        settings: AugmentSettings,
+    ) -> Self {
         AugmenterService {
             store,
             db,
@@ -263,8 +318,8 @@ impl AugmenterService {
         }
     }
 
-    async fn release(&self, event: &Event, decision: Decision) -> Result<Vec<Event>, HandlerError> {
-        let cause = event.header();
+    async fn release(&self, decision: Decision) -> Result<Vec<Event>, HandlerError> {
+        let cause = &decision.cause;
         let mut events = Vec::new();
         for (kind, dataset_id, examples) in &decision.release {
             // In the curator's document form, so the trainer and evaluator read every dataset alike.
@@ -339,6 +394,7 @@ impl Handler for AugmenterService {
             EventKind::FeedbackReceived,
             EventKind::EvalRegressed,
             EventKind::RetrainRequested,
+            EventKind::ResponseServed,
         ]
     }
 
@@ -354,11 +410,18 @@ impl Handler for AugmenterService {
             }
             return Ok(vec![]);
         }
-        self.release(event, decision).await
+        self.release(decision).await
     }
 
     async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
         let decision = decide(txn, event, &self.settings).await?;
+        if let Some(f) = &decision.park {
+            warn!(request = %f.request_id, feedback = %f.feedback_id, "feedback parked: the response it rates has not been seen yet");
+            join::park(txn, f).await?;
+        }
+        if let Event::ResponseServed(r) = event {
+            join::record_response(txn, r).await?;
+        }
         for row in decision.new {
             let result = example::Entity::insert(example::ActiveModel {
                 key: Set(row.key),
@@ -416,6 +479,48 @@ impl MigrationTrait for AugmenterMigration {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Creates the augmenter's tables for joining feedback to responses.
+pub struct JoinMigration;
+
+impl MigrationName for JoinMigration {
+    fn name(&self) -> &str {
+        "m0005_augmenter_join"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for JoinMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(join::response::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(join::parked::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        let index = schema
+            .create_index_from_entity(join::parked::Entity)
+            .into_iter()
+            .next();
+        if let Some(mut index) = index {
+            manager
+                .create_index(index.if_not_exists().to_owned())
+                .await?;
+        }
+        Ok(())
     }
 }
 

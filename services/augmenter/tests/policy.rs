@@ -4,8 +4,8 @@
 use quark_augmenter::{AugmenterMigration, AugmenterService, example};
 use quark_events::bus::Handler;
 use quark_events::*;
+use quark_runtime::ArtifactStore;
 use quark_runtime::config::AugmentSettings;
-use quark_runtime::{ArtifactStore, LocalStore};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ impl MigratorTrait for Migrator {
 struct Policy {
     _dir: tempfile::TempDir,
     db: DatabaseConnection,
-    store: Arc<LocalStore>,
+    store: Arc<ArtifactStore>,
     service: AugmenterService,
 }
 
@@ -31,7 +31,7 @@ impl Policy {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
         let db = quark_runtime::db::open::<Migrator>(&url).await.unwrap();
-        let store = Arc::new(LocalStore::new(dir.path().join("artifacts")).unwrap());
+        let store = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
         let settings = AugmentSettings {
             min_examples,
             release_interval_secs: 0,

@@ -9,32 +9,46 @@
 //! latency may not rise by more than `max_latency_increase`. All checks pass → eval.completed;
 //! any fails → eval.regressed naming them. The report (every metric, both models, every
 //! sample) is stored as an artifact.
+//!
+//! The suite's datasets and the champion (with its checkpoint) come from the evaluator's own
+//! projection, [`LINEAGE`], which [`follower`] folds from the topics as its own consumer.
 
 pub mod suite;
 
 use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
-    Alias, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader, EventKind, GateCheck,
+    Artifact, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader, EventKind, GateCheck,
     GateRule, Id, ModelTrained, RegressionSource,
 };
+use quark_lineage::{Follower, Lineage};
 use quark_ml::checkpoint;
+use quark_runtime::ArtifactStore;
 use quark_runtime::config::EvaluateSettings;
-use quark_runtime::{ArtifactStore, LocalStore};
 use sea_orm::DatabaseConnection;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use suite::{Case, Measurement, Suite};
 use tracing::info;
+
+/// The evaluator's own projection of datasets, models and the champion.
+pub const LINEAGE: Lineage = Lineage::new("evaluator");
+
+/// The consumer that keeps [`LINEAGE`] (its own group: a long evaluation never holds it back).
+pub fn follower() -> Follower {
+    Follower {
+        name: format!("{NAME}-lineage"),
+        lineage: LINEAGE,
+    }
+}
 
 pub const NAME: &str = "evaluator";
 /// Evaluation cases used per run, the most recent first.
 const MAX_CASES: usize = 64;
 
 pub struct EvaluatorService {
-    store: Arc<LocalStore>,
+    store: Arc<ArtifactStore>,
     db: DatabaseConnection,
     /// Checkpoints unpacked for evaluation, by model id.
     models: PathBuf,
@@ -132,7 +146,7 @@ pub fn gate(
 
 impl EvaluatorService {
     pub fn new(
-        store: Arc<LocalStore>,
+        store: Arc<ArtifactStore>,
         db: DatabaseConnection,
         data_dir: &Path,
         settings: EvaluateSettings,
@@ -156,7 +170,8 @@ impl EvaluatorService {
             quark_curate::store::read_texts(&path).map_err(HandlerError::permanent)
         };
         let mut held_out = Vec::new();
-        for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Pretrain)
+        for dataset in LINEAGE
+            .datasets_of_kind(&self.db, DatasetKind::Pretrain)
             .await
             .map_err(HandlerError::transient)?
         {
@@ -176,7 +191,8 @@ impl EvaluatorService {
             }
         }
         let mut cases = Vec::new();
-        for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Eval)
+        for dataset in LINEAGE
+            .datasets_of_kind(&self.db, DatasetKind::Eval)
             .await
             .map_err(HandlerError::transient)?
             .iter()
@@ -198,7 +214,8 @@ impl EvaluatorService {
         }
         cases.truncate(MAX_CASES);
         let mut learnt = Vec::new();
-        for dataset in quark_registry::datasets_of_kind(&self.db, DatasetKind::Sft)
+        for dataset in LINEAGE
+            .datasets_of_kind(&self.db, DatasetKind::Sft)
             .await
             .map_err(HandlerError::transient)?
             .iter()
@@ -225,15 +242,13 @@ impl EvaluatorService {
 
     async fn measure(
         &self,
-        model: &ModelTrained,
+        model_id: Id,
+        checkpoint: &Artifact,
         suite: &Suite,
     ) -> Result<Measurement, HandlerError> {
         let dir = self
             .store
-            .get_dir(
-                &model.checkpoint,
-                &self.models.join(model.model_id.to_string()),
-            )
+            .get_dir(checkpoint, &self.models.join(model_id.to_string()))
             .await
             .map_err(HandlerError::transient)?;
         tokio::task::block_in_place(|| {
@@ -248,23 +263,30 @@ impl EvaluatorService {
     }
 
     async fn evaluate(&self, candidate: &ModelTrained) -> Result<Event, HandlerError> {
-        let champion = quark_registry::alias_of(&self.db, Alias::Champion)
+        let champion = LINEAGE
+            .champion_promotion(&self.db)
             .await
             .map_err(HandlerError::transient)?
+            .map(|p| p.model_id)
             .filter(|id| *id != candidate.model_id);
         let baseline = match champion {
             Some(id) => Some(
-                quark_registry::wait_for(&format!("model {id}"), Duration::from_secs(30), || {
-                    quark_registry::model(&self.db, id)
-                })
-                .await?,
+                LINEAGE
+                    .model(&self.db, id)
+                    .await
+                    .map_err(HandlerError::transient)?
+                    .ok_or_else(|| {
+                        HandlerError::Transient(format!("model {id} is not known here yet"))
+                    })?,
             ),
             None => None,
         };
         let suite = self.suite(candidate).await?;
-        let measured = self.measure(candidate, &suite).await?;
+        let measured = self
+            .measure(candidate.model_id, &candidate.checkpoint, &suite)
+            .await?;
         let base = match &baseline {
-            Some(b) => Some(self.measure(b, &suite).await?),
+            Some(b) => Some(self.measure(b.model_id, &b.checkpoint, &suite).await?),
             None => None,
         };
         let checks = gate(&self.settings, &measured, base.as_ref());

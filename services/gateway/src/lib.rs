@@ -3,35 +3,44 @@
 //! - `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or server-sent events with
 //!   `"stream": true`), `GET /v1/models`; errors in OpenAI's shape; every response carries its
 //!   request id (`x-request-id` and the body's `id`).
-//! - `POST /v1/feedback` (API key): a rating, a correction or a preferred response for an
-//!   earlier request id → feedback.received.
+//! - Every response (JSON or streamed) → response.served (prompt, messages, response, PII
+//!   scrubbed; model, route, tokens, latency, instance), published and acknowledged before the
+//!   reply ends, so feedback can refer to it from any gateway.
+//! - `POST /v1/feedback` (API key): a rating, a correction or a preferred response for a
+//!   request id served by any gateway → feedback.received, caused by that response's event
+//!   (the augmenter joins the two); an id no gateway can have issued gets 404.
 //! - `GET /v1/admin/status`, `POST /v1/admin/retrain` (API key).
 //! - Hot swap: on model.promoted the new champion is loaded beside the old one and replaces
-//!   it; requests in flight finish on the model they started with.
+//!   it; requests in flight finish on the model they started with. The promotion carries the
+//!   checkpoint; the gateway keeps the champion in its own table (`gateway_lineage`), so a
+//!   restarted gateway serves it at start without asking any other service.
 //! - Telemetry: per window and model, requests, errors, latency percentiles, tokens and
 //!   feedback → telemetry.reported.
 
 pub mod api;
+mod feedback;
 mod routes;
+pub mod served;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError, Publisher};
-use quark_events::{
-    Alias, Event, EventHeader, EventKind, Id, ModelTrained, TelemetryReported, Timestamp,
-};
+use quark_events::{Alias, Event, EventHeader, EventKind, Id, TelemetryReported, Timestamp};
+use quark_lineage::{Lineage, Model};
 use quark_ml::gpt::Gpt;
 use quark_ml::{Tokenizer, checkpoint};
-use quark_runtime::LocalStore;
+use quark_runtime::ArtifactStore;
 use quark_runtime::config::GatewaySettings;
-use sea_orm::DatabaseConnection;
-use std::collections::{HashMap, VecDeque};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub const NAME: &str = "gateway";
+/// The gateway's own projection: the champion it serves (from model.promoted).
+pub const LINEAGE: Lineage = Lineage::new(NAME);
 
 /// A loaded model. Generation takes the lock: libtorch already spreads one request over
 /// the cores, and a tch tensor may not be shared between threads.
@@ -42,14 +51,6 @@ pub struct Served {
     pub created: i64,
     /// When the promotion that made it champion took effect.
     pub promoted_at: i64,
-}
-
-/// A request, kept so that feedback can refer to it by id.
-#[derive(Clone, Debug)]
-pub struct Exchange {
-    pub model_id: Id,
-    pub prompt: String,
-    pub response: String,
 }
 
 #[derive(Default)]
@@ -64,19 +65,18 @@ struct Counts {
 
 pub struct Gateway {
     pub settings: GatewaySettings,
-    store: Arc<LocalStore>,
+    store: Arc<ArtifactStore>,
     models_dir: PathBuf,
     db: DatabaseConnection,
     publisher: Publisher,
     served: RwLock<Option<Arc<Served>>>,
-    remembered: Mutex<(HashMap<String, Exchange>, VecDeque<String>)>,
     window: Mutex<(Timestamp, HashMap<Id, Counts>)>,
 }
 
 impl Gateway {
     pub fn new(
         settings: GatewaySettings,
-        store: Arc<LocalStore>,
+        store: Arc<ArtifactStore>,
         data_dir: &std::path::Path,
         db: DatabaseConnection,
         publisher: Publisher,
@@ -88,7 +88,6 @@ impl Gateway {
             db,
             publisher,
             served: RwLock::new(None),
-            remembered: Mutex::new((HashMap::new(), VecDeque::new())),
             window: Mutex::new((Timestamp::now(), HashMap::new())),
         })
     }
@@ -102,7 +101,7 @@ impl Gateway {
 
     /// Loads a model promoted at `promoted_at` and serves it, unless what is served was
     /// promoted later (an old promotion redelivered must not swap back).
-    pub async fn serve(&self, model: &ModelTrained, promoted_at: i64) -> anyhow::Result<()> {
+    pub async fn serve(&self, model: &Model, promoted_at: i64) -> anyhow::Result<()> {
         if self
             .served()
             .is_some_and(|s| s.model_id == model.model_id || s.promoted_at > promoted_at)
@@ -123,7 +122,7 @@ impl Gateway {
             model_id: model.model_id,
             model: Mutex::new(gpt),
             tokenizer,
-            created: model.header.occurred_at.0 / 1000,
+            created: model.trained_at.0 / 1000,
             promoted_at,
         });
         let mut slot = self.served.write().unwrap_or_else(|e| e.into_inner());
@@ -135,41 +134,18 @@ impl Gateway {
         Ok(())
     }
 
-    /// Serves the registry's champion, if there is one (at start-up).
+    /// Serves the champion this gateway last folded from model.promoted, if any (at start-up).
     pub async fn serve_champion(&self) -> anyhow::Result<()> {
-        let Some(promotion) = quark_registry::promotions(&self.db)
-            .await?
-            .into_iter()
-            .rev()
-            .find(|p| p.alias == "champion")
-        else {
-            return Ok(());
-        };
-        let id: Id = promotion
-            .model_id
-            .parse()
-            .context("a model id in the registry")?;
-        if let Some(model) = quark_registry::model(&self.db, id).await? {
-            self.serve(&model, promotion.promoted_at).await?;
-        }
-        Ok(())
-    }
-
-    fn remember(&self, request_id: &str, exchange: Exchange) {
-        let mut guard = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, order) = &mut *guard;
-        map.insert(request_id.to_string(), exchange);
-        order.push_back(request_id.to_string());
-        while order.len() > self.settings.remembered_requests {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        match LINEAGE.champion(&self.db).await? {
+            Some(champion) => {
+                let at = champion.promotion.header.occurred_at.0;
+                self.serve(&champion.model, at).await
+            }
+            None => {
+                info!("no champion known yet: waiting for model.promoted");
+                Ok(())
             }
         }
-    }
-
-    fn recall(&self, request_id: &str) -> Option<Exchange> {
-        let guard = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
-        guard.0.get(request_id).cloned()
     }
 
     fn count(&self, model_id: Id, update: impl FnOnce(&mut Counts)) {
@@ -273,17 +249,20 @@ impl Handler for PromotionFollower {
         if p.alias != Alias::Champion {
             return Ok(vec![]);
         }
-        let db = &self.gateway.db;
-        let model = quark_registry::wait_for(
-            &format!("model {}", p.model_id),
-            std::time::Duration::from_secs(30),
-            || quark_registry::model(db, p.model_id),
-        )
-        .await?;
+        let Some(model) = Model::promoted(p) else {
+            warn!(model = %p.model_id, "the promotion carries no checkpoint (written by an older registry): not served");
+            return Ok(vec![]);
+        };
         self.gateway
             .serve(&model, p.header.occurred_at.0)
             .await
             .map_err(|e| HandlerError::Transient(format!("{e:#}")))?;
         Ok(vec![])
+    }
+
+    /// Remembers the champion in the gateway's own table, with the offset: a restarted
+    /// gateway resumes after this promotion and serves it from the table.
+    async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        LINEAGE.apply(txn, event).await
     }
 }

@@ -1,9 +1,8 @@
 //! The HTTP routes.
 
-use crate::api::{
-    self, ApiError, ChatRequest, CompletionRequest, FeedbackRequest, Sampling, Usage,
-};
-use crate::{Exchange, Gateway, NAME, Served};
+use crate::api::{self, ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
+use crate::served::{self, Exchange, new_request_id};
+use crate::{Gateway, NAME, Served};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -12,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use quark_events::{Event, EventHeader, FeedbackReceived, Id, RetrainRequested, RetrainTrigger};
+use quark_events::{Event, RetrainRequested, RetrainTrigger};
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::generate::{GenerateOptions, Generation, generate};
 use quark_ml::tokenizer::END_OF_TEXT;
@@ -27,7 +26,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/feedback", post(feedback))
+        .route("/v1/feedback", post(crate::feedback::feedback))
         .route("/v1/admin/status", get(status))
         .route("/v1/admin/retrain", post(retrain))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -36,7 +35,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 /// A JSON body, or the reason it is not one, as an OpenAI error.
-fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     parsed
         .map(|Json(t)| t)
         .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
@@ -49,7 +48,7 @@ fn with_request_id(request_id: &str, mut response: Response) -> Response {
     response
 }
 
-fn authorise(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorise(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -157,51 +156,40 @@ struct Job {
     served: Arc<Served>,
     ids: Vec<u32>,
     options: GenerateOptions,
-    /// The prompt as feedback will quote it.
-    prompt: String,
-    request_id: String,
+    /// What response.served will say of it.
+    exchange: Exchange,
 }
 
 /// Runs a generation off the async workers; pieces of text go to `pieces` as they come (a
-/// closed receiver, i.e. a client that went away, cancels it). Records the exchange for
-/// feedback and the request for telemetry.
+/// closed receiver, i.e. a client that went away, cancels it). Publishes the response
+/// (response.served, acknowledged before the reply ends) and counts the request for telemetry.
 async fn run(
     gateway: Arc<Gateway>,
     job: Job,
     pieces: Option<mpsc::Sender<String>>,
 ) -> Result<Generation, ApiError> {
     let started = Instant::now();
-    let model_id = job.served.model_id;
-    let outcome = {
-        let gateway = gateway.clone();
-        tokio::task::spawn_blocking(move || {
-            let model = job.served.model.lock().unwrap_or_else(|e| e.into_inner());
-            let generation = generate(
-                &model,
-                &job.served.tokenizer,
-                &job.ids,
-                &job.options,
-                |text| match &pieces {
-                    Some(tx) if tx.blocking_send(text.to_string()).is_err() => {
-                        ControlFlow::Break(())
-                    }
-                    _ => ControlFlow::Continue(()),
-                },
-            );
-            if let Ok(g) = &generation {
-                gateway.remember(
-                    &job.request_id,
-                    Exchange {
-                        model_id,
-                        prompt: job.prompt,
-                        response: g.text.clone(),
-                    },
-                );
-            }
-            generation
-        })
-        .await
-    };
+    let Job {
+        served,
+        ids,
+        options,
+        exchange,
+    } = job;
+    let model_id = served.model_id;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let model = served.model.lock().unwrap_or_else(|e| e.into_inner());
+        generate(
+            &model,
+            &served.tokenizer,
+            &ids,
+            &options,
+            |text| match &pieces {
+                Some(tx) if tx.blocking_send(text.to_string()).is_err() => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            },
+        )
+    })
+    .await;
     let result = match outcome {
         Ok(Ok(generation)) => Ok(generation),
         Ok(Err(e @ quark_ml::MlError::Config(_))) => {
@@ -217,6 +205,9 @@ async fn run(
         )),
     };
     let latency = started.elapsed().as_secs_f64() * 1e3;
+    if let Ok(generation) = &result {
+        served::publish(&gateway, &exchange, model_id, generation, latency).await;
+    }
     gateway.count(model_id, |c| {
         c.requests += 1;
         c.latencies_ms.push(latency);
@@ -282,7 +273,7 @@ impl Reply {
 
 async fn respond(gateway: Arc<Gateway>, job: Job, shape: Shape, stream: bool) -> Response {
     let reply = Arc::new(Reply {
-        id: job.request_id.clone(),
+        id: job.exchange.request_id.clone(),
         model: job.served.model_id.to_string(),
         created: now_s(),
         shape,
@@ -332,15 +323,15 @@ async fn respond(gateway: Arc<Gateway>, job: Job, shape: Shape, stream: bool) ->
         .into_response()
 }
 
-fn new_request_id(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
 /// A request made ready for the model: what to generate from, and how.
 struct Prepared {
     served: Arc<Served>,
     ids: Vec<u32>,
+    /// The model or alias the request named.
+    route: String,
+    /// The prompt as feedback will quote it.
     prompt: String,
+    messages: Vec<Message>,
     stop_tokens: Vec<u32>,
     sampling: Sampling,
 }
@@ -356,12 +347,22 @@ async fn answer(
         let p = prepared?;
         let stream = p.sampling.stream;
         let options = options(&gateway, p.sampling, p.stop_tokens)?;
+        let exchange = Exchange {
+            request_id: request_id.clone(),
+            route: p.route,
+            endpoint: match shape {
+                Shape::Text => "completions",
+                Shape::Chat => "chat",
+            },
+            prompt: p.prompt,
+            messages: p.messages,
+            streamed: stream,
+        };
         let job = Job {
             served: p.served,
             ids: p.ids,
             options,
-            prompt: p.prompt,
-            request_id: request_id.clone(),
+            exchange,
         };
         Ok::<_, ApiError>(respond(gateway.clone(), job, shape, stream).await)
     }
@@ -396,7 +397,9 @@ async fn completions(
         Ok(Prepared {
             served,
             ids,
+            route: request.model,
             prompt: request.prompt,
+            messages: vec![],
             stop_tokens,
             sampling: request.sampling,
         })
@@ -420,7 +423,9 @@ async fn chat_completions(
         Ok(Prepared {
             served,
             ids,
+            route: request.model,
             prompt: last_user_message(&request.messages),
+            messages: request.messages,
             stop_tokens,
             sampling: request.sampling,
         })
@@ -435,57 +440,6 @@ fn last_user_message(messages: &[Message]) -> String {
         .find(|m| m.role == Role::User)
         .map(|m| m.content.clone())
         .unwrap_or_default()
-}
-
-async fn feedback(
-    State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    parsed: Result<Json<FeedbackRequest>, JsonRejection>,
-) -> Response {
-    let result = async {
-        authorise(&gateway, &headers)?;
-        let request = body(parsed)?;
-        if !(1..=5).contains(&request.rating) {
-            return Err(ApiError::invalid("rating", "rating is 1 (bad) to 5 (good)"));
-        }
-        if request.correction.as_deref().is_some_and(|c| c.trim().is_empty()) {
-            return Err(ApiError::invalid("correction", "the correction is empty"));
-        }
-        let exchange = gateway.recall(&request.request_id).ok_or_else(|| ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!("no recent request has id '{}'", request.request_id),
-            param: Some("request_id"),
-        })?;
-        let event = FeedbackReceived {
-            header: EventHeader::root(NAME),
-            feedback_id: Id::random(),
-            request_id: request.request_id,
-            model_id: exchange.model_id.to_string(),
-            prompt: exchange.prompt,
-            response: exchange.response,
-            rating: request.rating,
-            correction: request.correction,
-            preferred_response: request.preferred_response,
-            labels: request.labels,
-        };
-        let negative = event.is_negative();
-        gateway
-            .publisher
-            .publish(&Event::FeedbackReceived(event.clone()))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("feedback not recorded: {e}")))?;
-        gateway.count(exchange.model_id, |c| {
-            c.feedback += 1;
-            c.negative += i64::from(negative);
-        });
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"feedback_id": event.feedback_id.to_string(), "event_id": event.header.event_id.to_string()})),
-        )
-            .into_response())
-    }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {

@@ -17,6 +17,11 @@ impl MigratorTrait for Migrator {
             Box::new(quark_journal::JournalMigration),
             Box::new(quark_registry::RegistryMigration),
             Box::new(quark_augmenter::AugmenterMigration),
+            Box::new(quark_schema_registry::SchemaRegistryMigration),
+            Box::new(quark_augmenter::JoinMigration),
+            Box::new(quark_gateway::LINEAGE.migration()),
+            Box::new(quark_trainer::LINEAGE.migration()),
+            Box::new(quark_evaluator::LINEAGE.migration()),
         ]
     }
 }

@@ -1,7 +1,7 @@
 //! The services this build of Quark can run: a closed list.
 
-use quark_events::bus::Handler;
-use quark_runtime::{LocalStore, Settings};
+use quark_events::bus::{Handler, RetryPolicy};
+use quark_runtime::{ArtifactStore, Settings};
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,29 @@ impl Service {
         Service::Gateway,
     ];
 
+    /// The consumers a service runs beside its main one: the trainer and the evaluator keep
+    /// their own lineage projection in a consumer of its own, so a long job never holds it back.
+    pub fn followers(self) -> Vec<Arc<dyn Handler>> {
+        match self {
+            Service::Trainer => vec![Arc::new(quark_trainer::follower())],
+            Service::Evaluator => vec![Arc::new(quark_evaluator::follower())],
+            _ => vec![],
+        }
+    }
+
+    /// How its consumers retry transient errors. A trainer or evaluator job that refers to
+    /// what its follower has not folded yet retries for about half a minute before it gives up.
+    pub fn retry(self) -> RetryPolicy {
+        match self {
+            Service::Trainer | Service::Evaluator => RetryPolicy {
+                max_attempts: 12,
+                max_backoff: std::time::Duration::from_secs(5),
+                ..RetryPolicy::default()
+            },
+            _ => RetryPolicy::default(),
+        }
+    }
+
     /// The consumer of a service other than the gateway (which is started by `run`).
     pub fn handler(
         self,
@@ -42,9 +65,8 @@ impl Service {
         db: &DatabaseConnection,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Arc<dyn Handler>> {
-        let store = || -> anyhow::Result<Arc<LocalStore>> {
-            Ok(Arc::new(LocalStore::new(settings.artifacts_root())?))
-        };
+        let store =
+            || -> anyhow::Result<Arc<ArtifactStore>> { Ok(Arc::new(settings.artifact_store()?)) };
         Ok(match self {
             Service::Journal => Arc::new(quark_journal::JournalService),
             Service::Curator => Arc::new(quark_curator::CuratorService::new(

@@ -28,7 +28,6 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::time::Duration;
 pub use tables::RegistryMigration;
 use tables::{alias, dataset, evaluation, feedback, model, promotion, tokenizer};
 
@@ -95,9 +94,16 @@ pub async fn decide<C: ConnectionTrait>(
             previous_model_id: previous,
             reason,
             evaluation_id,
+            checkpoint: None,
+            tokenizer_id: None,
+            tokenizer: None,
+            run_kind: None,
+            parent_model_id: None,
+            dataset_ids: None,
+            trained_at: None,
         })
     };
-    Ok(match event {
+    let decision = match event {
         Event::EvalCompleted(e) if e.checks.iter().all(|c| c.passed) => {
             if champion == Some(e.model_id) || model(db, e.model_id).await?.is_none() {
                 None
@@ -141,7 +147,30 @@ pub async fn decide<C: ConnectionTrait>(
             }
         }
         _ => None,
-    })
+    };
+    match decision {
+        Some(p) => Ok(Some(carry_model(db, p).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Fills in what consumers need to use the promoted model (its checkpoint, tokenizer and
+/// lineage) from the projection, so that no other service has to read the registry's tables.
+async fn carry_model<C: ConnectionTrait>(
+    db: &C,
+    mut p: ModelPromoted,
+) -> Result<ModelPromoted, DbErr> {
+    let Some(m) = model(db, p.model_id).await? else {
+        return Ok(p);
+    };
+    p.tokenizer = tokenizer(db, m.tokenizer_id).await?.map(|t| t.artifact);
+    p.checkpoint = Some(m.checkpoint);
+    p.tokenizer_id = Some(m.tokenizer_id);
+    p.run_kind = Some(m.run_kind);
+    p.parent_model_id = m.parent_model_id;
+    p.dataset_ids = Some(m.dataset_ids);
+    p.trained_at = Some(m.header.occurred_at);
+    Ok(p)
 }
 
 /// An event as JSON with every object's keys sorted: maps in events have no order, and a
@@ -579,31 +608,4 @@ pub async fn rebuild(
     }
     txn.commit().await?;
     Ok(events.len())
-}
-
-/// Waits for the registry to know something another service announced (the registry is a
-/// consumer of its own and may lag the caller by a few messages).
-pub async fn wait_for<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut lookup: F,
-) -> Result<T, HandlerError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>, DbErr>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match lookup().await {
-            Ok(Some(found)) => return Ok(found),
-            Ok(None) if tokio::time::Instant::now() < deadline => {}
-            Ok(None) => {
-                return Err(HandlerError::Transient(format!(
-                    "the registry does not know {what} after {timeout:?}"
-                )));
-            }
-            Err(e) => return Err(HandlerError::transient(e)),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -176,6 +176,14 @@ async fn promotions_rollbacks_and_the_champion_at_any_time_survive_a_rebuild() {
         "c failed its gate and was never promoted; the failing window rolled b back to a"
     );
     assert_eq!(promotions[2].previous_model_id, Some(b.model_id));
+    // Each promotion carries what its consumers need to use the model, rollbacks included.
+    for (p, m) in promotions.iter().zip([&a, &b, &a, &d]) {
+        assert_eq!(p.checkpoint.as_ref(), Some(&m.checkpoint));
+        assert_eq!(p.tokenizer_id, Some(m.tokenizer_id));
+        assert_eq!(p.parent_model_id, m.parent_model_id);
+        assert_eq!(p.run_kind, Some(m.run_kind));
+        assert_eq!(p.trained_at, Some(m.header.occurred_at));
+    }
     assert_eq!(
         alias_of(&db, Alias::Champion).await.unwrap(),
         Some(d.model_id)

@@ -7,6 +7,11 @@
 //!
 //! Each emits model.trained with the model's lineage.
 //!
+//! What a job refers to (the dataset's tokenizer, the champion and its checkpoint, the
+//! datasets named) comes from the trainer's own projection, [`LINEAGE`], which [`follower`]
+//! folds from the topics as its own consumer. Something not folded yet is a transient error:
+//! the runner retries the job until the follower has caught up.
+//!
 //! Jobs run one at a time per instance; instances in one consumer group share them. A job
 //! lives in `<data_dir>/trainer/<job id>` (the job id derives from the event), checkpoints
 //! every `checkpoint_interval` steps, and a redelivered job resumes from its last checkpoint.
@@ -19,6 +24,7 @@ use quark_events::{
     Artifact, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelShape,
     ModelTrained, RetrainRequested, RunKind,
 };
+use quark_lineage::{Follower, Lineage, Model};
 use quark_ml::chat;
 use quark_ml::checkpoint;
 use quark_ml::corpus;
@@ -28,20 +34,32 @@ use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
 use quark_ml::tokenizer;
 use quark_ml::train::{TrainConfig, Trainer};
-use quark_runtime::LocalStore;
+use quark_runtime::ArtifactStore;
 use quark_runtime::config::TrainerSettings;
 use sea_orm::DatabaseConnection;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub const NAME: &str = "trainer";
-/// How long a job waits for the registry to learn of what its event refers to.
-const REGISTRY_WAIT: Duration = Duration::from_secs(60);
+/// The trainer's own projection of datasets, tokenizers, models and the champion.
+pub const LINEAGE: Lineage = Lineage::new(NAME);
+
+/// The consumer that keeps [`LINEAGE`] (its own group, so a long job never holds it back).
+pub fn follower() -> Follower {
+    Follower {
+        name: format!("{NAME}-lineage"),
+        lineage: LINEAGE,
+    }
+}
+
+fn not_yet(what: String) -> HandlerError {
+    HandlerError::Transient(format!("{what} is not known here yet"))
+}
 /// The checkpoint files a model is published with (the optimizer state stays with the job).
 pub const MODEL_FILES: &[&str] = &[
     checkpoint::CONFIG,
@@ -52,7 +70,7 @@ pub const MODEL_FILES: &[&str] = &[
 const OUTCOME: &str = "outcome.json";
 
 pub struct TrainerService {
-    store: Arc<LocalStore>,
+    store: Arc<ArtifactStore>,
     db: DatabaseConnection,
     work: PathBuf,
     settings: TrainerSettings,
@@ -64,12 +82,12 @@ pub struct TrainerService {
 /// What a job trains on.
 enum Plan {
     Pretrain {
-        dataset: DatasetPrepared,
+        dataset: Box<DatasetPrepared>,
         tokenizer_id: Id,
         tokenizer: Artifact,
     },
     Finetune {
-        base: ModelTrained,
+        base: Model,
         datasets: Vec<DatasetPrepared>,
         /// Pre-training data mixed into the fine-tuning, so the model learns the new examples
         /// without forgetting the rest.
@@ -79,7 +97,7 @@ enum Plan {
 
 impl TrainerService {
     pub fn new(
-        store: Arc<LocalStore>,
+        store: Arc<ArtifactStore>,
         db: DatabaseConnection,
         data_dir: &Path,
         settings: TrainerSettings,
@@ -99,7 +117,8 @@ impl TrainerService {
         let db = &self.db;
         match event {
             Event::DatasetPrepared(d) if d.kind == DatasetKind::Pretrain => {
-                let champion = quark_registry::alias_of(db, quark_events::Alias::Champion)
+                let champion = LINEAGE
+                    .champion_promotion(db)
                     .await
                     .map_err(HandlerError::transient)?;
                 if d.train_examples == 0 {
@@ -110,14 +129,13 @@ impl TrainerService {
                     info!(dataset = %d.dataset_id, "a champion exists: new pre-training data waits for a full retrain");
                     return Ok(None);
                 }
-                let tokenizer = quark_registry::wait_for(
-                    &format!("the tokenizer of dataset {}", d.dataset_id),
-                    REGISTRY_WAIT,
-                    || quark_registry::tokenizer_for(db, d.dataset_id),
-                )
-                .await?;
+                let tokenizer = LINEAGE
+                    .tokenizer_for(db, d.dataset_id)
+                    .await
+                    .map_err(HandlerError::transient)?
+                    .ok_or_else(|| not_yet(format!("the tokenizer of dataset {}", d.dataset_id)))?;
                 Ok(Some(Plan::Pretrain {
-                    dataset: d.clone(),
+                    dataset: Box::new(d.clone()),
                     tokenizer_id: tokenizer.tokenizer_id,
                     tokenizer: tokenizer.artifact,
                 }))
@@ -139,30 +157,35 @@ impl TrainerService {
         let base_id = match request.base_model_id {
             Some(id) => id,
             None => {
-                quark_registry::wait_for("a champion", REGISTRY_WAIT, || {
-                    quark_registry::alias_of(db, quark_events::Alias::Champion)
-                })
-                .await?
+                LINEAGE
+                    .champion_promotion(db)
+                    .await
+                    .map_err(HandlerError::transient)?
+                    .ok_or_else(|| not_yet("a champion".into()))?
+                    .model_id
             }
         };
-        let base = quark_registry::wait_for(&format!("model {base_id}"), REGISTRY_WAIT, || {
-            quark_registry::model(db, base_id)
-        })
-        .await?;
+        let base = LINEAGE
+            .model(db, base_id)
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| not_yet(format!("model {base_id}")))?;
         let mut datasets = Vec::new();
         for id in &request.dataset_ids {
             datasets.push(
-                quark_registry::wait_for(&format!("dataset {id}"), REGISTRY_WAIT, || {
-                    quark_registry::dataset(db, *id)
-                })
-                .await?,
+                LINEAGE
+                    .dataset(db, *id)
+                    .await
+                    .map_err(HandlerError::transient)?
+                    .ok_or_else(|| not_yet(format!("dataset {id}")))?,
             );
         }
         datasets.retain(|d| d.kind == DatasetKind::Sft);
         if datasets.is_empty() {
             return Err(HandlerError::permanent("no SFT dataset to fine-tune on"));
         }
-        let rehearsal = quark_registry::datasets_of_kind(db, DatasetKind::Pretrain)
+        let rehearsal = LINEAGE
+            .datasets_of_kind(db, DatasetKind::Pretrain)
             .await
             .map_err(HandlerError::transient)?;
         Ok(Plan::Finetune {

@@ -7,7 +7,7 @@ use quark_collect::{Collected, crawl, files, git};
 use quark_curator::DATASET_KIND;
 use quark_events::bus::{Publisher, ensure_topics};
 use quark_events::{DataCollected, Event, EventHeader, Id, SourceKind};
-use quark_runtime::{ArtifactStore, LocalStore, Settings};
+use quark_runtime::Settings;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -128,7 +128,7 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<Da
         );
     }
     // Shards of bounded size, so the curator can stream them.
-    let store = LocalStore::new(settings.artifacts_root())?;
+    let store = settings.artifact_store()?;
     let mut shards = vec![];
     let mut shard = Vec::new();
     for (i, document) in collected.documents.iter().enumerate() {

@@ -9,6 +9,7 @@ pub mod progress;
 pub mod publish;
 pub mod replay;
 pub mod run;
+pub mod schema_registry;
 pub mod topics;
 pub mod trace;
 pub mod train;

@@ -1,6 +1,6 @@
 //! The live progress display of `quark up`: one line per step of the loop, as it happens.
 
-use quark_events::{Event, EventKind, LocalRegistry, decode};
+use quark_events::{Event, EventKind, decode};
 use quark_runtime::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -69,6 +69,13 @@ pub fn describe(event: &Event) -> String {
             format!("retraining requested ({:?}): {}", e.trigger, e.reason)
         }
         Event::IndexUpdated(e) => format!("index {} updated: {} rows", e.index_name, e.rows_total),
+        Event::ResponseServed(e) => format!(
+            "{} served by model {} in {:.0} ms: {} tokens",
+            e.request_id,
+            short(&e.model_id),
+            e.latency_ms,
+            e.completion_tokens
+        ),
     }
 }
 
@@ -82,20 +89,23 @@ pub async fn follow(settings: &Settings, shutdown: CancellationToken) -> anyhow:
     let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
     for topic in metadata.topics() {
-        if EventKind::from_topic(topic.name()).is_some() {
+        // Every served response is an event: the telemetry windows summarise them here.
+        let shown = EventKind::from_topic(topic.name())
+            .is_some_and(|kind| kind != EventKind::ResponseServed);
+        if shown {
             for partition in topic.partitions() {
                 assignment.add_partition_offset(topic.name(), partition.id(), Offset::End)?;
             }
         }
     }
     consumer.assign(&assignment)?;
-    let (registry, started) = (LocalRegistry::default(), Instant::now());
+    let (registry, started) = (quark_events::codec::default_resolver(), Instant::now());
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             m = consumer.recv() => m?,
         };
-        if let Ok(event) = decode(message.payload().unwrap_or_default(), &registry) {
+        if let Ok(event) = decode(message.payload().unwrap_or_default(), registry.as_ref()) {
             let elapsed = started.elapsed().as_secs();
             eprintln!(
                 "[quark {:>3}:{:02}] {:<18} {}",

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use quark_events::bus::dlq_topic;
-use quark_events::{EventKind, LocalRegistry, decode};
+use quark_events::{EventKind, SchemaResolver, decode};
 use quark_runtime::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -30,7 +30,7 @@ pub fn resolve_topics(names: &[String]) -> anyhow::Result<Vec<String>> {
 }
 
 /// One message as a JSON line.
-pub fn render(message: &BorrowedMessage<'_>, registry: &LocalRegistry) -> Value {
+pub fn render(message: &BorrowedMessage<'_>, registry: &dyn SchemaResolver) -> Value {
     let payload = message.payload().unwrap_or_default();
     let mut line = json!({"topic": message.topic(), "partition": message.partition(), "offset": message.offset()});
     if message.topic().ends_with(".dlq") {
@@ -98,14 +98,14 @@ pub async fn watch(
         bail!("none of the topics exist yet; `quark up` creates them");
     }
     consumer.assign(&assignment)?;
-    let registry = LocalRegistry::default();
+    let registry = quark_events::codec::default_resolver();
     let mut printed = 0;
     while limit.is_none_or(|l| printed < l) {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = consumer.recv() => m?,
         };
-        println!("{}", render(&message, &registry));
+        println!("{}", render(&message, registry.as_ref()));
         printed += 1;
     }
     Ok(())
