@@ -28,6 +28,7 @@ impl Quark {
             .env("QUARK__DATA_DIR", self.data_dir.path())
             .env("QUARK__BROKER__LISTEN", &self.broker)
             .env("QUARK__GATEWAY__LISTEN", &self.gateway)
+            .env("QUARK__SCHEMA_REGISTRY__LISTEN", "127.0.0.1:0")
             .env("QUARK__TELEMETRY__LOG", "warn")
             .current_dir(self.data_dir.path());
         command
@@ -66,8 +67,12 @@ fn up_publish_watch_topics_trace_and_stop() {
     let corpus = quark.data_dir.path().join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     std::fs::write(corpus.join("note.txt"), "A short note.").unwrap();
+    // The terminal gets the banner, progress lines and warnings; the log file everything.
+    let terminal = quark.data_dir.path().join("terminal.txt");
     let mut up = quark
-        .command(&["up", "--quiet", "--ingest", corpus.to_str().unwrap()])
+        .command(&["up", "--ingest", corpus.to_str().unwrap()])
+        .env("QUARK__TELEMETRY__LOG", "info")
+        .stderr(std::fs::File::create(&terminal).unwrap())
         .spawn()
         .unwrap();
     wait_for(
@@ -179,6 +184,27 @@ fn up_publish_watch_topics_trace_and_stop() {
     wait_for("the broker to stop", Duration::from_secs(10), || {
         std::net::TcpStream::connect(&quark.broker).is_err()
     });
+
+    let terminal = std::fs::read_to_string(&terminal).unwrap();
+    assert!(terminal.contains("quark up: gateway http://"), "{terminal}");
+    assert!(
+        terminal.contains("feedback.received") && terminal.contains("feedback on req-1"),
+        "the progress line of the published feedback: {terminal}"
+    );
+    assert!(
+        !terminal.contains("ERROR"),
+        "a healthy run has no error: {terminal}"
+    );
+    assert!(
+        !terminal.contains(" INFO "),
+        "no info lines on the terminal: {terminal}"
+    );
+    let logs = quark.data_dir.path().join("logs");
+    let log = std::fs::read_to_string(logs.join("quark.log")).unwrap();
+    assert!(log.contains("running; Ctrl-C stops"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    let broker_log = std::fs::read_to_string(logs.join("broker.log")).unwrap();
+    assert!(!broker_log.contains("ERROR"), "{broker_log}");
 }
 
 #[test]

@@ -40,7 +40,7 @@ impl Default for BusConfig {
             commit_interval_ms: 1000,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
-            fetch_wait_max_ms: 50,
+            fetch_wait_max_ms: 80,
             properties: BTreeMap::new(),
         }
     }

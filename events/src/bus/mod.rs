@@ -2,6 +2,7 @@
 //! runs against Tansu or any Kafka cluster.
 
 mod config;
+mod keepalive;
 mod ledger;
 mod publisher;
 mod runner;

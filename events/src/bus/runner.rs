@@ -15,6 +15,7 @@
 //! output events carry ids derived from their cause, so consumers downstream drop re-emitted
 //! copies the same way.
 
+use super::keepalive::KeepAlive;
 use super::ledger;
 use super::{BusConfig, BusError, Publisher, dlq_topic, headers, trace};
 use crate::catalogue::{Event, EventKind};
@@ -128,8 +129,8 @@ pub struct Runner {
 
 /// Logs the partitions a consumer is given and loses: how the instances of one service share
 /// its work is visible in their logs.
-struct GroupLog {
-    name: String,
+pub(super) struct GroupLog {
+    pub(super) name: String,
 }
 
 impl ClientContext for GroupLog {}
@@ -171,12 +172,13 @@ impl Runner {
             handler,
             bus,
             db,
-            resolver: Arc::new(codec::LocalRegistry::default()),
+            resolver: codec::default_resolver(),
             retry: RetryPolicy::default(),
         }
     }
 
-    /// Resolves Confluent schema ids (default: the in-process [`codec::LocalRegistry`]).
+    /// Resolves writer schemas (default: the installed registry client, else the in-process
+    /// [`codec::LocalRegistry`]).
     pub fn with_resolver(mut self, resolver: Arc<dyn SchemaResolver>) -> Self {
         self.resolver = resolver;
         self
@@ -199,11 +201,15 @@ impl Runner {
         consumer.subscribe(&topics)?;
         let publisher = Publisher::new(&self.bus, &name)?;
         info!(consumer = %name, ?topics, "consuming");
+        let mut keep = KeepAlive::new(
+            &consumer,
+            Duration::from_millis(self.bus.max_poll_interval_ms),
+        );
 
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                received = consumer.recv() => match received {
+                received = keep.next() => match received {
                     Ok(message) => message,
                     Err(error) => {
                         warn!(consumer = %name, %error, "receive failed; retrying");
@@ -212,7 +218,11 @@ impl Runner {
                     }
                 },
             };
-            if self.process(&message, &publisher, &shutdown).await.is_err() {
+            if self
+                .process(&message, &publisher, &shutdown, &mut keep)
+                .await
+                .is_err()
+            {
                 break;
             }
             let (topic, partition, next) =
@@ -226,7 +236,11 @@ impl Runner {
             {
                 break;
             }
-            consumer.store_offset_from_message(&message)?;
+            // Fails when a rebalance took the partition during the job: its new owner
+            // sees the event in the ledger (or handles it again, idempotently).
+            if let Err(error) = consumer.store_offset_from_message(&message) {
+                warn!(consumer = %name, %error, topic, partition, "cannot store the offset");
+            }
         }
 
         match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -243,12 +257,13 @@ impl Runner {
         message: &BorrowedMessage<'_>,
         publisher: &Publisher,
         shutdown: &CancellationToken,
+        keep: &mut KeepAlive<'_>,
     ) -> Result<(), Interrupted> {
         let name = self.handler.name();
         let span = info_span!("handle", consumer = %name, topic = message.topic(), partition = message.partition(), offset = message.offset(), event_id = tracing::field::Empty);
         let _ = span.set_parent(trace::extract(message.headers()));
 
-        let event = match self.decode(message) {
+        let event = match self.decode(message).await {
             Ok(event) => event,
             Err(dead) => {
                 return self
@@ -268,7 +283,7 @@ impl Runner {
                 debug!("already processed; skipping");
                 return Ok(());
             }
-            let outputs = match self.handle_with_retries(&event, shutdown).await? {
+            let outputs = match self.handle_with_retries(&event, shutdown, keep).await? {
                 Ok(outputs) => outputs,
                 Err(error) => {
                     let dead = DeadLetter {
@@ -288,9 +303,16 @@ impl Runner {
         .await
     }
 
-    fn decode(&self, message: &BorrowedMessage<'_>) -> Result<Event, DeadLetter> {
+    /// Decodes, asking the resolver to look an unknown writer schema up (once) before giving up.
+    async fn decode(&self, message: &BorrowedMessage<'_>) -> Result<Event, DeadLetter> {
         let payload = message.payload().unwrap_or_default();
-        let event = codec::decode(payload, self.resolver.as_ref()).map_err(|e| DeadLetter {
+        let mut decoded = codec::decode(payload, self.resolver.as_ref());
+        if let Some(miss) = decoded.as_ref().err().and_then(codec::CodecError::miss)
+            && self.resolver.refresh(miss).await
+        {
+            decoded = codec::decode(payload, self.resolver.as_ref());
+        }
+        let event = decoded.map_err(|e| DeadLetter {
             label: e.label(),
             error: e.to_string(),
         })?;
@@ -311,10 +333,22 @@ impl Runner {
         &self,
         event: &Event,
         shutdown: &CancellationToken,
+        keep: &mut KeepAlive<'_>,
     ) -> Result<Result<Vec<Event>, HandlerError>, Interrupted> {
         let mut attempt = 0;
         loop {
-            match self.handler.handle(event).await {
+            // On a task of its own, so that a handler that blocks its thread for a long job
+            // does not stop the consumer from polling beside it.
+            let (handler, owned) = (self.handler.clone(), event.clone());
+            let job = tokio::spawn(
+                async move { handler.handle(&owned).await }.instrument(tracing::Span::current()),
+            );
+            let outcome = keep.around(job).await.unwrap_or_else(|panicked| {
+                Err(HandlerError::Permanent(format!(
+                    "the handler panicked: {panicked}"
+                )))
+            });
+            match outcome {
                 Err(HandlerError::Transient(error)) if attempt + 1 < self.retry.max_attempts => {
                     warn!(attempt, %error, "transient handler error; retrying");
                     self.sleep(attempt, shutdown).await?;

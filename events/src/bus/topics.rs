@@ -24,10 +24,25 @@ fn all_topics() -> Vec<String> {
         .collect()
 }
 
-/// Creates every missing topic; existing ones are left as they are.
+/// Creates every missing topic; existing ones are left as they are (and not asked for
+/// again: Tansu logs an error for each topic it is asked to create that exists).
 pub async fn ensure_topics(config: &BusConfig) -> Result<(), BusError> {
     let admin: AdminClient<DefaultClientContext> = config.client_config("quark-admin").create()?;
-    let names = all_topics();
+    let existing: Vec<String> = {
+        let metadata = admin.inner().fetch_metadata(None, TIMEOUT)?;
+        metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect()
+    };
+    let names: Vec<String> = all_topics()
+        .into_iter()
+        .filter(|name| !existing.contains(name))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| {

@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::{
-    generate, ingest, models, plan, publish, replay, run, topics, trace, train, watch,
+    generate, ingest, models, plan, publish, replay, run, schema_registry, topics, trace, train,
+    watch,
 };
 use quark::services::Service;
 use quark::shutdown;
@@ -42,8 +43,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drop the registry and rebuild it from the topics.
-    Replay,
+    /// Drop the registry and rebuild it from the topics. Refuses if a message does not decode.
+    Replay {
+        /// Rebuild without the messages that do not decode (each is listed on stderr).
+        #[arg(long)]
+        skip_undecodable: bool,
+    },
     /// Release the feedback examples waiting for a retraining and fine-tune the champion on
     /// them; with none waiting, on every SFT dataset released so far (retrain.requested, manual).
     Retrain {
@@ -128,7 +133,25 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    let _telemetry = telemetry::init("quark", &settings.telemetry)?;
+    let logs = match &cli.command {
+        Command::Up(args) if !args.verbose => {
+            telemetry::LogTarget::File(settings.data_dir.join("logs").join("quark.log"))
+        }
+        _ => telemetry::LogTarget::Stderr,
+    };
+    let _telemetry = telemetry::init("quark", &settings.telemetry, &logs)?;
+    // Commands that read or write events use the configured registry (`up` starts its own).
+    if matches!(
+        cli.command,
+        Command::Run { .. }
+            | Command::Publish { .. }
+            | Command::Watch { .. }
+            | Command::Replay { .. }
+            | Command::Ingest(_)
+            | Command::Retrain { .. }
+    ) {
+        schema_registry::connect(&settings).await?;
+    }
     match cli.command {
         Command::Up(args) => run::up(settings, args, shutdown::on_signal()).await,
         Command::Models { at, json } => {
@@ -143,9 +166,19 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay => {
-            let folded = replay::replay(&settings).await?;
-            eprintln!("registry rebuilt from {folded} event(s)");
+        Command::Replay { skip_undecodable } => {
+            let replayed = replay::replay(&settings, skip_undecodable).await?;
+            for skipped in &replayed.skipped {
+                eprintln!("skipped: {}", serde_json::to_string(skipped)?);
+            }
+            eprintln!("registry rebuilt from {} event(s)", replayed.folded);
+            if !replayed.skipped.is_empty() {
+                eprintln!(
+                    "{} message(s) skipped: {}",
+                    replayed.skipped.len(),
+                    replay::summarise(&replayed.skipped)
+                );
+            }
             Ok(())
         }
         Command::Retrain { reason } => {

@@ -2,6 +2,7 @@
 //! variables (e.g. `QUARK__BUS__BROKERS=kafka-1:9092`). Unknown keys and bad values are
 //! errors that name the key.
 
+use crate::artifacts::{ArtifactError, ArtifactStore};
 use quark_events::bus::BusConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,29 @@ pub struct Settings {
     pub registry: RegistrySettings,
     pub gateway: GatewaySettings,
     pub augment: AugmentSettings,
+    #[serde(default)]
+    pub schema_registry: SchemaRegistrySettings,
+}
+
+/// The Confluent-compatible schema registry every event schema is registered in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistrySettings {
+    /// An external registry (Confluent Schema Registry, Karapace), e.g.
+    /// `http://schema-registry:8081`; empty: `quark up` serves the embedded one on the database.
+    #[serde(default)]
+    pub url: String,
+    /// Where `quark up` serves the embedded registry (port 0: any free port).
+    pub listen: String,
+}
+
+impl Default for SchemaRegistrySettings {
+    fn default() -> Self {
+        SchemaRegistrySettings {
+            url: String::new(),
+            listen: "127.0.0.1:8081".into(),
+        }
+    }
 }
 
 /// What the trainer trains. A shape field of 0 is sized for the device: a CPU gets a model
@@ -104,8 +128,6 @@ pub struct GatewaySettings {
     pub telemetry_window_ms: u64,
     /// Names this gateway in telemetry and its consumer group (each gateway sees every promotion).
     pub instance: String,
-    /// Recent requests remembered for feedback that refers to them.
-    pub remembered_requests: usize,
 }
 
 /// When feedback becomes a retraining.
@@ -146,6 +168,29 @@ pub struct BrokerSettings {
     /// The broker executable; empty: `quark-broker` next to the `quark` executable.
     #[serde(default)]
     pub command: String,
+    /// Milliseconds between health checks (a metadata request over the Kafka protocol).
+    #[serde(default = "BrokerSettings::default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// Failed checks in a row after which the broker is killed and restarted.
+    #[serde(default = "BrokerSettings::default_health_failures")]
+    pub health_failures: u32,
+    /// Partitions of the topics `quark up` creates on it (instead of `bus.partitions`). One
+    /// process runs one consumer per service, and every idle partition costs a little on
+    /// every fetch; more let `quark run` instances share a service's work.
+    #[serde(default = "BrokerSettings::default_partitions")]
+    pub partitions: i32,
+}
+
+impl BrokerSettings {
+    fn default_health_interval_ms() -> u64 {
+        2000
+    }
+    fn default_health_failures() -> u32 {
+        3
+    }
+    fn default_partitions() -> i32 {
+        1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,12 +201,56 @@ pub struct DatabaseSettings {
     pub url: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Where artifacts live: a local directory (default) or S3-compatible object storage
+/// (`url = "s3://bucket/prefix"`). Empty S3 fields defer to the standard `AWS_*` environment
+/// variables (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, …).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactSettings {
-    /// Root directory of the local content-addressed store; empty: `<data_dir>/artifacts`.
+    /// Root directory of the local content-addressed store when `url` is empty; empty:
+    /// `<data_dir>/artifacts`.
     #[serde(default)]
     pub root: String,
+    /// `s3://bucket/prefix` for object storage, `file:///path` for a directory; empty: `root`.
+    #[serde(default)]
+    pub url: String,
+    /// Endpoint of an S3-compatible server (MinIO: `http://minio:9000`); empty: AWS.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+    /// Allow a plain-HTTP endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Verified local copies of objects, for the libraries that read files; empty:
+    /// `<data_dir>/artifact-cache`.
+    #[serde(default)]
+    pub cache_dir: String,
+}
+
+/// Debug without the secret.
+impl std::fmt::Debug for ArtifactSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.secret_access_key.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("ArtifactSettings")
+            .field("root", &self.root)
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &secret)
+            .field("allow_http", &self.allow_http)
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,11 +280,12 @@ impl Default for Settings {
             broker: BrokerSettings {
                 listen: "127.0.0.1:9092".into(),
                 command: String::new(),
+                health_interval_ms: BrokerSettings::default_health_interval_ms(),
+                health_failures: BrokerSettings::default_health_failures(),
+                partitions: BrokerSettings::default_partitions(),
             },
             database: DatabaseSettings { url: String::new() },
-            artifacts: ArtifactSettings {
-                root: String::new(),
-            },
+            artifacts: ArtifactSettings::default(),
             telemetry: TelemetrySettings {
                 log: "info".into(),
                 format: LogFormat::Text,
@@ -249,12 +339,12 @@ impl Default for Settings {
                 max_tokens: 512,
                 telemetry_window_ms: 10_000,
                 instance: "gateway".into(),
-                remembered_requests: 10_000,
             },
             augment: AugmentSettings {
                 min_examples: 8,
                 release_interval_secs: 86_400,
             },
+            schema_registry: SchemaRegistrySettings::default(),
         }
     }
 }
@@ -300,6 +390,11 @@ impl Settings {
         } else {
             self.database.url.clone()
         }
+    }
+
+    /// The artifact store these settings name (see [`ArtifactSettings`]).
+    pub fn artifact_store(&self) -> Result<ArtifactStore, ArtifactError> {
+        ArtifactStore::from_settings(&self.artifacts, &self.data_dir)
     }
 
     pub fn artifacts_root(&self) -> PathBuf {
@@ -361,6 +456,27 @@ mod tests {
             settings.database_url(),
             "sqlite:///srv/quark/quark.db?mode=rwc"
         );
+    }
+
+    #[test]
+    fn object_storage_is_configured_from_the_environment_and_its_secret_is_not_shown() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("QUARK__ARTIFACTS__URL", "s3://bucket/prefix"),
+                ("QUARK__ARTIFACTS__ENDPOINT", "http://minio:9000"),
+                ("QUARK__ARTIFACTS__ALLOW_HTTP", "true"),
+                ("QUARK__ARTIFACTS__SECRET_ACCESS_KEY", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.artifacts.url, "s3://bucket/prefix");
+        assert_eq!(settings.artifacts.endpoint, "http://minio:9000");
+        assert!(settings.artifacts.allow_http);
+        assert_eq!(settings.artifacts.secret_access_key, "hunter2");
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

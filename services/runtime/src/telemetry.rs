@@ -1,6 +1,6 @@
-//! Logs and traces. Logs go to stderr as text or JSON; spans always get OpenTelemetry ids (so
-//! trace context propagates through Kafka headers) and are exported over OTLP when an endpoint
-//! is configured.
+//! Logs and traces. Logs go to stderr, or to a file with only warnings and errors on stderr,
+//! as text or JSON; spans always get OpenTelemetry ids (so trace context propagates through
+//! Kafka headers) and are exported over OTLP when an endpoint is configured.
 
 use crate::config::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
@@ -20,6 +20,17 @@ pub enum TelemetryError {
     Exporter(String, String),
     #[error("a global subscriber is already installed: {0}")]
     AlreadyInstalled(String),
+    #[error("cannot open the log file {0}: {1}")]
+    LogFile(String, std::io::Error),
+}
+
+/// Where log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Every line on stderr.
+    Stderr,
+    /// Every line appended to this file; warnings and errors on stderr too.
+    File(std::path::PathBuf),
 }
 
 /// Flushes and stops exporting when dropped; keep it alive for the life of the process.
@@ -53,27 +64,66 @@ pub fn tracer_provider(
     Ok(builder.with_batch_exporter(exporter).build())
 }
 
+/// Lines in `format` written by `writer`.
+fn lines<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().boxed(),
+    }
+}
+
 /// Installs the global subscriber and the W3C trace-context propagator.
-pub fn init(service: &str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_new(&settings.log)
-        .map_err(|e| TelemetryError::Filter(settings.log.clone(), e.to_string()))?;
+pub fn init(
+    service: &str,
+    settings: &TelemetrySettings,
+    target: &LogTarget,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = || {
+        EnvFilter::try_new(&settings.log)
+            .map_err(|e| TelemetryError::Filter(settings.log.clone(), e.to_string()))
+    };
     let provider = tracer_provider(service, &settings.otlp_endpoint)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_string()));
-    let fmt = match settings.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service.to_string()))
+        .with_filter(filter()?);
+    let output = match target {
+        LogTarget::Stderr => lines(settings.format, std::io::stderr, true)
+            .with_filter(filter()?)
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogTarget::File(path) => {
+            let file = open_log(path)?;
+            let warnings = lines(settings.format, std::io::stderr, true)
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+            lines(settings.format, std::sync::Mutex::new(file), false)
+                .with_filter(filter()?)
+                .and_then(warnings)
+                .boxed()
+        }
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(output)
         .with(otel)
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
     Ok(TelemetryGuard { provider })
+}
+
+fn open_log(path: &std::path::Path) -> Result<std::fs::File, TelemetryError> {
+    let failed = |e| TelemetryError::LogFile(path.display().to_string(), e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(failed)
 }

@@ -2,11 +2,11 @@
 
 use crate::Migrator;
 use crate::broker::EmbeddedBroker;
-use crate::commands::{corpus, ingest, progress};
+use crate::commands::{corpus, ingest, progress, schema_registry};
 use crate::services::Service;
 use anyhow::{Context, bail};
 use quark_events::bus::{Publisher, Runner, ensure_topics};
-use quark_runtime::{LocalStore, Settings, db};
+use quark_runtime::{Settings, db};
 use sea_orm::DatabaseConnection;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +23,10 @@ pub struct UpArgs {
     /// Print no progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Print every log line on stderr; by default they go to `<data_dir>/logs/quark.log`
+    /// and only warnings and errors reach the terminal.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// `quark up`: the embedded broker (unless `bus.brokers` names a cluster), the database,
@@ -37,15 +41,18 @@ pub async fn up(
     let broker = if settings.uses_embedded_broker() {
         let broker = EmbeddedBroker::from_settings(&settings)?;
         settings.bus.brokers = broker.address().to_string();
+        settings.bus.partitions = settings.broker.partitions;
         Some(broker.start(broker_stopped.clone()).await?)
     } else {
         None
     };
     let result = async {
+        schema_registry::start(&mut settings, &shutdown).await?;
         ensure_topics(&settings.bus)
             .await
             .context("cannot create the topics")?;
         if !args.quiet {
+            eprintln!("{}", banner(&settings, &args));
             let (settings, token) = (settings.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if let Err(e) = progress::follow(&settings, token).await {
@@ -68,9 +75,22 @@ pub async fn up(
     .await;
     broker_stopped.cancel();
     if let Some(broker) = broker {
-        let _ = broker.await;
+        let _ = broker.task.await;
     }
     result
+}
+
+/// What `quark up` serves and where it writes: the first lines an operator reads.
+fn banner(settings: &Settings, args: &UpArgs) -> String {
+    let logs = if args.verbose {
+        "on stderr".to_string()
+    } else {
+        settings.data_dir.join("logs").display().to_string()
+    };
+    format!(
+        "quark up: gateway http://{}/v1 · schema registry {} · bus {} · logs {logs}",
+        settings.gateway.listen, settings.schema_registry.url, settings.bus.brokers
+    )
 }
 
 /// On a data directory that has never ingested anything, ingests the starting corpus.
@@ -139,15 +159,18 @@ async fn serve(
                 shutdown.clone(),
             ));
         }
-        let runner = Runner::new(handler, settings.bus.clone(), database.clone());
-        let token = shutdown.clone();
-        let service = *service;
-        tracker.spawn(async move {
-            if let Err(e) = runner.run(token.clone()).await {
-                error!(?service, error = %e, "service stopped with an error; shutting down");
-                token.cancel();
-            }
-        });
+        for handler in std::iter::once(handler).chain(service.followers()) {
+            let runner = Runner::new(handler, settings.bus.clone(), database.clone())
+                .with_retry(service.retry());
+            let token = shutdown.clone();
+            let service = *service;
+            tracker.spawn(async move {
+                if let Err(e) = runner.run(token.clone()).await {
+                    error!(?service, error = %e, "service stopped with an error; shutting down");
+                    token.cancel();
+                }
+            });
+        }
     }
     tracker.close();
     info!(services = ?services, brokers = %settings.bus.brokers, "running; Ctrl-C stops");
@@ -169,7 +192,7 @@ async fn gateway(
         .with_context(|| format!("the gateway cannot listen on {}", config.listen))?;
     let gateway = quark_gateway::Gateway::new(
         config.clone(),
-        Arc::new(LocalStore::new(settings.artifacts_root())?),
+        Arc::new(settings.artifact_store()?),
         &settings.data_dir,
         database.clone(),
         Publisher::new(&settings.bus, quark_gateway::NAME)?,
