@@ -18,7 +18,7 @@ use quark_events::{
     TokenizerKind, TokenizerTrained,
 };
 use quark_ml::tokenizer::{self, TrainOptions};
-use quark_runtime::artifacts::{ArtifactStore, LocalStore};
+use quark_runtime::artifacts::ArtifactStore;
 use quark_runtime::config::CurateSettings;
 use std::collections::HashMap;
 use std::io::Write;
@@ -46,7 +46,7 @@ fn kind_of(collected: &DataCollected) -> Result<DatasetKind, HandlerError> {
 const BATCH: usize = 2048;
 
 pub struct CuratorService {
-    store: Arc<LocalStore>,
+    store: Arc<ArtifactStore>,
     index_dir: PathBuf,
     config: CurateConfig,
     minhash: MinHashConfig,
@@ -59,7 +59,7 @@ pub struct CuratorService {
 
 impl CuratorService {
     pub fn new(
-        store: Arc<LocalStore>,
+        store: Arc<ArtifactStore>,
         data_dir: &Path,
         settings: &CurateSettings,
     ) -> CuratorService {
