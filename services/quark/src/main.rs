@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
     generate, ingest, models, plan, publish, replay, run, schema_registry, topics, trace, train,
     watch,
@@ -139,7 +140,11 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => telemetry::LogTarget::Stderr,
     };
-    let _telemetry = telemetry::init("quark", &settings.telemetry, &logs)?;
+    let bar: Option<telemetry::Watcher> = match &cli.command {
+        Command::Up(args) if !args.quiet => Some(Box::new(TrainingBar::on_stderr())),
+        _ => None,
+    };
+    let _telemetry = telemetry::init("quark", &settings.telemetry, &logs, bar)?;
     // Commands that read or write events use the configured registry (`up` starts its own).
     if matches!(
         cli.command,

@@ -79,11 +79,15 @@ where
     }
 }
 
+/// A layer that sees every event, whatever the log filter (e.g. a progress display).
+pub type Watcher = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
 /// Installs the global subscriber and the W3C trace-context propagator.
 pub fn init(
     service: &str,
     settings: &TelemetrySettings,
     target: &LogTarget,
+    watcher: Option<Watcher>,
 ) -> Result<TelemetryGuard, TelemetryError> {
     let filter = || {
         EnvFilter::try_new(&settings.log)
@@ -109,6 +113,7 @@ pub fn init(
         }
     };
     tracing_subscriber::registry()
+        .with(watcher)
         .with(output)
         .with(otel)
         .try_init()

@@ -330,6 +330,7 @@ impl TrainerService {
                 if let Some(loss) = progress.loss {
                     info!(
                         step = progress.step,
+                        max_steps = progress.max_steps,
                         loss,
                         tokens_per_s = progress.tokens_per_s,
                         "train"

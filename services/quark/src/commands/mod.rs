@@ -13,4 +13,5 @@ pub mod schema_registry;
 pub mod topics;
 pub mod trace;
 pub mod train;
+pub mod training_bar;
 pub mod watch;
