@@ -167,6 +167,49 @@ fn up_publish_watch_topics_trace_and_stop() {
     assert_eq!(lines.len(), 1, "{}", text(&traced.stderr));
     assert_eq!(lines[0]["event_type"], "feedback.received");
 
+    // Standard clients against quark up's broker (aiokafka's idempotent producer used to
+    // leave it half-dead), then quark up carries on: its journal records all of them and a
+    // publish still goes through.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/third_party_clients.py");
+    let python = std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let clients = Command::new(python)
+        .arg(script)
+        .args(["--brokers", &quark.broker, "--count", "2"])
+        .args(["aiokafka-idempotent", "kafka-python", "confluent-kafka"])
+        .output()
+        .unwrap();
+    let results = text(&clients.stdout);
+    assert!(
+        clients.status.success(),
+        "{results}{}",
+        text(&clients.stderr)
+    );
+    for line in results.lines() {
+        let result: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(result.get("error").is_none(), "{result}");
+        assert_eq!(
+            result["consumed"].as_array().map(Vec::len),
+            Some(2),
+            "{result}"
+        );
+    }
+    let again = quark.client(&["publish", "feedback.received"], FEEDBACK);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let recorded = (0..150).any(|_| {
+        let topics = text(&quark.client(&["topics"], "").stdout);
+        // One published before, six by the clients, one after.
+        let done = topics.lines().any(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.starts_with(&["feedback.received", "8"]) && l.contains("journal=0")
+        });
+        if !done {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        done
+    });
+    assert!(recorded, "{}", text(&quark.client(&["topics"], "").stdout));
+
     // Ctrl-C stops everything, the broker child included.
     let status = Command::new("kill")
         .args(["-INT", &up.id().to_string()])
