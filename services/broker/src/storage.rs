@@ -2,7 +2,7 @@
 //! except two kinds.
 //!
 //! - Requests the engine cannot answer are refused here with a Kafka error code. Tansu 0.6's
-//!   SQLite engine meets some inputs with `todo!()`; the panic kills its storage task and
+//!   SQLite engine meets some inputs with a `todo` panic, which kills its storage task and
 //!   leaves a broker that accepts connections and fails every request. InitProducerId below
 //!   v3 (what aiokafka's idempotent producer sends) carries no producer id or epoch: that is
 //!   a request for a new producer id, the same as -1/-1, and is passed on as one.
