@@ -12,6 +12,7 @@
 //! cause. So `quark replay`, which folds the topics back into empty tables, rebuilds exactly
 //! what live consumption built.
 
+mod rebuild;
 pub mod tables;
 
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ use quark_events::{
     ModelTrained, PromotionReason, TokenizerTrained,
 };
 pub use quark_runtime::config::RegistrySettings;
+pub use rebuild::{rebuild, snapshot};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
@@ -568,44 +570,4 @@ pub async fn evaluations<C: ConnectionTrait>(db: &C) -> Result<Vec<evaluation::M
         .order_by_asc(evaluation::Column::EvaluationId)
         .all(db)
         .await
-}
-
-/// Every row of every registry table, in a stable order: two registries are the same
-/// projection when their snapshots are equal.
-pub async fn snapshot<C: ConnectionTrait>(db: &C) -> Result<serde_json::Value, DbErr> {
-    async fn rows<C: ConnectionTrait, E: EntityTrait>(
-        db: &C,
-    ) -> Result<Vec<serde_json::Value>, DbErr> {
-        let mut rows: Vec<serde_json::Value> = E::find().into_json().all(db).await?;
-        rows.sort_by_key(|row| row.to_string());
-        Ok(rows)
-    }
-    Ok(serde_json::json!({
-        "models": rows::<_, model::Entity>(db).await?,
-        "datasets": rows::<_, dataset::Entity>(db).await?,
-        "tokenizers": rows::<_, tokenizer::Entity>(db).await?,
-        "evaluations": rows::<_, evaluation::Entity>(db).await?,
-        "promotions": rows::<_, promotion::Entity>(db).await?,
-        "aliases": rows::<_, alias::Entity>(db).await?,
-        "feedback": rows::<_, feedback::Entity>(db).await?,
-    }))
-}
-
-/// Rebuilds the registry from `events` (every event of the topics, in any order): clears
-/// the tables and folds the events in the order they happened.
-pub async fn rebuild(
-    db: &DatabaseConnection,
-    mut events: Vec<Event>,
-    policy: &RegistrySettings,
-) -> Result<usize, DbErr> {
-    use sea_orm::TransactionTrait;
-    // Time first; within a millisecond, the loop's own order (a cause before its effects).
-    events.sort_by_key(|e| (e.header().occurred_at.0, e.kind()));
-    let txn = db.begin().await?;
-    tables::clear(&txn).await?;
-    for event in &events {
-        project(&txn, event, policy).await?;
-    }
-    txn.commit().await?;
-    Ok(events.len())
 }
