@@ -3,8 +3,9 @@
 
     python tests/python/third_party_clients.py --brokers 127.0.0.1:9092 --count 5 CLIENT...
 
-CLIENT is one of aiokafka-idempotent, aiokafka, kafka-python, confluent-kafka. Prints one JSON
-line per client: {"client", "published": [event ids], "consumed": [event ids] or "error"}.
+CLIENT is one of aiokafka-idempotent, aiokafka, kafka-python, confluent-kafka. With --praise
+the feedback is a top rating with no correction (nothing for the loop to learn from). Prints
+one JSON line per client: {"client", "published": [event ids], "consumed": [event ids] or "error"}.
 A client that fails says so in its line; the script exits 0 unless its own arguments are wrong.
 """
 import argparse
@@ -23,6 +24,7 @@ FINGERPRINT = bytes.fromhex(
     fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(PARSED), "CRC-64-AVRO")
 )
 TOPIC = "feedback.received"
+PRAISE = False
 
 
 def feedback(client: str) -> tuple[str, bytes]:
@@ -40,8 +42,8 @@ def feedback(client: str) -> tuple[str, bytes]:
         "model_id": "champion",
         "prompt": "Who is Hamlet?",
         "response": "A Dane.",
-        "rating": 1,
-        "correction": "The prince of Denmark.",
+        "rating": 5 if PRAISE else 1,
+        "correction": None if PRAISE else "The prince of Denmark.",
         "preferred_response": None,
         "labels": [f"client:{client}"],
     }
@@ -147,8 +149,11 @@ def main() -> None:
     args = argparse.ArgumentParser()
     args.add_argument("--brokers", required=True)
     args.add_argument("--count", type=int, default=5)
+    args.add_argument("--praise", action="store_true")
     args.add_argument("clients", nargs="+")
     opts = args.parse_args()
+    global PRAISE
+    PRAISE = opts.praise
     for client in opts.clients:
         print(json.dumps(run(client, opts.brokers, opts.count)), flush=True)
 
