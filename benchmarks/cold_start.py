@@ -1,0 +1,62 @@
+"""Cold start of `quark up`: a fresh data directory to the first model served, for several builds.
+
+    python benchmarks/cold_start.py NAME=DIR [NAME=DIR ...]
+
+Each DIR holds a `quark` and a `quark-broker` executable. Every run starts `DIR/quark up` on a
+fresh data directory with the default settings (the PyPI corpus, the default CPU model; the
+embedded broker next to it), polls the gateway until `GET /v1/models` lists a model, and prints
+the wall time from the start of the process, then stops it. Runs go in the order given.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cold_start(directory: str) -> float:
+    data = tempfile.mkdtemp(prefix="quark-cold-")
+    gateway = free_port()
+    env = dict(os.environ, QUARK__DATA_DIR=data, QUARK__BROKER__LISTEN=f"127.0.0.1:{free_port()}",
+               QUARK__GATEWAY__LISTEN=f"127.0.0.1:{gateway}", QUARK__TELEMETRY__LOG="warn")
+    log = open(os.path.join(data, "up.out"), "w")
+    started = time.monotonic()
+    up = subprocess.Popen([os.path.join(directory, "quark"), "up", "--quiet"], env=env, stdout=log, stderr=log)
+    try:
+        while True:
+            if up.poll() is not None:
+                raise SystemExit(f"quark up exited; see {data}/up.out")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/v1/models", timeout=2) as reply:
+                    if json.load(reply).get("data"):
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(1)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+def main() -> None:
+    builds = [arg.split("=", 1) for arg in sys.argv[1:]]
+    print(json.dumps({"settings": {"builds": dict(builds), "cores": os.cpu_count(), "config": "defaults"}}))
+    for name, directory in builds:
+        print(json.dumps({"build": name, "cold_start_s": round(cold_start(directory), 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
