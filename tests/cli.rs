@@ -168,8 +168,8 @@ fn up_publish_watch_topics_trace_and_stop() {
     assert_eq!(lines[0]["event_type"], "feedback.received");
 
     // Standard clients against quark up's broker (aiokafka's idempotent producer used to
-    // leave it half-dead), then quark up carries on: its journal records all of them and a
-    // publish still goes through.
+    // leave it half-dead), KafkaJS among them; then quark up carries on: its journal records
+    // all of them and a publish still goes through.
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/third_party_clients.py");
     let python = std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -194,14 +194,40 @@ fn up_publish_watch_topics_trace_and_stop() {
             "{result}"
         );
     }
+    // KafkaJS (npm) with its idempotent producer and a consumer group, on events Quark encoded.
+    let events: Vec<_> = (0..2)
+        .map(|_| {
+            let event =
+                quark_events::samples::sample(quark_events::EventKind::FeedbackReceived, "kafkajs");
+            hex::encode(quark_events::encode(&event).unwrap())
+        })
+        .collect();
+    let modules =
+        std::path::PathBuf::from(std::env::var("QUARK_NODE").expect("QUARK_NODE (scripts/env)"))
+            .join("node_modules");
+    let node = Command::new("node")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node/kafkajs_client.js"))
+        .arg(&quark.broker)
+        .args(&events)
+        .env("NODE_PATH", modules)
+        .output()
+        .unwrap();
+    let node: serde_json::Value = serde_json::from_str(text(&node.stdout).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&node.stdout), text(&node.stderr)));
+    assert_eq!(
+        (node["published"].as_u64(), node["consumed"].as_u64()),
+        (Some(2), Some(2)),
+        "{node}"
+    );
+
     let again = quark.client(&["publish", "feedback.received"], FEEDBACK);
     assert!(again.status.success(), "{}", text(&again.stderr));
     let recorded = (0..150).any(|_| {
         let topics = text(&quark.client(&["topics"], "").stdout);
-        // One published before, six by the clients, one after.
+        // One published before, eight by the clients, one after.
         let done = topics.lines().any(|l| {
             let fields: Vec<&str> = l.split_whitespace().collect();
-            fields.starts_with(&["feedback.received", "8"]) && l.contains("journal=0")
+            fields.starts_with(&["feedback.received", "10"]) && l.contains("journal=0")
         });
         if !done {
             std::thread::sleep(Duration::from_millis(200));
