@@ -170,55 +170,18 @@ fn up_publish_watch_topics_trace_and_stop() {
     // Standard clients against quark up's broker (aiokafka's idempotent producer used to
     // leave it half-dead), KafkaJS among them; then quark up carries on: its journal records
     // all of them and a publish still goes through.
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/third_party_clients.py");
-    let python = std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let clients = Command::new(python)
-        .arg(script)
-        .args(["--brokers", &quark.broker, "--count", "2"])
-        .args(["aiokafka-idempotent", "kafka-python", "confluent-kafka"])
-        .output()
-        .unwrap();
-    let results = text(&clients.stdout);
-    assert!(
-        clients.status.success(),
-        "{results}{}",
-        text(&clients.stderr)
+    python_clients(
+        &quark.broker,
+        2,
+        false,
+        &["aiokafka-idempotent", "kafka-python", "confluent-kafka"],
     );
-    for line in results.lines() {
-        let result: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(result.get("error").is_none(), "{result}");
-        assert_eq!(
-            result["consumed"].as_array().map(Vec::len),
-            Some(2),
-            "{result}"
-        );
-    }
-    // KafkaJS (npm) with its idempotent producer and a consumer group, on events Quark encoded.
-    let events: Vec<_> = (0..2)
+    let kafkajs_events: Vec<_> = (0..2)
         .map(|_| {
-            let event =
-                quark_events::samples::sample(quark_events::EventKind::FeedbackReceived, "kafkajs");
-            hex::encode(quark_events::encode(&event).unwrap())
+            quark_events::samples::sample(quark_events::EventKind::FeedbackReceived, "kafkajs")
         })
         .collect();
-    let modules =
-        std::path::PathBuf::from(std::env::var("QUARK_NODE").expect("QUARK_NODE (scripts/env)"))
-            .join("node_modules");
-    let node = Command::new("node")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node/kafkajs_client.js"))
-        .arg(&quark.broker)
-        .args(&events)
-        .env("NODE_PATH", modules)
-        .output()
-        .unwrap();
-    let node: serde_json::Value = serde_json::from_str(text(&node.stdout).trim())
-        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&node.stdout), text(&node.stderr)));
-    assert_eq!(
-        (node["published"].as_u64(), node["consumed"].as_u64()),
-        (Some(2), Some(2)),
-        "{node}"
-    );
+    kafkajs(&quark.broker, &kafkajs_events);
 
     let again = quark.client(&["publish", "feedback.received"], FEEDBACK);
     assert!(again.status.success(), "{}", text(&again.stderr));

@@ -435,29 +435,12 @@ print("openai client ok", len(chunks), "chunks")
     // Standard third-party clients through the same broker first (aiokafka's idempotent
     // producer used to leave it half-dead); they send praise, which teaches nothing, so the
     // loop below sees exactly its own corrections.
-    let clients = Command::new(std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/third_party_clients.py"))
-        .args([
-            "--brokers",
-            &quark.broker.address,
-            "--count",
-            "2",
-            "--praise",
-        ])
-        .args(["aiokafka-idempotent", "kafka-python", "confluent-kafka"])
-        .output()
-        .unwrap();
-    let results = String::from_utf8_lossy(&clients.stdout);
-    assert!(clients.status.success(), "{results}");
-    let read_back: Vec<Option<usize>> = results
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["consumed"]
-                .as_array()
-                .map(Vec::len)
-        })
-        .collect();
-    assert_eq!(read_back, vec![Some(2); 3], "{results}");
+    python_clients(
+        &quark.broker.address,
+        2,
+        true,
+        &["aiokafka-idempotent", "kafka-python", "confluent-kafka"],
+    );
 
     // Learning from feedback: four corrections → retrain → evaluate → promote. The process is
     // killed while it retrains and restarted: the job resumes and is trained once.

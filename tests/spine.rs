@@ -79,81 +79,6 @@ fn feedback() -> Event {
     f.into()
 }
 
-/// Runs `clients` (tests/python/third_party_clients.py), each publishing and reading back
-/// `count` feedback events; returns the event ids each published.
-fn third_party_clients(brokers: &str, count: usize, clients: &[&str]) -> Vec<String> {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/third_party_clients.py");
-    let python = std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .args(["--brokers", brokers, "--count", &count.to_string()])
-        .args(clients)
-        .output()
-        .expect("run the third-party clients");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "clients failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut published = Vec::new();
-    for (line, client) in stdout.lines().zip(clients) {
-        let result: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(result["client"], *client);
-        assert!(result.get("error").is_none(), "{client}: {result}");
-        let ids = |key: &str| -> BTreeSet<String> {
-            let list = result[key].as_array().unwrap();
-            list.iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect()
-        };
-        assert_eq!(ids("published").len(), count, "{client} published");
-        assert_eq!(ids("consumed"), ids("published"), "{client} read back");
-        published.extend(ids("published"));
-    }
-    assert_eq!(
-        published.len(),
-        count * clients.len(),
-        "one line per client"
-    );
-    published
-}
-
-/// KafkaJS (npm, tests/node/kafkajs_client.js) publishes `count` feedback events encoded by
-/// Quark with its idempotent producer and reads them back; returns their event ids.
-async fn kafkajs(brokers: &str, count: usize) -> Vec<String> {
-    let events: Vec<Event> = (0..count).map(|_| feedback()).collect();
-    let payloads = events
-        .iter()
-        .map(|e| hex::encode(quark_events::encode(e).unwrap()));
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node/kafkajs_client.js");
-    let modules =
-        std::path::PathBuf::from(std::env::var("QUARK_NODE").expect("QUARK_NODE (scripts/env)"))
-            .join("node_modules");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(brokers)
-        .args(payloads)
-        .env("NODE_PATH", modules)
-        .output()
-        .await
-        .expect("run node");
-    let line = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = serde_json::from_str(line.trim())
-        .unwrap_or_else(|e| panic!("{e}: {line}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(result.get("error").is_none(), "kafkajs: {result}");
-    assert_eq!(
-        (result["published"].as_u64(), result["consumed"].as_u64()),
-        (Some(count as u64), Some(count as u64)),
-        "kafkajs: {result}"
-    );
-    events
-        .iter()
-        .map(|e| e.header().event_id.to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standard_clients_work_and_quark_goes_on_with_nothing_lost() {
     let broker = TestBroker::start();
@@ -167,12 +92,19 @@ async fn standard_clients_work_and_quark_goes_on_with_nothing_lost() {
     ];
     let published = tokio::task::spawn_blocking({
         let address = broker.address.clone();
-        move || third_party_clients(&address, 5, &clients)
+        move || python_clients(&address, 5, false, &clients)
     })
     .await
     .unwrap();
 
-    let from_node = kafkajs(&broker.address, 3).await;
+    let node_events: Vec<Event> = (0..3).map(|_| feedback()).collect();
+    tokio::task::spawn_blocking({
+        let (address, events) = (broker.address.clone(), node_events.clone());
+        move || kafkajs(&address, &events)
+    })
+    .await
+    .unwrap();
+    let from_node = node_events.iter().map(|e| e.header().event_id.to_string());
 
     // The broker still serves Quark: a Quark consumer handles every third-party event and
     // one of Quark's own, published after the clients.

@@ -1,6 +1,9 @@
 //! Real things for tests: a Tansu broker process on a free port, SQLite files and fresh
 //! PostgreSQL databases, consumers that read topics from the beginning.
 
+mod clients;
+pub use clients::{kafkajs, python_clients};
+
 use quark_events::bus::BusConfig;
 use quark_events::{Event, LocalRegistry, decode};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
