@@ -1,62 +1,13 @@
 //! Feedback joined to its response from the log: in either order, once, with the release it
 //! completes caused by the feedback; feedback for a response never served stays parked, listed.
 
-use quark_augmenter::{AugmenterMigration, AugmenterService, JoinMigration, example, join};
-use quark_events::bus::Handler;
+mod common;
+
+use common::Augmenter;
+use quark_augmenter::join;
 use quark_events::*;
-use quark_runtime::ArtifactStore;
-use quark_runtime::config::AugmentSettings;
-use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait, TransactionTrait};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use std::sync::Arc;
-
-struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(AugmenterMigration), Box::new(JoinMigration)]
-    }
-}
-
-struct Augmenter {
-    _dir: tempfile::TempDir,
-    db: DatabaseConnection,
-    store: Arc<ArtifactStore>,
-    service: AugmenterService,
-}
 
 impl Augmenter {
-    async fn new() -> Augmenter {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-        let db = quark_runtime::db::open::<Migrator>(&url).await.unwrap();
-        let store = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
-        let settings = AugmentSettings {
-            min_examples: 1,
-            release_interval_secs: 0,
-        };
-        let service = AugmenterService::new(store.clone(), db.clone(), settings);
-        Augmenter {
-            _dir: dir,
-            db,
-            store,
-            service,
-        }
-    }
-
-    /// What the consumer runner does with an event: handle, then apply in a transaction.
-    async fn feed(&self, event: &Event) -> Vec<Event> {
-        let out = self.service.handle(event).await.unwrap();
-        let txn = self.db.begin().await.unwrap();
-        self.service.apply(event, &txn).await.unwrap();
-        txn.commit().await.unwrap();
-        out
-    }
-
-    async fn examples(&self) -> u64 {
-        example::Entity::find().count(&self.db).await.unwrap()
-    }
-
     async fn parked(&self) -> Vec<FeedbackReceived> {
         join::parked(&self.db).await.unwrap()
     }
@@ -116,7 +67,7 @@ const LEARNT: &str = r#"{"prompt":"Who is Hamlet?","response":"The prince of Den
 
 #[tokio::test]
 async fn feedback_before_its_response_is_parked_then_completed_once() {
-    let augmenter = Augmenter::new().await;
+    let augmenter = Augmenter::new(1).await;
     let f = feedback("chatcmpl-1");
     assert!(augmenter.feed(&f.clone().into()).await.is_empty());
     assert_eq!(augmenter.parked().await, std::slice::from_ref(&f));
@@ -142,7 +93,7 @@ async fn feedback_before_its_response_is_parked_then_completed_once() {
 
 #[tokio::test]
 async fn feedback_after_its_response_is_joined_at_once() {
-    let augmenter = Augmenter::new().await;
+    let augmenter = Augmenter::new(1).await;
     assert!(augmenter.feed(&served("cmpl-2").into()).await.is_empty());
     let f = feedback("cmpl-2");
     let out = augmenter.feed(&f.clone().into()).await;
@@ -154,7 +105,7 @@ async fn feedback_after_its_response_is_joined_at_once() {
 
 #[tokio::test]
 async fn feedback_for_a_response_never_served_stays_parked_and_listed() {
-    let augmenter = Augmenter::new().await;
+    let augmenter = Augmenter::new(1).await;
     let f = feedback("chatcmpl-never");
     assert!(augmenter.feed(&f.clone().into()).await.is_empty());
     // Another response completes nothing of it.
@@ -175,7 +126,7 @@ async fn feedback_for_a_response_never_served_stays_parked_and_listed() {
 
 #[tokio::test]
 async fn feedback_that_carries_its_prompt_and_response_needs_no_join() {
-    let augmenter = Augmenter::new().await;
+    let augmenter = Augmenter::new(1).await;
     let mut f = feedback("req-from-elsewhere");
     (f.prompt, f.response) = ("Who is Hamlet?".into(), "A cook.".into());
     let out = augmenter.feed(&f.into()).await;

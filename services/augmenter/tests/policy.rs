@@ -1,63 +1,13 @@
 //! The augmenter's release policy over real SQLite and a real artifact store: the threshold,
 //! manual and scheduled requests, a live regression, and idempotence under replays.
 
-use quark_augmenter::{AugmenterMigration, AugmenterService, example};
-use quark_events::bus::Handler;
+mod common;
+
+use common::Augmenter as Policy;
 use quark_events::*;
-use quark_runtime::ArtifactStore;
-use quark_runtime::config::AugmentSettings;
-use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait, TransactionTrait};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use std::collections::HashMap;
-use std::sync::Arc;
-
-struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(AugmenterMigration)]
-    }
-}
-
-struct Policy {
-    _dir: tempfile::TempDir,
-    db: DatabaseConnection,
-    store: Arc<ArtifactStore>,
-    service: AugmenterService,
-}
 
 impl Policy {
-    async fn new(min_examples: usize) -> Policy {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-        let db = quark_runtime::db::open::<Migrator>(&url).await.unwrap();
-        let store = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
-        let settings = AugmentSettings {
-            min_examples,
-            release_interval_secs: 0,
-        };
-        let service = AugmenterService::new(store.clone(), db.clone(), settings);
-        Policy {
-            _dir: dir,
-            db,
-            store,
-            service,
-        }
-    }
-
-    /// What the consumer runner does with an event: handle, then apply in a transaction.
-    async fn feed(&self, event: &Event) -> Vec<Event> {
-        let out = self.service.handle(event).await.unwrap();
-        let txn = self.db.begin().await.unwrap();
-        self.service.apply(event, &txn).await.unwrap();
-        txn.commit().await.unwrap();
-        out
-    }
-
-    async fn examples(&self) -> u64 {
-        example::Entity::find().count(&self.db).await.unwrap()
-    }
-
     async fn lines(&self, dataset: &DatasetPrepared) -> Vec<serde_json::Value> {
         let bytes = self.store.get(&dataset.train).await.unwrap();
         String::from_utf8(bytes)
