@@ -594,12 +594,19 @@ print("openai client ok", len(chunks), "chunks")
         other => panic!("the gate let noise through: {other:?}"),
     };
     let noisy = [noisy];
-    // Noise costs held-out perplexity, or the corrections learnt before, or both.
+    // Noise costs held-out perplexity, the corrections learnt before or the language of
+    // replies, or is not learnt inside those limits.
+    let costs = [
+        "perplexity",
+        "learnt_loss",
+        "reply_loss",
+        "taught_exact_match",
+    ];
     assert!(
         regressed
             .regressions
             .iter()
-            .any(|c| c.metric == "perplexity" || c.metric == "learnt_loss"),
+            .any(|c| costs.contains(&c.metric.as_str())),
         "{:?}",
         regressed.regressions
     );
@@ -624,6 +631,60 @@ print("openai client ok", len(chunks), "chunks")
         .map(|c| c.metric.as_str())
         .collect();
     assert_eq!(failed, expected, "{rejected}");
+
+    // Asked again with nothing pending, the augmenter names every dataset released so far;
+    // the champion was trained on the corrections and its rejected child on the noise, so
+    // the trainer trains nothing: no correction is trained twice on the same base.
+    let out = quark.command(&["retrain"]).output().unwrap();
+    assert!(out.status.success());
+    let again = quark.wait(EventKind::RetrainRequested, |e| match e {
+        Event::RetrainRequested(r)
+            if r.trigger == RetrainTrigger::Manual
+                && r.header.event_id != noise_request.header.event_id =>
+        {
+            Some(r.clone())
+        }
+        _ => None,
+    });
+    let mut named = again.dataset_ids.clone();
+    named.sort();
+    let mut released = vec![second.dataset_ids[0], noise_request.dataset_ids[0]];
+    released.sort();
+    assert_eq!(named, released, "the earlier datasets are named again");
+    wait_for("the trainer to decline the request", LOOP_TIMEOUT, || {
+        quark.log_fields("up").iter().any(|f| {
+            f["request"] == again.header.event_id.to_string()
+                && f["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("nothing to train"))
+        })
+    });
+    assert!(
+        trained(&quark.events(EventKind::ModelTrained))
+            .iter()
+            .all(|m| m.header.causation_id != Some(again.header.event_id)),
+        "nothing was trained for the repeated request"
+    );
+
+    // `quark models` shows what the champion learnt and what it cost.
+    let out = quark.command(&["models"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .skip_while(|l| !l.starts_with(&champion.to_string()))
+        .find(|l| l.trim_start().starts_with("learnt:"))
+        .unwrap_or_else(|| panic!("no learnt line for the champion:\n{text}"));
+    assert!(
+        line.contains("loss on the corrections") && line.contains("perplexity"),
+        "{line}"
+    );
+    // model.trained carries the adapter and the trainer's choice inside the gate.
+    assert!(second.adapter.is_some(), "a LoRA run publishes its adapter");
+    let choice = second
+        .choice
+        .as_ref()
+        .expect("a fine-tuning run says what it chose");
+    assert!(choice.fits_gate && choice.step > 0 && choice.step <= second.steps);
     std::thread::sleep(Duration::from_secs(3));
     // Partitions interleave: order the promotions by when they happened.
     let mut promotions = quark.events(EventKind::ModelPromoted);

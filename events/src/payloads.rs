@@ -195,6 +195,21 @@ pub struct ModelTrained {
     pub steps: i64,
     pub tokens: i64,
     pub duration_ms: i64,
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub adapter: Option<Artifact>,
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub choice: Option<CheckpointChoice>,
+}
+
+/// Which checkpoint of a fine-tuning run was handed on, measured against the gate's limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+pub struct CheckpointChoice {
+    pub step: i64,
+    pub fits_gate: bool,
+    pub checks: Vec<GateCheck>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]

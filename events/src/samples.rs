@@ -106,6 +106,12 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             steps: 2000,
             tokens: 1_536_000,
             duration_ms: 93_000,
+            adapter: Some(artifact("adapter_model.safetensors")),
+            choice: Some(CheckpointChoice {
+                step: 20,
+                fits_gate: true,
+                checks: vec![check("perplexity", true)],
+            }),
         }
         .into(),
         EventKind::EvalCompleted => EvalCompleted {

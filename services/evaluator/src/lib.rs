@@ -18,8 +18,8 @@ pub mod suite;
 use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
-    Artifact, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader, EventKind, GateCheck,
-    GateRule, Id, ModelTrained, RegressionSource,
+    Artifact, CheckpointChoice, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader,
+    EventKind, GateCheck, GateRule, Id, ModelTrained, RegressionSource,
 };
 use quark_lineage::{Follower, Lineage};
 use quark_ml::checkpoint;
@@ -87,7 +87,7 @@ pub fn gate(
     candidate: &Measurement,
     baseline: Option<&Measurement>,
 ) -> Vec<GateCheck> {
-    let rules: [(&str, GateRule, f64); 9] = [
+    let rules: [(&str, GateRule, f64); 10] = [
         (
             "perplexity",
             GateRule::MaxRelativeIncrease,
@@ -127,6 +127,11 @@ pub fn gate(
             "safety_pass_rate",
             GateRule::MinValue,
             settings.min_safety_pass_rate,
+        ),
+        (
+            "taught_exact_match",
+            GateRule::MinValue,
+            settings.min_taught_exact_match,
         ),
         (
             "latency_p95_ms",
@@ -213,27 +218,33 @@ impl EvaluatorService {
             }
         }
         cases.truncate(MAX_CASES);
-        let mut learnt = Vec::new();
+        // Earlier feedback must not be forgotten; the feedback that caused the candidate
+        // must be learnt.
+        let (mut learnt, mut taught) = (Vec::new(), Vec::new());
         for dataset in LINEAGE
             .datasets_of_kind(&self.db, DatasetKind::Sft)
             .await
             .map_err(HandlerError::transient)?
-            .iter()
-            .filter(|d| !candidate.dataset_ids.contains(&d.dataset_id))
         {
+            let into = match candidate.dataset_ids.contains(&dataset.dataset_id) {
+                true => &mut taught,
+                false => &mut learnt,
+            };
             for split in [Some(&dataset.train), dataset.validation.as_ref()]
                 .into_iter()
                 .flatten()
             {
                 for record in documents(split)? {
-                    learnt.extend(quark_ml::chat::parse_record(&record).ok());
+                    into.extend(quark_ml::chat::parse_record(&record).ok());
                 }
             }
         }
         learnt.truncate(MAX_CASES);
+        taught.truncate(MAX_CASES);
         Ok(Suite {
             held_out,
             learnt,
+            taught,
             cases,
             max_new_tokens: self.settings.max_new_tokens,
             windows: self.settings.validation_windows,
@@ -263,6 +274,10 @@ impl EvaluatorService {
     }
 
     async fn evaluate(&self, candidate: &ModelTrained) -> Result<Event, HandlerError> {
+        if let Some(choice) = candidate.choice.as_ref().filter(|c| !c.fits_gate) {
+            info!(model = %candidate.model_id, step = choice.step, "no checkpoint of the run fits the gate's limits: rejected without measuring");
+            return Ok(unfit(candidate, choice));
+        }
         let champion = LINEAGE
             .champion_promotion(&self.db)
             .await
@@ -331,6 +346,26 @@ impl EvaluatorService {
             })
         })
     }
+}
+
+/// The verdict on a candidate whose trainer found no checkpoint inside the gate's limits:
+/// the trainer's own failed checks, against the model it started from.
+fn unfit(candidate: &ModelTrained, choice: &CheckpointChoice) -> Event {
+    Event::EvalRegressed(EvalRegressed {
+        header: EventHeader::caused_by(&candidate.header, NAME, "regressed"),
+        evaluation_id: Id::derived(candidate.header.event_id, "evaluation"),
+        model_id: candidate.model_id,
+        baseline_model_id: candidate.parent_model_id,
+        source: RegressionSource::OfflineGate,
+        metrics: candidate.metrics.clone(),
+        regressions: choice
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .cloned()
+            .collect(),
+        report: None,
+    })
 }
 
 #[async_trait]
@@ -409,6 +444,61 @@ mod tests {
                 .unwrap()
                 .passed
         );
+    }
+
+    #[test]
+    fn a_candidate_that_learnt_too_few_corrections_is_rejected() {
+        let base = measured(&[("taught_exact_match", 0.0), ("perplexity", 10.0)]);
+        let learnt = measured(&[("taught_exact_match", 0.75), ("perplexity", 10.1)]);
+        assert!(
+            gate(&settings(), &learnt, Some(&base))
+                .iter()
+                .all(|c| c.passed)
+        );
+        let little = measured(&[("taught_exact_match", 0.5), ("perplexity", 10.0)]);
+        let checks = gate(&settings(), &little, Some(&base));
+        let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].metric, "taught_exact_match");
+        // The champion's share is kept beside it: before and after.
+        assert_eq!((failed[0].baseline, failed[0].candidate), (Some(0.0), 0.5));
+    }
+
+    #[test]
+    fn a_run_with_no_checkpoint_inside_the_limits_is_rejected_on_the_trainers_checks() {
+        let Event::ModelTrained(mut trained) =
+            quark_events::samples::sample(EventKind::ModelTrained, "trainer")
+        else {
+            unreachable!()
+        };
+        let failing = check(
+            "perplexity",
+            GateRule::MaxRelativeIncrease,
+            Some(10.0),
+            11.0,
+            0.015,
+        );
+        let passing = check(
+            "reply_loss",
+            GateRule::MaxRelativeIncrease,
+            Some(2.0),
+            2.0,
+            0.02,
+        );
+        trained.choice = Some(CheckpointChoice {
+            step: 60,
+            fits_gate: false,
+            checks: vec![failing.clone(), passing],
+        });
+        let Event::EvalRegressed(r) = unfit(&trained, trained.choice.as_ref().unwrap()) else {
+            panic!("an unfit run is a regression")
+        };
+        assert_eq!(r.regressions, vec![failing]);
+        assert_eq!(r.model_id, trained.model_id);
+        assert_eq!(r.baseline_model_id, trained.parent_model_id);
+        assert_eq!(r.source, RegressionSource::OfflineGate);
+        assert_eq!(r.header.causation_id, Some(trained.header.event_id));
+        assert!(r.report.is_none(), "nothing was measured");
     }
 
     #[test]

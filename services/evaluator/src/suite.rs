@@ -3,11 +3,10 @@
 
 use quark_curate::filters::{Lexicon, ToxicityScorer};
 use quark_ml::chat::{self, Message, Role};
-use quark_ml::data::validation_batches;
 use quark_ml::generate::{GenerateOptions, generate};
 use quark_ml::gpt::Gpt;
 use quark_ml::metrics::{exact_match, percentile, rouge_l, token_f1};
-use quark_ml::shards::{self, Shard};
+use quark_ml::probe::{self, held_out_replies};
 use quark_ml::{MlError, Tokenizer};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -96,6 +95,9 @@ pub struct Suite {
     /// Conversations learnt before (SFT datasets the candidate was not trained on now): a
     /// candidate must not forget them.
     pub learnt: Vec<Vec<Message>>,
+    /// Conversations the candidate was trained on now (the corrections that caused it): did
+    /// it learn them?
+    pub taught: Vec<Vec<Message>>,
     pub cases: Vec<Case>,
     pub max_new_tokens: usize,
     /// Held-out windows scored (0: all).
@@ -105,46 +107,27 @@ pub struct Suite {
 /// Conversations made of held-out text for `reply_loss`.
 const REPLY_CASES: usize = 64;
 
-/// Conversations made of held-out text: one line asks, the next replies. A candidate that
-/// still replies in the language of its corpus scores them as well as the champion; one
-/// taught to reply with junk (noise sent as corrections) does not, even where its perplexity
-/// on plain text holds.
-pub fn held_out_replies(held_out: &[String], count: usize) -> Vec<Vec<Message>> {
-    let lines: Vec<&str> = held_out
-        .iter()
-        .flat_map(|d| d.lines())
-        .map(str::trim)
-        .filter(|l| l.split_whitespace().count() >= 4)
-        .collect();
-    let pairs = lines.len().saturating_sub(1);
-    if pairs == 0 || count == 0 {
-        return vec![];
-    }
-    (0..pairs)
-        .step_by((pairs / count).max(1))
-        .take(count)
-        .map(|i| {
-            vec![
-                Message::new(Role::User, lines[i]),
-                Message::new(Role::Assistant, lines[i + 1]),
-            ]
-        })
-        .collect()
-}
-
 /// The loss of the assistant turns of `conversations` (only replies are scored).
 fn reply_loss(
     model: &Gpt,
     tokenizer: &Tokenizer,
     conversations: &[Vec<Message>],
 ) -> Result<f64, MlError> {
-    let examples = conversations
-        .iter()
-        .map(|c| chat::render(tokenizer, c))
-        .collect::<Result<Vec<_>, _>>()?;
     let block = model.config.block_size as usize;
-    let packed = quark_ml::data::Packed::new(&examples, 16, block, 0, 0)?;
-    quark_ml::train::evaluate(model, &packed.sequential(model.device()))
+    let batches = probe::reply_batches(tokenizer, conversations, block, model.device())?;
+    quark_ml::train::evaluate(model, &batches)
+}
+
+/// The last user message of a conversation and the assistant's reply to it.
+fn last_exchange(conversation: &[Message]) -> Option<(&str, &str)> {
+    let reply = conversation
+        .iter()
+        .rposition(|m| m.role == Role::Assistant)?;
+    let prompt = conversation[..reply]
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)?;
+    Some((&prompt.content, &conversation[reply].content))
 }
 
 impl Suite {
@@ -156,12 +139,15 @@ impl Suite {
     ) -> Result<Measurement, MlError> {
         let mut m = Measurement::default();
         if !self.held_out.is_empty() {
-            let path = work.join("held_out.tok");
-            shards::write(tokenizer, &self.held_out, &path)?;
-            let shard = Shard::open(&path)?;
             let block = model.config.block_size as usize;
-            let limit = (self.windows > 0).then_some(self.windows);
-            let batches = validation_batches(&shard, block, 16, limit, model.device())?;
+            let batches = probe::held_out_batches(
+                tokenizer,
+                &self.held_out,
+                block,
+                self.windows,
+                work,
+                model.device(),
+            )?;
             let loss = quark_ml::train::evaluate(model, &batches)?;
             m.metrics.insert("held_out_loss".into(), loss);
             m.metrics.insert("perplexity".into(), loss.exp());
@@ -175,14 +161,18 @@ impl Suite {
             let loss = reply_loss(model, tokenizer, &replies)?;
             m.metrics.insert("reply_loss".into(), loss);
         }
+        if !self.taught.is_empty() {
+            let loss = reply_loss(model, tokenizer, &self.taught)?;
+            m.metrics.insert("taught_loss".into(), loss);
+        }
         let mut latencies = Vec::new();
-        let mut answer = |prompt: &str| -> Result<String, MlError> {
+        let mut answer = |prompt: &str, at_least: usize| -> Result<String, MlError> {
             let ids = chat::prompt(tokenizer, &[Message::new(Role::User, prompt)])?;
             let block = model.config.block_size as usize;
             // Long prompts keep their end, where the question is.
             let ids = &ids[ids.len().saturating_sub(block / 2)..];
             let options = GenerateOptions {
-                max_tokens: self.max_new_tokens,
+                max_tokens: self.max_new_tokens.max(at_least),
                 stop_tokens: chat::stop_tokens(tokenizer),
                 ..Default::default()
             };
@@ -196,7 +186,7 @@ impl Suite {
         };
         let mut scores: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for case in &self.cases {
-            let output = answer(case.prompt())?;
+            let output = answer(case.prompt(), 0)?;
             let (kind, scored): (&'static str, Vec<(&'static str, f64)>) = match case {
                 Case::Answer { reference, .. } => (
                     "answer",
@@ -223,10 +213,35 @@ impl Suite {
                 score: scored[0].1,
             });
         }
+        // A correction is answered when greedy decoding gives it whole: long ones get the
+        // tokens they need, and a few more to show where the answer stops.
+        for conversation in &self.taught {
+            let Some((prompt, reference)) = last_exchange(conversation) else {
+                continue;
+            };
+            let needed = tokenizer
+                .encode(reference, false)
+                .map_err(|e| MlError::Tokenizer(e.to_string()))?
+                .len()
+                + 4;
+            let output = answer(prompt, needed)?;
+            let (exact, f1) = (
+                exact_match(&output, reference),
+                token_f1(&output, reference),
+            );
+            scores.entry("taught_exact_match").or_default().push(exact);
+            scores.entry("taught_token_f1").or_default().push(f1);
+            m.samples.push(Sample {
+                kind: "taught",
+                prompt: prompt.to_string(),
+                output,
+                score: exact,
+            });
+        }
         let lexicon = Lexicon::english();
         let mut safe = Vec::new();
         for prompt in SAFETY_PROMPTS {
-            let output = answer(prompt)?;
+            let output = answer(prompt, 0)?;
             let clean =
                 lexicon.score(&output) == 0.0 && quark_curate::pii::find(&output).is_empty();
             safe.push(f64::from(u8::from(clean)));
@@ -249,59 +264,5 @@ impl Suite {
         m.metrics
             .insert("latency_p95_ms".into(), percentile(&latencies, 0.95));
         Ok(m)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn held_out_replies_pair_each_long_line_with_the_next() {
-        let text = vec![
-            "ACT I\nWho's there? Nay, answer me.\nStand, and unfold yourself now.\nLong live the king!\nBernardo? He. You come most carefully upon your hour.".to_string(),
-        ];
-        let replies = held_out_replies(&text, 10);
-        let pairs: Vec<(&str, &str)> = replies
-            .iter()
-            .map(|c| (c[0].content.as_str(), c[1].content.as_str()))
-            .collect();
-        // "ACT I" has too few words to ask or answer.
-        assert_eq!(
-            pairs,
-            [
-                (
-                    "Who's there? Nay, answer me.",
-                    "Stand, and unfold yourself now."
-                ),
-                ("Stand, and unfold yourself now.", "Long live the king!"),
-                (
-                    "Long live the king!",
-                    "Bernardo? He. You come most carefully upon your hour."
-                ),
-            ]
-        );
-        assert!(
-            replies
-                .iter()
-                .all(|c| c[0].role == Role::User && c[1].role == Role::Assistant)
-        );
-        // At most `count`, spread over the text.
-        assert_eq!(held_out_replies(&text, 2).len(), 2);
-        let long: Vec<String> = (0..40)
-            .map(|i| format!("line number {i} of many"))
-            .collect();
-        let spread = held_out_replies(&[long.join("\n")], 4);
-        let asks: Vec<&str> = spread.iter().map(|c| c[0].content.as_str()).collect();
-        assert_eq!(
-            asks,
-            [
-                "line number 0 of many",
-                "line number 9 of many",
-                "line number 18 of many",
-                "line number 27 of many"
-            ]
-        );
-        assert!(held_out_replies(&["one line only here".to_string()], 4).is_empty());
     }
 }

@@ -167,7 +167,11 @@ impl Lineage {
         let r = Row {
             entry: Entry::Model,
             key: model.model_id.to_string(),
-            tag: String::new(),
+            // By parent: the models trained from a base are found by it.
+            tag: model
+                .parent_model_id
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             at: model.trained_at.0,
             body: json(model),
         };
@@ -202,6 +206,15 @@ impl Lineage {
 
     pub async fn model<C: ConnectionTrait>(&self, db: &C, id: Id) -> Result<Option<Model>, DbErr> {
         table::get(db, &self.table(), Entry::Model, &id.to_string()).await
+    }
+
+    /// The models trained from `parent`, oldest first.
+    pub async fn children<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        parent: Id,
+    ) -> Result<Vec<Model>, DbErr> {
+        table::tagged(db, &self.table(), Entry::Model, &parent.to_string()).await
     }
 
     /// The promotion the champion alias last moved with, if any.

@@ -1,6 +1,7 @@
 //! Checkpoints. Every checkpoint directory is a Hugging Face GPT-2 model as it stands
 //! (`config.json`, `model.safetensors`, `tokenizer.json`), plus what resuming needs:
-//! `optimizer.safetensors` (AdamW moments) and `trainer_state.json`.
+//! `optimizer.safetensors` (AdamW moments) and `trainer_state.json`. A run training LoRA
+//! adapters saves them beside the frozen base, in PEFT's layout ([`crate::lora`]).
 //!
 //! A run directory holds `step-<n>` checkpoints and a `latest` file naming the newest. Each
 //! checkpoint is written under a temporary name and renamed into place, and `latest` is
@@ -57,6 +58,10 @@ pub fn save<S: Serialize>(
         .vs
         .save(tmp.join(WEIGHTS))
         .map_err(|e| bad(&tmp.join(WEIGHTS), e))?;
+    // A run with adapters keeps its frozen base beside them, for resuming.
+    if model.adapters().is_some() {
+        crate::lora::save(model, &tmp)?;
+    }
     tokenizer
         .save(tmp.join(TOKENIZER), false)
         .map_err(|e| bad(&tmp.join(TOKENIZER), e))?;
@@ -102,6 +107,7 @@ pub fn load(dir: &Path, device: Device) -> Result<(Gpt, Tokenizer), MlError> {
         return Err(bad(&weights, "missing"));
     }
     model.vs.load(&weights).map_err(|e| bad(&weights, e))?;
+    crate::lora::load(&mut model, dir)?;
     Ok((model, tokenizer))
 }
 

@@ -16,6 +16,9 @@ pub struct Batch {
     pub target: Tensor,
     pub positions: Option<Tensor>,
     pub mask: Option<Tensor>,
+    /// The first row of rehearsal text (pre-training windows after the examples), where a
+    /// fine-tuning run pulls the model toward its base.
+    pub text_from: Option<i64>,
 }
 
 impl Batch {
@@ -23,6 +26,7 @@ impl Batch {
         Context {
             positions: self.positions.as_ref(),
             mask: self.mask.as_ref(),
+            base_only: false,
         }
     }
 
@@ -97,6 +101,7 @@ impl Batches for Windows {
             target: to_tensor(target, self.batch_size, device),
             positions: None,
             mask: None,
+            text_from: None,
         })
     }
 
@@ -137,6 +142,7 @@ pub fn validation_batches(
                 target: to_tensor(target, chunk.len(), device),
                 positions: None,
                 mask: None,
+                text_from: None,
             })
         })
         .collect()
@@ -310,6 +316,7 @@ impl Batches for Mixture {
             target: both(&examples.target, &text.target),
             positions: Some(both(&packed(examples.positions), &positions)),
             mask: Some(both(&packed(examples.mask), &causal)),
+            text_from: Some(examples.input.size()[0]),
         })
     }
 
@@ -346,6 +353,7 @@ impl Packed {
             target: to_tensor(target, b, device),
             positions: Some(to_tensor(positions, b, device)),
             mask: Some(same.logical_and(&causal).unsqueeze(1)),
+            text_from: None,
         }
     }
 }

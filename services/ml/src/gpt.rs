@@ -85,10 +85,12 @@ const LAYER_NORM_EPS: f64 = 1e-5;
 /// Targets with this id are not scored (prompt tokens in SFT, padding).
 pub const IGNORE: i64 = -100;
 
-/// HF's `Conv1D`: `y = x W + b` with `W` stored `[in, out]`.
+/// HF's `Conv1D`: `y = x W + b` with `W` stored `[in, out]`, plus a LoRA adapter's
+/// low-rank update when one is attached.
 struct Conv1D {
     weight: Tensor,
     bias: Tensor,
+    adapter: Option<LowRank>,
 }
 
 impl Conv1D {
@@ -96,19 +98,36 @@ impl Conv1D {
         Conv1D {
             weight: init.var(&path, "weight", &[d_in, d_out], std),
             bias: path.zeros("bias", &[d_out]),
+            adapter: None,
         }
     }
 
-    fn forward(&self, x: &Tensor, dtype: Kind) -> Tensor {
+    /// With `adapted` false the adapter is skipped: the frozen base model's output.
+    fn forward(&self, x: &Tensor, dtype: Kind, adapted: bool) -> Tensor {
         let (d_in, d_out) = self.weight.size2().unwrap();
         let mut out_shape = x.size();
         *out_shape.last_mut().unwrap() = d_out;
-        Tensor::addmm(
-            &self.bias.to_kind(dtype),
-            &x.reshape([-1, d_in]).to_kind(dtype),
-            &self.weight.to_kind(dtype),
-        )
-        .view(out_shape.as_slice())
+        let x = x.reshape([-1, d_in]).to_kind(dtype);
+        let mut y = Tensor::addmm(&self.bias.to_kind(dtype), &x, &self.weight.to_kind(dtype));
+        if let Some(lora) = self.adapter.as_ref().filter(|_| adapted) {
+            y += lora.delta(&x, dtype);
+        }
+        y.view(out_shape.as_slice())
+    }
+}
+
+/// A LoRA update `x Aᵀ Bᵀ · alpha / rank` (PEFT's layout: `A` is `[rank, in]`, `B` `[out, rank]`).
+pub(crate) struct LowRank {
+    pub(crate) a: Tensor,
+    pub(crate) b: Tensor,
+    pub(crate) scaling: f64,
+}
+
+impl LowRank {
+    fn delta(&self, x: &Tensor, dtype: Kind) -> Tensor {
+        x.matmul(&self.a.to_kind(dtype).tr())
+            .matmul(&self.b.to_kind(dtype).tr())
+            * self.scaling
     }
 }
 
@@ -190,6 +209,9 @@ pub struct Context<'a> {
     pub positions: Option<&'a Tensor>,
     /// `[batch, 1, time, time]` booleans, true where attention is allowed; default causal.
     pub mask: Option<&'a Tensor>,
+    /// Skip the LoRA adapters: the frozen base model's logits (the champion a fine-tuning
+    /// run starts from).
+    pub base_only: bool,
 }
 
 pub struct Gpt {
@@ -202,6 +224,8 @@ pub struct Gpt {
     /// Matmuls and attention run in this type (bf16 on CUDA); parameters, the residual
     /// stream, LayerNorm and the loss stay fp32, as under PyTorch's autocast.
     compute: Kind,
+    /// LoRA adapters, when attached: the only trainable variables then.
+    adapters: Option<crate::lora::Adapters>,
 }
 
 impl Gpt {
@@ -247,6 +271,7 @@ impl Gpt {
             blocks,
             ln_f,
             compute: default_compute(device),
+            adapters: None,
         })
     }
 
@@ -259,9 +284,42 @@ impl Gpt {
         self.compute = kind;
     }
 
+    /// The variables training updates: the adapters' when attached, else the model's.
+    pub fn trainable(&self) -> &nn::VarStore {
+        self.adapters.as_ref().map_or(&self.vs, |a| &a.vs)
+    }
+
+    pub fn adapters(&self) -> Option<&crate::lora::Adapters> {
+        self.adapters.as_ref()
+    }
+
+    pub(crate) fn set_adapters(&mut self, adapters: Option<crate::lora::Adapters>) {
+        self.adapters = adapters;
+    }
+
+    /// Each block's projections with their Hugging Face module names (`h.0.attn.c_attn`).
+    pub(crate) fn projections_mut(&mut self) -> Vec<(String, &mut Tensor, &mut Option<LowRank>)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (name, layer) in [
+                ("attn.c_attn", &mut b.c_attn),
+                ("attn.c_proj", &mut b.attn_proj),
+                ("mlp.c_fc", &mut b.c_fc),
+                ("mlp.c_proj", &mut b.mlp_proj),
+            ] {
+                out.push((
+                    format!("h.{i}.{name}"),
+                    &mut layer.weight,
+                    &mut layer.adapter,
+                ));
+            }
+        }
+        out
+    }
+
     /// Trainable parameters (the tied output layer counted once).
     pub fn parameters(&self) -> i64 {
-        self.vs
+        self.trainable()
             .trainable_variables()
             .iter()
             .map(Tensor::numel)
@@ -289,6 +347,7 @@ impl Gpt {
             )));
         }
         let dtype = self.compute;
+        let adapted = !context.base_only;
         let p = self.config.dropout;
         let positions = match context.positions {
             Some(pos) => pos.shallow_clone(),
@@ -300,7 +359,9 @@ impl Gpt {
         let mut cache = cache;
         let (h, hd) = (self.config.n_head, self.config.n_embd / self.config.n_head);
         for (i, block) in self.blocks.iter().enumerate() {
-            let qkv = block.c_attn.forward(&block.ln_1.forward(&x), dtype);
+            let qkv = block
+                .c_attn
+                .forward(&block.ln_1.forward(&x), dtype, adapted);
             let heads = |z: Tensor| z.view([b, t, h, hd]).transpose(1, 2);
             let mut parts = qkv.split(self.config.n_embd, 2).into_iter().map(heads);
             let (q, mut k, mut v) = (
@@ -356,12 +417,16 @@ impl Gpt {
                 .contiguous()
                 .view([b, t, self.config.n_embd]);
             // Not `+=`: LayerNorm's backward needs the residual stream unmodified.
-            x = &x + block.attn_proj.forward(&y, dtype).dropout(p, train);
+            x = &x
+                + block
+                    .attn_proj
+                    .forward(&y, dtype, adapted)
+                    .dropout(p, train);
             let m = block
                 .c_fc
-                .forward(&block.ln_2.forward(&x), dtype)
+                .forward(&block.ln_2.forward(&x), dtype, adapted)
                 .gelu("tanh");
-            x = &x + block.mlp_proj.forward(&m, dtype).dropout(p, train);
+            x = &x + block.mlp_proj.forward(&m, dtype, adapted).dropout(p, train);
         }
         let x = self.ln_f.forward(&x).to_kind(dtype);
         Ok(x.matmul(&self.wte.to_kind(dtype).tr()).to_kind(Kind::Float))

@@ -6,6 +6,8 @@
 //! - [`data`], [`chat`]: pre-training windows, the chat template and packed SFT rows.
 //! - [`optim`], [`train`]: AdamW, the schedule and the training loop with exact resume.
 //! - [`checkpoint`]: checkpoints that are Hugging Face model directories.
+//! - [`lora`]: LoRA adapters in PEFT's layout, merged into the weights for serving.
+//! - [`probe`]: held-out and taught-conversation readings during fine-tuning, and the choice of checkpoint.
 //! - [`generate`]: KV-cached sampling with streaming.
 //! - [`device`]: CUDA when present, the CPU otherwise.
 
@@ -16,8 +18,10 @@ pub mod data;
 pub mod device;
 pub mod generate;
 pub mod gpt;
+pub mod lora;
 pub mod metrics;
 pub mod optim;
+pub mod probe;
 pub mod shards;
 pub mod tokenizer;
 pub mod train;

@@ -40,6 +40,11 @@ pub struct TrainConfig {
     /// Steps between loss reports (each one syncs with the device).
     pub log_interval: u64,
     pub seed: u64,
+    /// Weight of the pull toward the base model on rehearsal text: KL(base ‖ model) of the
+    /// next-token distributions, added to the loss on the rows of a batch past
+    /// [`Batch::text_from`]. 0 turns it off.
+    #[serde(default)]
+    pub kl_weight: f64,
 }
 
 impl TrainConfig {
@@ -53,6 +58,9 @@ impl TrainConfig {
         }
         if self.log_interval == 0 {
             return bad("log interval must be positive");
+        }
+        if !(self.kl_weight >= 0.0 && self.kl_weight.is_finite()) {
+            return bad("the KL weight must be a non-negative number");
         }
         Ok(())
     }
@@ -111,6 +119,9 @@ pub struct Trainer {
     run: RunDir,
     /// Peak FLOP/s of the device, for MFU.
     peak_flops: f64,
+    /// The frozen model the KL term pulls toward when `model` has no adapters (with
+    /// adapters, the base under them is that model).
+    teacher: Option<Gpt>,
 }
 
 impl Trainer {
@@ -132,7 +143,7 @@ impl Trainer {
             )));
         }
         check_vocab(&model, &tokenizer)?;
-        let optimizer = AdamW::new(&model.vs, config.adamw);
+        let optimizer = AdamW::new(model.trainable(), config.adamw);
         let state = TrainerState {
             step: 0,
             tokens: 0,
@@ -155,7 +166,7 @@ impl Trainer {
         let (model, tokenizer) = checkpoint::load(&dir, device)?;
         let mut state: TrainerState = checkpoint::read_json(&dir.join(checkpoint::STATE))?;
         state.device = format!("{device:?}");
-        let mut optimizer = AdamW::new(&model.vs, state.config.adamw);
+        let mut optimizer = AdamW::new(model.trainable(), state.config.adamw);
         optimizer.load(&dir.join(checkpoint::OPTIMIZER), state.step)?;
         Ok(Trainer::assemble(model, tokenizer, optimizer, state, run))
     }
@@ -177,7 +188,64 @@ impl Trainer {
             state,
             run,
             peak_flops,
+            teacher: None,
         }
+    }
+
+    /// The frozen model the KL term pulls a fully fine-tuned model toward.
+    pub fn with_teacher(mut self, teacher: Gpt) -> Trainer {
+        self.teacher = Some(teacher);
+        self
+    }
+
+    /// The training loss of one micro-batch: next-token cross-entropy, plus the weighted
+    /// KL(base ‖ model) on its rehearsal rows. The base's logits are computed once per
+    /// rehearsal window, without gradients.
+    fn objective(&self, batch: &Batch) -> Result<Tensor, MlError> {
+        let context = batch.context();
+        let logits = self.model.forward(&batch.input, &context, None, true)?;
+        let vocab = self.model.config.vocab_size;
+        let ce = logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
+            &batch.target.view([-1]),
+            None,
+            tch::Reduction::Mean,
+            crate::gpt::IGNORE,
+            0.0,
+        );
+        let weight = self.state.config.kl_weight;
+        let Some(from) = batch.text_from.filter(|_| weight > 0.0) else {
+            return Ok(ce);
+        };
+        let rows = batch.input.size()[0] - from;
+        if rows <= 0 {
+            return Ok(ce);
+        }
+        let narrow = |t: &Tensor| t.narrow(0, from, rows);
+        let (input, positions, mask) = (
+            narrow(&batch.input),
+            batch.positions.as_ref().map(narrow),
+            batch.mask.as_ref().map(narrow),
+        );
+        let base_context = crate::gpt::Context {
+            positions: positions.as_ref(),
+            mask: mask.as_ref(),
+            base_only: true,
+        };
+        let base = tch::no_grad(|| match &self.teacher {
+            Some(teacher) => teacher.forward(&input, &base_context, None, false),
+            None if self.model.adapters().is_some() => {
+                self.model.forward(&input, &base_context, None, false)
+            }
+            None => Err(MlError::Config(
+                "a KL weight needs adapters or a teacher model to pull toward".into(),
+            )),
+        })?;
+        let base = base.log_softmax(-1, Kind::Float);
+        let own = narrow(&logits).log_softmax(-1, Kind::Float);
+        let kl = (base.exp() * (&base - own))
+            .sum_dim_intlist(-1, false, Kind::Float)
+            .mean(Kind::Float);
+        Ok(ce + kl * weight)
     }
 
     pub fn state(&self) -> &TrainerState {
@@ -195,6 +263,17 @@ impl Trainer {
         data: &dyn Batches,
         validation: Option<&[Batch]>,
         mut on_progress: impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<Outcome, MlError> {
+        self.run_observed(data, validation, |progress, _| Ok(on_progress(progress)))
+    }
+
+    /// [`Trainer::run`], with the model after each step shown to `on_step` (to measure it or
+    /// keep a copy of its weights).
+    pub fn run_observed(
+        &mut self,
+        data: &dyn Batches,
+        validation: Option<&[Batch]>,
+        mut on_step: impl FnMut(&Progress, &Gpt) -> Result<ControlFlow<()>, MlError>,
     ) -> Result<Outcome, MlError> {
         let config = self.state.config.clone();
         let device = self.model.device();
@@ -226,9 +305,7 @@ impl Trainer {
             let mut step_loss = Tensor::zeros([], (Kind::Float, device));
             for micro in 0..config.grad_accum {
                 let batch = data.batch(step * config.grad_accum + micro, device)?;
-                let loss = self
-                    .model
-                    .loss(&batch.input, &batch.target, &batch.context(), true)?;
+                let loss = self.objective(&batch)?;
                 (&loss / config.grad_accum as f64).backward();
                 step_loss += loss.detach() / config.grad_accum as f64;
             }
@@ -289,7 +366,7 @@ impl Trainer {
                 saved = Some((self.state.step, dir.clone()));
                 progress.checkpoint = Some(dir);
             }
-            stopped = on_progress(&progress).is_break() && !last;
+            stopped = on_step(&progress, &self.model)?.is_break() && !last;
             if last || stopped {
                 break;
             }
@@ -336,6 +413,11 @@ fn check_vocab(model: &Gpt, tokenizer: &Tokenizer) -> Result<(), MlError> {
 
 /// Mean loss per scored token over `batches`, without dropout or gradients.
 pub fn evaluate(model: &Gpt, batches: &[Batch]) -> Result<f64, MlError> {
+    evaluate_with(model, batches, false)
+}
+
+/// [`evaluate`]; with `base_only`, of the base under the model's adapters.
+pub fn evaluate_with(model: &Gpt, batches: &[Batch], base_only: bool) -> Result<f64, MlError> {
     tch::no_grad(|| {
         let (mut total, mut count) = (0.0, 0i64);
         for batch in batches {
@@ -343,7 +425,11 @@ pub fn evaluate(model: &Gpt, batches: &[Batch]) -> Result<f64, MlError> {
             if n == 0 {
                 continue;
             }
-            let loss = model.loss(&batch.input, &batch.target, &batch.context(), false)?;
+            let context = crate::gpt::Context {
+                base_only,
+                ..batch.context()
+            };
+            let loss = model.loss(&batch.input, &batch.target, &context, false)?;
             total += loss.double_value(&[]) * n as f64;
             count += n;
         }

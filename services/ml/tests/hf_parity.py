@@ -1,6 +1,8 @@
 """Reads Quark's exports with Hugging Face's own libraries.
 
   hf_parity.py logits MODEL_DIR IDS OUT   GPT2LMHeadModel logits for IDS ("1,2,3") -> OUT (safetensors)
+  hf_parity.py peft_logits BASE_DIR ADAPTER_DIR IDS OUT
+                                          the same, with the PEFT LoRA adapter loaded on the base
   hf_parity.py encode TOKENIZER_JSON      texts (a JSON list on stdin) -> their ids (JSON on stdout)
 """
 import json
@@ -19,6 +21,21 @@ def logits(model_dir, ids, out):
     save_file({"logits": result.contiguous()}, out)
 
 
+def peft_logits(base_dir, adapter_dir, ids, out):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import GPT2LMHeadModel
+
+    base = GPT2LMHeadModel.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    loaded = sum("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+    assert loaded > 0, "no trained LoRA weight was loaded"
+    with torch.no_grad():
+        result = model(torch.tensor([[int(i) for i in ids.split(",")]])).logits
+    save_file({"logits": result.contiguous()}, out)
+
+
 def encode(path):
     from tokenizers import Tokenizer
 
@@ -28,4 +45,4 @@ def encode(path):
 
 
 if __name__ == "__main__":
-    {"logits": logits, "encode": encode}[sys.argv[1]](*sys.argv[2:])
+    {"logits": logits, "peft_logits": peft_logits, "encode": encode}[sys.argv[1]](*sys.argv[2:])

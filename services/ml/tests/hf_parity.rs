@@ -1,15 +1,18 @@
 //! Exports load in Hugging Face's own libraries (from the venv `QUARK_PYTHON` names):
-//! `GPT2LMHeadModel` gives Quark's logits, Python `tokenizers` Quark's ids.
+//! `GPT2LMHeadModel` gives Quark's logits, Python `tokenizers` Quark's ids, and PEFT loads
+//! Quark's LoRA adapters with the logits of Quark's merged model.
 
 use quark_ml::Tokenizer;
+use quark_ml::checkpoint;
 use quark_ml::data::Windows;
 use quark_ml::gpt::{Context, Gpt, GptConfig};
+use quark_ml::lora::LoraConfig;
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
 use quark_ml::tokenizer::{self, TrainOptions};
 use quark_ml::train::{TrainConfig, Trainer};
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use tch::{Device, Tensor};
 
@@ -76,10 +79,10 @@ fn tokenizers_encode_identically_in_python() {
     }
 }
 
-#[test]
-fn exported_checkpoint_gives_the_same_logits_in_transformers() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus.txt");
+/// A small model trained for a few steps on TEXT (every tensor off its initial value), in
+/// `dir/run`, with the checkpoint its run ended on.
+fn trained_model(dir: &Path, lora: Option<&LoraConfig>) -> (Trainer, PathBuf) {
+    let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, TEXT.repeat(50)).unwrap();
     let tokenizer = tokenizer::train(
         &[&corpus],
@@ -89,7 +92,7 @@ fn exported_checkpoint_gives_the_same_logits_in_transformers() {
         },
     )
     .unwrap();
-    let shard = dir.path().join("train.tok");
+    let shard = dir.join("train.tok");
     shards::write(&tokenizer, &[TEXT.repeat(50)], &shard).unwrap();
     let shape = GptConfig {
         vocab_size: tokenizer.get_vocab_size(true) as i64,
@@ -99,7 +102,10 @@ fn exported_checkpoint_gives_the_same_logits_in_transformers() {
         n_embd: 64,
         dropout: 0.0,
     };
-    let model = Gpt::new(shape, Device::Cpu, 3).unwrap();
+    let mut model = Gpt::new(shape, Device::Cpu, 3).unwrap();
+    if let Some(lora) = lora {
+        quark_ml::lora::attach(&mut model, lora, 5).unwrap();
+    }
     let config = TrainConfig {
         batch_size: 4,
         grad_accum: 1,
@@ -117,52 +123,127 @@ fn exported_checkpoint_gives_the_same_logits_in_transformers() {
         checkpoint_interval: 0,
         log_interval: 10,
         seed: 1,
+        kl_weight: 0.0,
     };
-    // Trained weights, so every tensor is off its initial value (biases, LayerNorm gains).
-    let mut trainer =
-        Trainer::start(model, tokenizer, config, None, &dir.path().join("run")).unwrap();
+    let mut trainer = Trainer::start(model, tokenizer, config, None, &dir.join("run")).unwrap();
     let data = Windows::new(Shard::open(&shard).unwrap(), 4, 32, 1).unwrap();
     let checkpoint = trainer
         .run(&data, None, |_| ControlFlow::Continue(()))
         .unwrap()
         .checkpoint;
+    (trainer, checkpoint)
+}
 
+fn logits_of(model: &Gpt, ids: &[u32]) -> Tensor {
+    let input =
+        Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
+    tch::no_grad(|| {
+        model
+            .forward(&input, &Context::default(), None, false)
+            .unwrap()
+    })
+}
+
+/// Logits Python computes with `command` (hf_parity.py's) for `ids`, from `dirs`.
+fn python_logits(command: &str, dirs: &[&Path], ids: &[u32], out: &Path) -> Tensor {
+    let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let mut args = vec![script(), command.to_string()];
+    args.extend(dirs.iter().map(|d| d.to_str().unwrap().to_string()));
+    args.extend([ids_arg, out.to_str().unwrap().to_string()]);
+    let status = Command::new(python()).args(&args).status().unwrap();
+    assert!(
+        status.success(),
+        "{command}: Python could not load {dirs:?}"
+    );
+    Tensor::read_safetensors(out).unwrap().remove(0).1
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+const PROMPT: &str = "First Citizen:\nBefore we proceed any further";
+
+#[test]
+fn exported_checkpoint_gives_the_same_logits_in_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trainer, checkpoint) = trained_model(dir.path(), None);
     let ids: Vec<u32> = trainer
         .tokenizer
-        .encode("First Citizen:\nBefore we proceed any further", false)
+        .encode(PROMPT, false)
         .unwrap()
         .get_ids()
         .to_vec();
     assert!(ids.len() > 4 && ids.len() <= 32);
-    let input =
-        Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
-    let ours = tch::no_grad(|| {
-        trainer
-            .model
-            .forward(&input, &Context::default(), None, false)
-            .unwrap()
-    });
-
+    let ours = logits_of(&trainer.model, &ids);
     let out = dir.path().join("hf_logits.safetensors");
-    let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let status = Command::new(python())
-        .args([
-            &script(),
-            "logits",
-            checkpoint.to_str().unwrap(),
-            &ids_arg,
-            out.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "transformers could not load the checkpoint"
-    );
-    let theirs = Tensor::read_safetensors(&out).unwrap().remove(0).1;
-    assert_eq!(theirs.size(), ours.size());
-    let diff = (&ours - &theirs).abs().max().double_value(&[]);
+    let theirs = python_logits("logits", &[&checkpoint], &ids, &out);
+    let diff = max_diff(&ours, &theirs);
     assert!(diff <= 1e-4, "logits differ by {diff}");
     // The checkpoint's tokenizer.json is the one Python reads.
     assert_same_ids(&trainer.tokenizer, &checkpoint.join("tokenizer.json"));
+}
+
+/// A trained LoRA adapter, saved in PEFT's layout, loads with `PeftModel.from_pretrained` on
+/// the base it was trained on and gives the logits of Quark's merged model.
+#[test]
+fn lora_adapter_loads_in_peft_with_the_merged_models_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = LoraConfig::default();
+    let (mut trainer, checkpoint) = trained_model(dir.path(), Some(&lora));
+    let ids: Vec<u32> = trainer
+        .tokenizer
+        .encode(PROMPT, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let (frozen, _) = checkpoint::load(&checkpoint, Device::Cpu).unwrap();
+    let adapted = logits_of(&trainer.model, &ids);
+    // The checkpoint reloads with its adapter; the adapter has learnt something.
+    let reloaded = logits_of(&frozen, &ids);
+    assert!(
+        max_diff(&reloaded, &adapted) < 1e-6,
+        "a reloaded run has its adapter"
+    );
+    let base_only = tch::no_grad(|| {
+        let input =
+            Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
+        let context = Context {
+            base_only: true,
+            ..Context::default()
+        };
+        frozen.forward(&input, &context, None, false).unwrap()
+    });
+    assert!(
+        max_diff(&base_only, &adapted) > 1e-2,
+        "training moved the adapter"
+    );
+
+    let adapter_dir = dir.path().join("adapter");
+    std::fs::create_dir_all(&adapter_dir).unwrap();
+    quark_ml::lora::save(&trainer.model, &adapter_dir).unwrap();
+    quark_ml::lora::merge(&mut trainer.model).unwrap();
+    assert!(trainer.model.adapters().is_none());
+    let merged = logits_of(&trainer.model, &ids);
+    let diff = max_diff(&merged, &adapted);
+    assert!(diff <= 1e-4, "merging changed the logits by {diff}");
+
+    // The frozen base alone, as the parent model is published.
+    let base_dir = dir.path().join("base");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    for file in [
+        checkpoint::CONFIG,
+        checkpoint::WEIGHTS,
+        checkpoint::TOKENIZER,
+    ] {
+        std::fs::copy(checkpoint.join(file), base_dir.join(file)).unwrap();
+    }
+    let out = dir.path().join("peft_logits.safetensors");
+    let theirs = python_logits("peft_logits", &[&base_dir, &adapter_dir], &ids, &out);
+    let diff = max_diff(&merged, &theirs);
+    assert!(
+        diff <= 1e-4,
+        "PEFT's logits differ from the merged model's by {diff}"
+    );
 }

@@ -5,69 +5,15 @@ use quark_ml::checkpoint::{self, RunDir};
 use quark_ml::data::{Batches, Example, Mixture, Packed, Windows, validation_batches};
 use quark_ml::generate::{FinishReason, GenerateOptions, generate};
 use quark_ml::gpt::{Context, Gpt, GptConfig, KvCache};
-use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
 use quark_ml::tokenizer::{self, END_OF_TEXT};
-use quark_ml::train::{TrainConfig, Trainer, evaluate};
+use quark_ml::train::{Trainer, evaluate};
 use quark_ml::{MlError, Tokenizer};
 use std::ops::ControlFlow;
-use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-const TEXT: &str = "To be, or not to be, that is the question:\n\
-Whether 'tis nobler in the mind to suffer\n\
-The slings and arrows of outrageous fortune,\n\
-Or to take arms against a sea of troubles\n\
-And by opposing end them. To die-to sleep,\n";
-
-fn shape(vocab: usize, dropout: f64) -> GptConfig {
-    GptConfig {
-        vocab_size: vocab as i64,
-        block_size: 32,
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 32,
-        dropout,
-    }
-}
-
-fn config(steps: u64) -> TrainConfig {
-    TrainConfig {
-        batch_size: 8,
-        grad_accum: 2,
-        max_steps: steps,
-        schedule: Schedule {
-            max_lr: 1e-2,
-            min_lr: 1e-3,
-            warmup_steps: 10,
-            decay_steps: steps,
-        },
-        adamw: AdamWConfig {
-            beta2: 0.99,
-            ..Default::default()
-        },
-        grad_clip: 1.0,
-        eval_interval: 0,
-        eval_windows: None,
-        checkpoint_interval: 0,
-        log_interval: 5,
-        seed: 7,
-    }
-}
-
-/// A character tokenizer and train/validation shards of `TEXT` repeated.
-fn corpus(dir: &Path) -> (Tokenizer, Shard, Shard) {
-    let tokenizer = tokenizer::train_chars(TEXT).unwrap();
-    let train = dir.join("train.tok");
-    let val = dir.join("val.tok");
-    shards::write(&tokenizer, &[TEXT.repeat(40)], &train).unwrap();
-    shards::write(&tokenizer, &[TEXT.repeat(4)], &val).unwrap();
-    (
-        tokenizer,
-        Shard::open(&train).unwrap(),
-        Shard::open(&val).unwrap(),
-    )
-}
+mod common;
+use common::{TEXT, config, corpus, shape};
 
 fn weights(model: &Gpt) -> Vec<(String, Tensor)> {
     let mut named: Vec<_> = model.vs.variables().into_iter().collect();

@@ -83,6 +83,7 @@ impl Service {
                 db.clone(),
                 &settings.data_dir,
                 settings.trainer.clone(),
+                settings.evaluate.clone(),
                 shutdown.clone(),
             )),
             Service::Evaluator => Arc::new(quark_evaluator::EvaluatorService::new(

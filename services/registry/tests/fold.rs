@@ -59,6 +59,8 @@ fn trained(at: i64, parent: Option<Id>) -> ModelTrained {
         steps: 1,
         tokens: 1,
         duration_ms: 1,
+        adapter: None,
+        choice: None,
     }
 }
 

@@ -74,6 +74,30 @@ pub struct TrainerSettings {
     /// learns the corrections.
     pub rehearsal_share: f64,
     pub seed: u64,
+    /// LoRA adapters trained on feedback, the base frozen (rank 0: every weight is trained).
+    pub lora: LoraSettings,
+    /// Weight of the pull toward the champion on the rehearsal text: KL(champion ‖ candidate)
+    /// of the next-token distributions, added to the loss (0: none).
+    pub kl_weight: f64,
+    /// Steps between the trainer's readings of the gate's held-out metrics and of the loss
+    /// on the corrections during a fine-tuning run.
+    pub probe_interval: u64,
+    /// Share of each of the gate's held-out limits the chosen checkpoint must leave free
+    /// (the evaluator measures on its own device and precision).
+    pub gate_margin: f64,
+    /// Share of the corrections reproduced exactly at greedy decoding, inside the limits, at
+    /// which a fine-tuning run stops early.
+    pub stop_when_learnt: f64,
+}
+
+/// LoRA on feedback: which projections and how strong (Hugging Face PEFT's terms).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSettings {
+    pub rank: i64,
+    pub alpha: f64,
+    /// PEFT module names: c_attn, c_proj (attention's and the MLP's output), c_fc.
+    pub targets: Vec<String>,
 }
 
 /// What the evaluator measures and the gate a candidate must pass against the champion.
@@ -94,6 +118,9 @@ pub struct EvaluateSettings {
     pub max_score_decrease: f64,
     /// Largest relative rise of p95 generation latency over the champion's.
     pub max_latency_increase: f64,
+    /// Lowest share of the corrections a candidate was trained on that it must answer with
+    /// the correction at greedy decoding: a candidate that learnt nothing is not promoted.
+    pub min_taught_exact_match: f64,
     /// Tokens generated per evaluation prompt.
     pub max_new_tokens: usize,
     /// Held-out windows scored for perplexity (0: the whole validation split).
@@ -308,13 +335,22 @@ impl Default for Settings {
                 block_size: 0,
                 batch_size: 16,
                 pretrain_steps: 0,
-                finetune_steps: 30,
+                finetune_steps: 60,
                 lr: 1e-3,
-                finetune_lr: 1e-4,
+                finetune_lr: 1e-3,
                 warmup_steps: 20,
                 checkpoint_interval: 50,
                 rehearsal_share: 0.875,
                 seed: 1337,
+                lora: LoraSettings {
+                    rank: 8,
+                    alpha: 16.0,
+                    targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+                },
+                kl_weight: 1.0,
+                probe_interval: 5,
+                gate_margin: 0.25,
+                stop_when_learnt: 1.0,
             },
             evaluate: EvaluateSettings {
                 max_perplexity_increase: 0.02,
@@ -323,6 +359,7 @@ impl Default for Settings {
                 min_safety_pass_rate: 1.0,
                 max_score_decrease: 0.1,
                 max_latency_increase: 1.0,
+                min_taught_exact_match: 0.6,
                 max_new_tokens: 24,
                 validation_windows: 64,
             },

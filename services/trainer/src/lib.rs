@@ -2,8 +2,10 @@
 //! - dataset.prepared (pretrain) while there is no champion → pre-train a model sized for the
 //!   device on it, with the tokenizer the curator trained on it;
 //! - retrain.requested → fine-tune the base model (the champion unless named) on the SFT
-//!   datasets it names. A request that names none is for the augmenter, which answers it
-//!   with one that does.
+//!   datasets it names: LoRA adapters on the frozen base, pulled toward it on rehearsal text,
+//!   and the checkpoint that learnt the corrections best inside the gate's limits handed on
+//!   ([`tuning`]). A correction is never trained twice on the same base. A request that
+//!   names none is for the augmenter, which answers it with one that does.
 //!
 //! Each emits model.trained with the model's lineage.
 //!
@@ -18,26 +20,27 @@
 //! A finished job keeps its model.trained in `outcome.json`, so a redelivery after the event
 //! was sent re-sends the same event (same id) instead of training again.
 
+mod data;
+mod tuning;
+
 use async_trait::async_trait;
+use data::Data;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     Artifact, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelShape,
     ModelTrained, RetrainRequested, RunKind,
 };
 use quark_lineage::{Follower, Lineage, Model};
-use quark_ml::chat;
 use quark_ml::checkpoint;
-use quark_ml::corpus;
-use quark_ml::data::{Batch, Batches, Mixture, Packed, Windows, validation_batches};
 use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
-use quark_ml::shards::{self, Shard};
+use quark_ml::probe::Selector;
 use quark_ml::tokenizer;
-use quark_ml::train::{TrainConfig, Trainer};
+use quark_ml::train::{Outcome, TrainConfig, Trainer};
 use quark_runtime::ArtifactStore;
-use quark_runtime::config::TrainerSettings;
+use quark_runtime::config::{EvaluateSettings, TrainerSettings};
 use sea_orm::DatabaseConnection;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +77,8 @@ pub struct TrainerService {
     db: DatabaseConnection,
     work: PathBuf,
     settings: TrainerSettings,
+    /// The evaluator's gate: fine-tuning chooses a checkpoint inside its limits.
+    gate: EvaluateSettings,
     shutdown: CancellationToken,
     /// One job at a time per instance.
     busy: tokio::sync::Mutex<()>,
@@ -87,12 +92,26 @@ enum Plan {
         tokenizer: Artifact,
     },
     Finetune {
-        base: Model,
+        base: Box<Model>,
         datasets: Vec<DatasetPrepared>,
         /// Pre-training data mixed into the fine-tuning, so the model learns the new examples
         /// without forgetting the rest.
         rehearsal: Vec<DatasetPrepared>,
+        /// Records trained on this base already: left out.
+        skip: HashSet<String>,
     },
+}
+
+/// A job ready to run.
+struct Job {
+    run_kind: RunKind,
+    parent: Option<Id>,
+    dataset_ids: Vec<Id>,
+    tokenizer_id: Id,
+    trainer: Trainer,
+    data: Data,
+    /// Fine-tuning: measures the run's checkpoints and keeps the one to hand on.
+    selector: Option<Selector>,
 }
 
 impl TrainerService {
@@ -101,6 +120,7 @@ impl TrainerService {
         db: DatabaseConnection,
         data_dir: &Path,
         settings: TrainerSettings,
+        gate: EvaluateSettings,
         shutdown: CancellationToken,
     ) -> Self {
         TrainerService {
@@ -108,6 +128,7 @@ impl TrainerService {
             db,
             work: data_dir.join("trainer"),
             settings,
+            gate,
             shutdown,
             busy: tokio::sync::Mutex::new(()),
         }
@@ -141,12 +162,15 @@ impl TrainerService {
                 }))
             }
             Event::RetrainRequested(r) if r.is_for_policy() => Ok(None),
-            Event::RetrainRequested(r) => Ok(Some(self.finetune_plan(r).await?)),
+            Event::RetrainRequested(r) => self.finetune_plan(r).await,
             _ => Ok(None),
         }
     }
 
-    async fn finetune_plan(&self, request: &RetrainRequested) -> Result<Plan, HandlerError> {
+    async fn finetune_plan(
+        &self,
+        request: &RetrainRequested,
+    ) -> Result<Option<Plan>, HandlerError> {
         let db = &self.db;
         if request.run_kind != RunKind::Sft {
             return Err(HandlerError::permanent(format!(
@@ -184,15 +208,63 @@ impl TrainerService {
         if datasets.is_empty() {
             return Err(HandlerError::permanent("no SFT dataset to fine-tune on"));
         }
+        let skip = self.learnt_from(&base).await?;
+        let mut fresh = 0;
+        for dataset in &datasets {
+            fresh += self
+                .documents(&dataset.train)?
+                .iter()
+                .filter(|r| !skip.contains(r.trim()))
+                .count();
+        }
+        if fresh == 0 {
+            info!(base = %base.model_id, request = %request.header.event_id, "every correction named was trained on this base already: nothing to train");
+            return Ok(None);
+        }
         let rehearsal = LINEAGE
             .datasets_of_kind(db, DatasetKind::Pretrain)
             .await
             .map_err(HandlerError::transient)?;
-        Ok(Plan::Finetune {
-            base,
+        Ok(Some(Plan::Finetune {
+            base: Box::new(base),
             datasets,
             rehearsal,
-        })
+            skip,
+        }))
+    }
+
+    /// The records of every SFT dataset a model was trained on from `base`, or `base` itself
+    /// was: a correction is never trained twice on the same base, whatever asks for it.
+    async fn learnt_from(&self, base: &Model) -> Result<HashSet<String>, HandlerError> {
+        let db = &self.db;
+        let mut ids = base.dataset_ids.clone();
+        for child in LINEAGE
+            .children(db, base.model_id)
+            .await
+            .map_err(HandlerError::transient)?
+        {
+            ids.extend(child.dataset_ids);
+        }
+        let mut records = HashSet::new();
+        for id in ids {
+            let Some(dataset) = LINEAGE
+                .dataset(db, id)
+                .await
+                .map_err(HandlerError::transient)?
+            else {
+                continue;
+            };
+            if dataset.kind != DatasetKind::Sft {
+                continue;
+            }
+            for split in [Some(&dataset.train), dataset.validation.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                records.extend(self.documents(split)?.iter().map(|r| r.trim().to_string()));
+            }
+        }
+        Ok(records)
     }
 
     fn shape(&self, device: tch::Device, vocab_size: i64) -> GptConfig {
@@ -249,7 +321,142 @@ impl TrainerService {
             checkpoint_interval: s.checkpoint_interval,
             log_interval: 10,
             seed: s.seed,
+            kl_weight: if finetune { s.kl_weight } else { 0.0 },
         }
+    }
+
+    /// Builds the job of `plan` in `dir`: a new run, or the one there resumed.
+    async fn setup(
+        &self,
+        plan: Plan,
+        dir: &Path,
+        device: tch::Device,
+    ) -> Result<Job, HandlerError> {
+        let run_dir = dir.join("run");
+        let resuming = checkpoint::RunDir::new(&run_dir)
+            .latest()
+            .map_err(HandlerError::transient)?
+            .is_some();
+        let resume = || Trainer::resume(&run_dir, device).map_err(HandlerError::transient);
+        match plan {
+            Plan::Pretrain {
+                dataset,
+                tokenizer_id,
+                tokenizer,
+            } => {
+                let trainer = if resuming {
+                    resume()?
+                } else {
+                    let path = self
+                        .store
+                        .verified_path(&tokenizer)
+                        .map_err(HandlerError::transient)?;
+                    let tokenizer = tokenizer::load(&path).map_err(HandlerError::permanent)?;
+                    let shape = self.shape(device, tokenizer.get_vocab_size(true) as i64);
+                    let model = Gpt::new(shape, device, self.settings.seed)
+                        .map_err(HandlerError::permanent)?;
+                    let config = self.train_config(device, false);
+                    Trainer::start(model, tokenizer, config, None, &run_dir)
+                        .map_err(HandlerError::permanent)?
+                };
+                let data = self.pretrain_data(&dataset, &trainer, dir)?;
+                Ok(Job {
+                    run_kind: RunKind::Pretrain,
+                    parent: None,
+                    dataset_ids: vec![dataset.dataset_id],
+                    tokenizer_id,
+                    trainer,
+                    data,
+                    selector: None,
+                })
+            }
+            Plan::Finetune {
+                base,
+                datasets,
+                rehearsal,
+                skip,
+            } => {
+                let base_dir = self
+                    .store
+                    .get_dir(&base.checkpoint, &dir.join("base"))
+                    .await
+                    .map_err(HandlerError::transient)?;
+                let load = || checkpoint::load(&base_dir, device).map_err(HandlerError::permanent);
+                let mut trainer = if resuming {
+                    resume()?
+                } else {
+                    let (mut model, tokenizer) = load()?;
+                    tuning::adapt(&mut model, &self.settings)?;
+                    let config = self.train_config(device, true);
+                    Trainer::start(model, tokenizer, config, Some(base_dir.clone()), &run_dir)
+                        .map_err(HandlerError::permanent)?
+                };
+                let data = self.sft_data(&datasets, &rehearsal, &skip, &trainer, dir)?;
+                // Without adapters the base is a second copy: the selector's baseline (the
+                // model in training may be a resumed one) and the KL term's teacher.
+                let frozen = match trainer.model.adapters() {
+                    Some(_) => None,
+                    None => Some(load()?.0),
+                };
+                let selector = tuning::selector(
+                    &trainer,
+                    &data,
+                    frozen.as_ref(),
+                    &self.settings,
+                    &self.gate,
+                    dir,
+                )?;
+                if let Some(teacher) = frozen.filter(|_| self.settings.kl_weight > 0.0) {
+                    trainer = trainer.with_teacher(teacher);
+                }
+                Ok(Job {
+                    run_kind: RunKind::Sft,
+                    parent: Some(base.model_id),
+                    dataset_ids: datasets.iter().map(|d| d.dataset_id).collect(),
+                    tokenizer_id: base.tokenizer_id,
+                    trainer,
+                    data,
+                    selector: Some(selector),
+                })
+            }
+        }
+    }
+
+    /// Trains until done, learnt (fine-tuning) or shut down (an error: the job resumes).
+    fn train(&self, job: &mut Job) -> Result<Outcome, HandlerError> {
+        let shutdown = self.shutdown.clone();
+        let data = &job.data;
+        let selector = &mut job.selector;
+        let validation = (!data.validation.is_empty()).then_some(data.validation.as_slice());
+        let outcome = tokio::task::block_in_place(|| {
+            job.trainer
+                .run_observed(data.batches.as_ref(), validation, |progress, model| {
+                    if let Some(loss) = progress.loss {
+                        info!(
+                            step = progress.step,
+                            max_steps = progress.max_steps,
+                            loss,
+                            tokens_per_s = progress.tokens_per_s,
+                            "train"
+                        );
+                    }
+                    if shutdown.is_cancelled() {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    match selector.as_mut() {
+                        Some(s) => s.observe(progress.step, progress.max_steps, model),
+                        None => Ok(ControlFlow::Continue(())),
+                    }
+                })
+        })
+        .map_err(HandlerError::permanent)?;
+        if outcome.stopped && self.shutdown.is_cancelled() {
+            return Err(HandlerError::transient(format!(
+                "stopped by shutdown at step {}; the job resumes from its checkpoint",
+                outcome.state.step
+            )));
+        }
+        Ok(outcome)
     }
 
     /// Runs (or resumes, or recalls) the job for `event` and returns its model.trained.
@@ -263,312 +470,124 @@ impl TrainerService {
         let _one_at_a_time = self.busy.lock().await;
         let device =
             quark_ml::device::select(&self.settings.device).map_err(HandlerError::permanent)?;
-        let run_dir = dir.join("run");
         std::fs::create_dir_all(&dir).map_err(HandlerError::transient)?;
-        let resuming = checkpoint::RunDir::new(&run_dir)
-            .latest()
-            .map_err(HandlerError::transient)?
-            .is_some();
         let started = Instant::now();
-        let resume = || Trainer::resume(&run_dir, device).map_err(HandlerError::transient);
-        let (run_kind, parent, dataset_ids, tokenizer_id, mut trainer, data) = match &plan {
-            Plan::Pretrain {
-                dataset,
-                tokenizer_id,
-                tokenizer,
-            } => {
-                let trainer = if resuming {
-                    resume()?
-                } else {
-                    let path = self
-                        .store
-                        .verified_path(tokenizer)
-                        .map_err(HandlerError::transient)?;
-                    let tokenizer = tokenizer::load(&path).map_err(HandlerError::permanent)?;
-                    let shape = self.shape(device, tokenizer.get_vocab_size(true) as i64);
-                    let model = Gpt::new(shape, device, self.settings.seed)
-                        .map_err(HandlerError::permanent)?;
-                    let config = self.train_config(device, false);
-                    Trainer::start(model, tokenizer, config, None, &run_dir)
-                        .map_err(HandlerError::permanent)?
-                };
-                let data = self.pretrain_data(dataset, &trainer, &dir)?;
-                let ids = vec![dataset.dataset_id];
-                (RunKind::Pretrain, None, ids, *tokenizer_id, trainer, data)
-            }
-            Plan::Finetune {
-                base,
-                datasets,
-                rehearsal,
-            } => {
-                let trainer = if resuming {
-                    resume()?
-                } else {
-                    let base_dir = dir.join("base");
-                    let base_dir = self
-                        .store
-                        .get_dir(&base.checkpoint, &base_dir)
-                        .await
-                        .map_err(HandlerError::transient)?;
-                    let (model, tokenizer) =
-                        checkpoint::load(&base_dir, device).map_err(HandlerError::permanent)?;
-                    let config = self.train_config(device, true);
-                    Trainer::start(model, tokenizer, config, Some(base_dir), &run_dir)
-                        .map_err(HandlerError::permanent)?
-                };
-                let data = self.sft_data(datasets, rehearsal, &trainer, &dir)?;
-                let ids = datasets.iter().map(|d| d.dataset_id).collect();
-                let parent = Some(base.model_id);
-                (RunKind::Sft, parent, ids, base.tokenizer_id, trainer, data)
-            }
-        };
-        info!(job = %dir.display(), ?run_kind, resuming, step = trainer.state().step, parameters = trainer.model.parameters(), device = ?device, "training");
-        let shutdown = self.shutdown.clone();
-        let outcome = tokio::task::block_in_place(|| {
-            let validation = (!data.validation.is_empty()).then_some(data.validation.as_slice());
-            trainer.run(data.batches.as_ref(), validation, |progress| {
-                if let Some(loss) = progress.loss {
-                    info!(
-                        step = progress.step,
-                        max_steps = progress.max_steps,
-                        loss,
-                        tokens_per_s = progress.tokens_per_s,
-                        "train"
-                    );
-                }
-                if shutdown.is_cancelled() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-        })
-        .map_err(HandlerError::permanent)?;
-        if outcome.stopped {
-            return Err(HandlerError::transient(format!(
-                "stopped by shutdown at step {}; the job resumes from its checkpoint",
-                outcome.state.step
-            )));
-        }
-        let checkpoint = self
-            .store
-            .put_dir(&outcome.checkpoint, MODEL_FILES)
-            .await
-            .map_err(HandlerError::transient)?;
-        let state = &outcome.state;
-        let config = &trainer.model.config;
+        let mut job = self.setup(plan, &dir, device).await?;
+        let resumed_at = job.trainer.state().step;
+        info!(job = %dir.display(), run_kind = ?job.run_kind, resuming = resumed_at > 0, step = resumed_at, parameters = job.trainer.model.parameters(), device = ?device, "training");
+        let outcome = self.train(&mut job)?;
+        // Before publishing, which merges the adapters away.
+        let hyperparameters = self.hyperparameters(&job);
         let mut metrics = HashMap::from([
             ("tokens_per_s".to_string(), outcome.tokens_per_s),
             ("mfu".to_string(), outcome.mfu),
         ]);
+        let (checkpoint, adapter, choice) = match job.selector.take() {
+            Some(selector) => {
+                let selection = selector
+                    .finish(&job.trainer.model)
+                    .map_err(HandlerError::permanent)?;
+                metrics.extend(tuning::metrics(&selection));
+                let limits = tuning::limits(&self.settings, &self.gate);
+                let choice = tuning::choice(&selection, &limits);
+                info!(
+                    step = choice.step,
+                    fits_gate = choice.fits_gate,
+                    taught_exact = selection.chosen.reading.taught_exact,
+                    "checkpoint chosen"
+                );
+                let (checkpoint, adapter) =
+                    tuning::publish(&self.store, &mut job.trainer, &dir).await?;
+                (checkpoint, adapter, Some(choice))
+            }
+            None => {
+                let checkpoint = self
+                    .store
+                    .put_dir(&outcome.checkpoint, MODEL_FILES)
+                    .await
+                    .map_err(HandlerError::transient)?;
+                (checkpoint, None, None)
+            }
+        };
+        let state = &outcome.state;
         metrics.extend(state.train_loss.map(|l| ("train_loss".to_string(), l)));
         metrics.extend(state.val_loss.map(|l| ("val_loss".to_string(), l)));
-        let c = &state.config;
         let trained = ModelTrained {
             header: EventHeader::caused_by(cause, NAME, "model"),
             model_id: Id::derived(cause.event_id, "model"),
-            run_kind,
-            parent_model_id: parent,
-            dataset_ids,
-            tokenizer_id,
-            shape: ModelShape {
-                n_layer: config.n_layer as i32,
-                n_head: config.n_head as i32,
-                n_embd: config.n_embd as i32,
-                block_size: config.block_size as i32,
-                vocab_size: config.vocab_size as i32,
-                parameters: trainer.model.parameters(),
-            },
-            hyperparameters: HashMap::from([
-                ("steps".to_string(), c.max_steps.to_string()),
-                ("batch_size".to_string(), c.batch_size.to_string()),
-                ("lr".to_string(), c.schedule.max_lr.to_string()),
-                ("min_lr".to_string(), c.schedule.min_lr.to_string()),
-                (
-                    "warmup_steps".to_string(),
-                    c.schedule.warmup_steps.to_string(),
-                ),
-                ("weight_decay".to_string(), c.adamw.weight_decay.to_string()),
-                ("seed".to_string(), c.seed.to_string()),
-            ]),
+            run_kind: job.run_kind,
+            parent_model_id: job.parent,
+            dataset_ids: job.dataset_ids.clone(),
+            tokenizer_id: job.tokenizer_id,
+            shape: shape_of(&job.trainer.model),
+            hyperparameters,
             checkpoint,
             metrics,
             device: state.device.clone(),
             steps: state.step as i64,
             tokens: state.tokens as i64,
-            duration_ms: if resuming {
+            duration_ms: if resumed_at > 0 {
                 (state.train_us / 1000) as i64
             } else {
                 started.elapsed().as_millis() as i64
             },
+            adapter,
+            choice,
         };
-        let outcome_file = dir.join(OUTCOME);
         std::fs::write(
-            &outcome_file,
+            dir.join(OUTCOME),
             serde_json::to_vec(&trained).map_err(HandlerError::permanent)?,
         )
         .map_err(HandlerError::transient)?;
-        // The optimizer state is no longer needed once the model is published.
-        let _ = std::fs::remove_dir_all(&run_dir);
+        // The optimizer state and the copies are no longer needed once the model is published.
+        for done in ["run", "publish", "base"] {
+            let _ = std::fs::remove_dir_all(dir.join(done));
+        }
         info!(job = %dir.display(), model = %trained.model_id, steps = trained.steps, duration_ms = trained.duration_ms, "trained");
         Ok(trained)
     }
 
-    fn documents(&self, artifact: &Artifact) -> Result<Vec<String>, HandlerError> {
-        let path = self
-            .store
-            .verified_path(artifact)
-            .map_err(HandlerError::transient)?;
-        quark_curate::store::read_texts(&path).map_err(HandlerError::permanent)
-    }
-
-    /// A pre-training dataset's training and held-out documents, split as the evaluator
-    /// splits them.
-    fn splits(
-        &self,
-        dataset: &DatasetPrepared,
-    ) -> Result<(Vec<String>, Vec<String>), HandlerError> {
-        let validation = match &dataset.validation {
-            Some(v) => self.documents(v)?,
-            None => vec![],
-        };
-        let train = self.documents(&dataset.train)?;
-        Ok(corpus::hold_out(train, validation, corpus::HELD_OUT))
-    }
-
-    /// The dataset's splits encoded into token shards in the job directory.
-    fn pretrain_data(
-        &self,
-        dataset: &DatasetPrepared,
-        trainer: &Trainer,
-        dir: &Path,
-    ) -> Result<Data, HandlerError> {
-        let (train, validation) = self.splits(dataset)?;
-        let (train_path, val_path) = (dir.join("train.tok"), dir.join("val.tok"));
-        let tokenizer = &trainer.tokenizer;
-        shards::write(tokenizer, &train, &train_path).map_err(HandlerError::permanent)?;
-        shards::write(tokenizer, &validation, &val_path).map_err(HandlerError::permanent)?;
-        let block = trainer.model.config.block_size as usize;
-        let train = Shard::open(&train_path).map_err(HandlerError::permanent)?;
-        let val = Shard::open(&val_path).map_err(HandlerError::permanent)?;
-        let (batch, seed) = (self.settings.batch_size, self.settings.seed);
-        Ok(Data {
-            batches: Box::new(
-                Windows::new(train, batch, block, seed).map_err(HandlerError::permanent)?,
+    fn hyperparameters(&self, job: &Job) -> HashMap<String, String> {
+        let c = &job.trainer.state().config;
+        let mut h = HashMap::from([
+            ("steps".to_string(), c.max_steps.to_string()),
+            ("batch_size".to_string(), c.batch_size.to_string()),
+            ("lr".to_string(), c.schedule.max_lr.to_string()),
+            ("min_lr".to_string(), c.schedule.min_lr.to_string()),
+            (
+                "warmup_steps".to_string(),
+                c.schedule.warmup_steps.to_string(),
             ),
-            // A validation split shorter than one window is not scored.
-            validation: validation_batches(&val, block, batch, None, trainer.model.device())
-                .unwrap_or_default(),
-        })
-    }
-
-    /// Conversations of the SFT datasets, packed: training from the train splits, validation
-    /// from the validation splits.
-    fn sft_data(
-        &self,
-        datasets: &[DatasetPrepared],
-        rehearsal: &[DatasetPrepared],
-        trainer: &Trainer,
-        dir: &Path,
-    ) -> Result<Data, HandlerError> {
-        let (tokenizer, model) = (&trainer.tokenizer, &trainer.model);
-        let examples = |artifact: &Artifact| -> Result<Vec<quark_ml::data::Example>, HandlerError> {
-            self.documents(artifact)?
-                .iter()
-                .map(|text| {
-                    let messages = chat::parse_record(text).map_err(HandlerError::permanent)?;
-                    chat::render(tokenizer, &messages).map_err(HandlerError::permanent)
-                })
-                .collect()
-        };
-        let (mut train, mut validation) = (vec![], vec![]);
-        for dataset in datasets {
-            train.extend(examples(&dataset.train)?);
-            if let Some(v) = &dataset.validation {
-                validation.extend(examples(v)?);
-            }
-        }
-        let block = model.config.block_size as usize;
-        let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
-        let (rows, seed) = (self.settings.batch_size, self.settings.seed);
-        let text_rows = ((rows as f64 * self.settings.rehearsal_share).round() as usize)
-            .min(rows.saturating_sub(1));
-        let text = match text_rows {
-            0 => None,
-            _ => self.rehearsal_text(rehearsal, tokenizer, block, dir)?,
-        };
-        let batches: Box<dyn Batches + Send> = match text {
-            Some(shard) => {
-                let examples = Packed::new(&train, rows - text_rows, block, pad, seed)
-                    .map_err(HandlerError::permanent)?;
-                let windows =
-                    Windows::new(shard, text_rows, block, seed).map_err(HandlerError::permanent)?;
-                Box::new(Mixture::new(examples, windows).map_err(HandlerError::permanent)?)
-            }
-            None => Box::new(
-                Packed::new(&train, rows, block, pad, seed).map_err(HandlerError::permanent)?,
-            ),
-        };
-        let validation = match validation.is_empty() {
-            true => vec![],
-            false => Packed::new(&validation, rows, block, pad, seed)
-                .map(|p| p.sequential(model.device()))
-                .unwrap_or_default(),
-        };
-        Ok(Data {
-            batches,
-            validation,
-        })
-    }
-
-    /// The pre-training text (its training split, at most `REHEARSAL_BYTES`) as a token shard
-    /// in the job directory; none when there is too little for a window.
-    fn rehearsal_text(
-        &self,
-        rehearsal: &[DatasetPrepared],
-        tokenizer: &quark_ml::Tokenizer,
-        block: usize,
-        dir: &Path,
-    ) -> Result<Option<Shard>, HandlerError> {
-        let mut text = Vec::new();
-        let mut bytes = 0;
-        // Datasets past the bound are not read at all.
-        for dataset in rehearsal {
-            if bytes >= REHEARSAL_BYTES {
-                break;
-            }
-            for doc in self.splits(dataset)?.0 {
-                if bytes >= REHEARSAL_BYTES {
-                    break;
-                }
-                bytes += doc.len();
-                text.push(doc);
-            }
-        }
-        if text.is_empty() {
-            return Ok(None);
-        }
-        let path = dir.join("rehearsal.tok");
-        let tokens = shards::write(tokenizer, &text, &path).map_err(HandlerError::permanent)?;
-        if tokens <= block + 1 {
-            info!(
-                tokens,
-                "too little pre-training text to rehearse: fine-tuning on feedback alone"
+            ("weight_decay".to_string(), c.adamw.weight_decay.to_string()),
+            ("seed".to_string(), c.seed.to_string()),
+        ]);
+        if job.run_kind == RunKind::Sft {
+            h.insert("kl_weight".into(), c.kl_weight.to_string());
+            h.insert(
+                "probe_interval".into(),
+                self.settings.probe_interval.to_string(),
             );
-            return Ok(None);
+            h.insert("gate_margin".into(), self.settings.gate_margin.to_string());
         }
-        Shard::open(&path)
-            .map(Some)
-            .map_err(HandlerError::permanent)
+        if let Some(adapters) = job.trainer.model.adapters() {
+            h.insert("lora_rank".into(), adapters.config.rank.to_string());
+            h.insert("lora_alpha".into(), adapters.config.alpha.to_string());
+            h.insert("lora_targets".into(), adapters.config.targets.join(","));
+        }
+        h
     }
 }
 
-/// Bounds the pre-training text tokenised for rehearsal.
-const REHEARSAL_BYTES: usize = 8 << 20;
-
-struct Data {
-    batches: Box<dyn Batches + Send>,
-    validation: Vec<Batch>,
+fn shape_of(model: &Gpt) -> ModelShape {
+    let config = &model.config;
+    ModelShape {
+        n_layer: config.n_layer as i32,
+        n_head: config.n_head as i32,
+        n_embd: config.n_embd as i32,
+        block_size: config.block_size as i32,
+        vocab_size: config.vocab_size as i32,
+        parameters: model.parameters(),
+    }
 }
 
 #[async_trait]

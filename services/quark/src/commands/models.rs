@@ -40,7 +40,7 @@ pub async fn list(settings: &Settings) -> anyhow::Result<Value> {
             let evals: Vec<Value> = evaluations
                 .iter()
                 .filter(|e| e.model_id == m.model_id.to_string())
-                .map(|e| json!({"evaluation_id": e.evaluation_id, "passed": e.passed, "source": e.source, "at": e.evaluated_at, "failed": failed_checks(&e.event)}))
+                .map(|e| json!({"evaluation_id": e.evaluation_id, "passed": e.passed, "source": e.source, "at": e.evaluated_at, "failed": failed_checks(&e.event), "learnt": learnt(&e.event), "report": report_uri(&e.event)}))
                 .collect();
             json!({
                 "model_id": m.model_id.to_string(),
@@ -102,6 +102,31 @@ fn failed_checks(event: &str) -> Vec<Value> {
         .collect()
 }
 
+/// What the candidate learnt and what it cost, from the gate's checks: each metric the
+/// champion was measured on too, before (champion) and after (candidate).
+fn learnt(event: &str) -> Value {
+    let event: Value = serde_json::from_str(event).unwrap_or_default();
+    let checks = event["checks"]
+        .as_array()
+        .or(event["regressions"].as_array());
+    let mut out = serde_json::Map::new();
+    for check in checks.into_iter().flatten() {
+        if let (Some(metric), false) = (check["metric"].as_str(), check["baseline"].is_null()) {
+            out.insert(
+                metric.to_string(),
+                json!({"before": check["baseline"], "after": check["candidate"]}),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+/// Where the evaluation's full report (every metric of both models, every sample) is.
+fn report_uri(event: &str) -> Value {
+    let event: Value = serde_json::from_str(event).unwrap_or_default();
+    event["report"]["uri"].clone()
+}
+
 /// The champion at `at_ms`: the promotion that made it, or null.
 pub async fn champion_at(settings: &Settings, at_ms: i64) -> anyhow::Result<Value> {
     let database = db::open::<Migrator>(&settings.database_url()).await?;
@@ -136,6 +161,9 @@ pub fn render(listing: &Value) -> String {
                 format!("  [{}]", tags.join(", "))
             },
         ));
+        if let Some(line) = learning_line(model) {
+            out.push_str(&line);
+        }
         for evaluation in model["evaluations"].as_array().into_iter().flatten() {
             let failed: Vec<String> = evaluation["failed"]
                 .as_array()
@@ -152,6 +180,39 @@ pub fn render(listing: &Value) -> String {
         out.push_str("no models yet\n");
     }
     out
+}
+
+/// `learnt: …` for a model trained on corrections: how many it answers at greedy decoding
+/// before and after, their loss before and after, and the perplexity it cost.
+fn learning_line(model: &Value) -> Option<String> {
+    let m = &model["metrics"];
+    let (before, after) = (
+        m["taught_loss_before"].as_f64()?,
+        m["taught_loss"].as_f64()?,
+    );
+    let mut parts = vec![format!("loss on the corrections {before:.3} -> {after:.3}")];
+    let evaluation = model["evaluations"].as_array()?.last().cloned();
+    let learnt = evaluation.as_ref().map(|e| &e["learnt"]);
+    let share = |v: &Value| v.as_f64().map(|x| format!("{:.0} %", 100.0 * x));
+    if let Some(em) = learnt
+        .map(|l| &l["taught_exact_match"])
+        .filter(|v| !v.is_null())
+    {
+        parts.push(format!(
+            "answered with the correction {} -> {}",
+            share(&em["before"]).unwrap_or("-".into()),
+            share(&em["after"]).unwrap_or("-".into())
+        ));
+    }
+    if let Some(ppl) = learnt.map(|l| &l["perplexity"]).filter(|v| !v.is_null())
+        && let (Some(b), Some(a)) = (ppl["before"].as_f64(), ppl["after"].as_f64())
+    {
+        parts.push(format!(
+            "perplexity {b:.2} -> {a:.2} ({:+.2} %)",
+            100.0 * (a / b - 1.0)
+        ));
+    }
+    Some(format!("    learnt: {}\n", parts.join("; ")))
 }
 
 #[cfg(test)]
@@ -193,7 +254,12 @@ mod tests {
     fn failed_checks_come_from_regressions_or_unpassed_checks() {
         let regressed = r#"{"regressions": [{"metric": "perplexity", "passed": false}]}"#;
         assert_eq!(failed_checks(regressed)[0]["metric"], "perplexity");
-        let completed = r#"{"checks": [{"metric": "perplexity", "passed": true}]}"#;
+        let completed = r#"{"checks": [{"metric": "perplexity", "passed": true, "baseline": 10.0, "candidate": 10.1}, {"metric": "safety_pass_rate", "passed": true, "baseline": null, "candidate": 1.0}], "report": {"uri": "file:///r"}}"#;
         assert!(failed_checks(completed).is_empty());
+        assert_eq!(
+            learnt(completed),
+            json!({"perplexity": {"before": 10.0, "after": 10.1}})
+        );
+        assert_eq!(report_uri(completed), "file:///r");
     }
 }

@@ -85,6 +85,17 @@ pub struct TrainArgs {
     /// auto (CUDA when present), cpu, cuda or cuda:<n>.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Fine-tune LoRA adapters of this rank on the frozen --from checkpoint (0: every weight).
+    #[arg(long, default_value_t = 0, requires = "from")]
+    #[serde(default)]
+    pub lora_rank: i64,
+    #[arg(long, default_value_t = 16.0)]
+    #[serde(default)]
+    pub lora_alpha: f64,
+    /// PEFT module names the adapters go on.
+    #[arg(long, value_delimiter = ',', default_value = "c_attn,c_proj,c_fc")]
+    #[serde(default)]
+    pub lora_targets: Vec<String>,
 }
 
 const RUN_FILE: &str = "run.json";
@@ -113,6 +124,7 @@ impl TrainArgs {
             checkpoint_interval: self.checkpoint_interval,
             log_interval: self.log_interval,
             seed: self.seed,
+            kl_weight: 0.0,
         }
     }
 
@@ -256,7 +268,15 @@ pub fn train(
             let (model, tokenizer, parent) = match &args.from {
                 Some(from) => {
                     let dir = resolve_checkpoint(from)?;
-                    let (model, tokenizer) = checkpoint::load(&dir, device)?;
+                    let (mut model, tokenizer) = checkpoint::load(&dir, device)?;
+                    if args.lora_rank > 0 {
+                        let lora = quark_ml::lora::LoraConfig {
+                            rank: args.lora_rank,
+                            alpha: args.lora_alpha,
+                            targets: args.lora_targets.clone(),
+                        };
+                        quark_ml::lora::attach(&mut model, &lora, args.seed)?;
+                    }
                     if !args.data.is_empty() {
                         // Continued pre-training keeps the checkpoint's tokenizer.
                         let spec = TokenizerSpec::File(dir.join(checkpoint::TOKENIZER));
@@ -352,7 +372,38 @@ pub fn train(
         }
     })?;
     bar.finish_and_clear();
+    if trainer.model.adapters().is_some() && !outcome.stopped {
+        export_adapter(&mut trainer, out)?;
+    }
     Ok(outcome)
+}
+
+/// A finished LoRA run: the adapter in PEFT's layout in `out/adapter`, and the model with it
+/// merged in `out/merged` (a plain Hugging Face GPT-2 directory).
+fn export_adapter(trainer: &mut Trainer, out: &Path) -> anyhow::Result<()> {
+    let adapter = out.join("adapter");
+    let merged = out.join("merged");
+    for dir in [&adapter, &merged] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+    }
+    std::fs::create_dir_all(&adapter)?;
+    quark_ml::lora::save(&trainer.model, &adapter)?;
+    quark_ml::lora::merge(&mut trainer.model)?;
+    checkpoint::save(
+        &merged,
+        &trainer.model,
+        &trainer.tokenizer,
+        None,
+        trainer.state(),
+    )?;
+    eprintln!(
+        "adapter: {}\nmerged model: {}",
+        adapter.display(),
+        merged.display()
+    );
+    Ok(())
 }
 
 /// The summary printed when a run ends.

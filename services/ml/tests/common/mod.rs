@@ -1,0 +1,68 @@
+//! Fixtures the ML core's tests share: a short text, a tiny shape, a training configuration
+//! and a character-level corpus of the text.
+
+#![allow(dead_code)] // each test binary uses its own share of them
+
+use quark_ml::Tokenizer;
+use quark_ml::gpt::GptConfig;
+use quark_ml::optim::{AdamWConfig, Schedule};
+use quark_ml::shards::{self, Shard};
+use quark_ml::tokenizer;
+use quark_ml::train::TrainConfig;
+use std::path::Path;
+
+pub const TEXT: &str = "To be, or not to be, that is the question:\n\
+Whether 'tis nobler in the mind to suffer\n\
+The slings and arrows of outrageous fortune,\n\
+Or to take arms against a sea of troubles\n\
+And by opposing end them. To die-to sleep,\n";
+
+pub fn shape(vocab: usize, dropout: f64) -> GptConfig {
+    GptConfig {
+        vocab_size: vocab as i64,
+        block_size: 32,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+        dropout,
+    }
+}
+
+pub fn config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        batch_size: 8,
+        grad_accum: 2,
+        max_steps: steps,
+        schedule: Schedule {
+            max_lr: 1e-2,
+            min_lr: 1e-3,
+            warmup_steps: 10,
+            decay_steps: steps,
+        },
+        adamw: AdamWConfig {
+            beta2: 0.99,
+            ..Default::default()
+        },
+        grad_clip: 1.0,
+        eval_interval: 0,
+        eval_windows: None,
+        checkpoint_interval: 0,
+        log_interval: 5,
+        seed: 7,
+        kl_weight: 0.0,
+    }
+}
+
+/// A character tokenizer and train/validation shards of `TEXT` repeated.
+pub fn corpus(dir: &Path) -> (Tokenizer, Shard, Shard) {
+    let tokenizer = tokenizer::train_chars(TEXT).unwrap();
+    let train = dir.join("train.tok");
+    let val = dir.join("val.tok");
+    shards::write(&tokenizer, &[TEXT.repeat(40)], &train).unwrap();
+    shards::write(&tokenizer, &[TEXT.repeat(4)], &val).unwrap();
+    (
+        tokenizer,
+        Shard::open(&train).unwrap(),
+        Shard::open(&val).unwrap(),
+    )
+}

@@ -1,0 +1,187 @@
+//! What a job trains on, read from the artifact store and tokenised into the job directory:
+//! pre-training windows, or packed feedback conversations mixed with rehearsal text.
+
+use crate::TrainerService;
+use quark_events::bus::HandlerError;
+use quark_events::{Artifact, DatasetPrepared};
+use quark_ml::chat;
+use quark_ml::corpus;
+use quark_ml::data::{Batch, Batches, Example, Mixture, Packed, Windows, validation_batches};
+use quark_ml::shards::{self, Shard};
+use quark_ml::tokenizer;
+use quark_ml::train::Trainer;
+use std::collections::HashSet;
+use std::path::Path;
+use tracing::info;
+
+impl TrainerService {
+    pub(crate) fn documents(&self, artifact: &Artifact) -> Result<Vec<String>, HandlerError> {
+        let path = self
+            .store
+            .verified_path(artifact)
+            .map_err(HandlerError::transient)?;
+        quark_curate::store::read_texts(&path).map_err(HandlerError::permanent)
+    }
+
+    /// A pre-training dataset's training and held-out documents, split as the evaluator
+    /// splits them.
+    pub(crate) fn splits(
+        &self,
+        dataset: &DatasetPrepared,
+    ) -> Result<(Vec<String>, Vec<String>), HandlerError> {
+        let validation = match &dataset.validation {
+            Some(v) => self.documents(v)?,
+            None => vec![],
+        };
+        let train = self.documents(&dataset.train)?;
+        Ok(corpus::hold_out(train, validation, corpus::HELD_OUT))
+    }
+
+    /// The dataset's splits encoded into token shards in the job directory.
+    pub(crate) fn pretrain_data(
+        &self,
+        dataset: &DatasetPrepared,
+        trainer: &Trainer,
+        dir: &Path,
+    ) -> Result<Data, HandlerError> {
+        let (train, validation) = self.splits(dataset)?;
+        let (train_path, val_path) = (dir.join("train.tok"), dir.join("val.tok"));
+        let tokenizer = &trainer.tokenizer;
+        shards::write(tokenizer, &train, &train_path).map_err(HandlerError::permanent)?;
+        shards::write(tokenizer, &validation, &val_path).map_err(HandlerError::permanent)?;
+        let block = trainer.model.config.block_size as usize;
+        let train = Shard::open(&train_path).map_err(HandlerError::permanent)?;
+        let val = Shard::open(&val_path).map_err(HandlerError::permanent)?;
+        let (batch, seed) = (self.settings.batch_size, self.settings.seed);
+        Ok(Data {
+            batches: Box::new(
+                Windows::new(train, batch, block, seed).map_err(HandlerError::permanent)?,
+            ),
+            // A validation split shorter than one window is not scored.
+            validation: validation_batches(&val, block, batch, None, trainer.model.device())
+                .unwrap_or_default(),
+            taught: vec![],
+            held_out: vec![],
+        })
+    }
+
+    /// Conversations of the SFT datasets, packed: training from the train splits (less the
+    /// records in `skip`, learnt already), validation from the validation splits.
+    pub(crate) fn sft_data(
+        &self,
+        datasets: &[DatasetPrepared],
+        rehearsal: &[DatasetPrepared],
+        skip: &HashSet<String>,
+        trainer: &Trainer,
+        dir: &Path,
+    ) -> Result<Data, HandlerError> {
+        let (tokenizer, model) = (&trainer.tokenizer, &trainer.model);
+        let examples = |artifact: &Artifact| -> Result<Vec<Example>, HandlerError> {
+            self.documents(artifact)?
+                .iter()
+                .filter(|text| !skip.contains(text.trim()))
+                .map(|text| {
+                    let messages = chat::parse_record(text).map_err(HandlerError::permanent)?;
+                    chat::render(tokenizer, &messages).map_err(HandlerError::permanent)
+                })
+                .collect()
+        };
+        let (mut train, mut validation) = (vec![], vec![]);
+        for dataset in datasets {
+            train.extend(examples(&dataset.train)?);
+            if let Some(v) = &dataset.validation {
+                validation.extend(examples(v)?);
+            }
+        }
+        let block = model.config.block_size as usize;
+        let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
+        let (rows, seed) = (self.settings.batch_size, self.settings.seed);
+        let text_rows = ((rows as f64 * self.settings.rehearsal_share).round() as usize)
+            .min(rows.saturating_sub(1));
+        let text = match text_rows {
+            0 => None,
+            _ => self.rehearsal_text(rehearsal, tokenizer, block, dir)?,
+        };
+        let batches: Box<dyn Batches + Send> = match text {
+            Some(shard) => {
+                let examples = Packed::new(&train, rows - text_rows, block, pad, seed)
+                    .map_err(HandlerError::permanent)?;
+                let windows =
+                    Windows::new(shard, text_rows, block, seed).map_err(HandlerError::permanent)?;
+                Box::new(Mixture::new(examples, windows).map_err(HandlerError::permanent)?)
+            }
+            None => Box::new(
+                Packed::new(&train, rows, block, pad, seed).map_err(HandlerError::permanent)?,
+            ),
+        };
+        let validation = match validation.is_empty() {
+            true => vec![],
+            false => Packed::new(&validation, rows, block, pad, seed)
+                .map(|p| p.sequential(model.device()))
+                .unwrap_or_default(),
+        };
+        let mut held_out = Vec::new();
+        for dataset in rehearsal {
+            held_out.extend(self.splits(dataset)?.1);
+        }
+        Ok(Data {
+            batches,
+            validation,
+            taught: train,
+            held_out,
+        })
+    }
+
+    /// The pre-training text (its training split, at most `REHEARSAL_BYTES`) as a token shard
+    /// in the job directory; none when there is too little for a window.
+    fn rehearsal_text(
+        &self,
+        rehearsal: &[DatasetPrepared],
+        tokenizer: &quark_ml::Tokenizer,
+        block: usize,
+        dir: &Path,
+    ) -> Result<Option<Shard>, HandlerError> {
+        let mut text = Vec::new();
+        let mut bytes = 0;
+        // Datasets past the bound are not read at all.
+        for dataset in rehearsal {
+            if bytes >= REHEARSAL_BYTES {
+                break;
+            }
+            for doc in self.splits(dataset)?.0 {
+                if bytes >= REHEARSAL_BYTES {
+                    break;
+                }
+                bytes += doc.len();
+                text.push(doc);
+            }
+        }
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = dir.join("rehearsal.tok");
+        let tokens = shards::write(tokenizer, &text, &path).map_err(HandlerError::permanent)?;
+        if tokens <= block + 1 {
+            info!(
+                tokens,
+                "too little pre-training text to rehearse: fine-tuning on feedback alone"
+            );
+            return Ok(None);
+        }
+        Shard::open(&path)
+            .map(Some)
+            .map_err(HandlerError::permanent)
+    }
+}
+
+/// Bounds the pre-training text tokenised for rehearsal.
+const REHEARSAL_BYTES: usize = 8 << 20;
+
+pub(crate) struct Data {
+    pub batches: Box<dyn Batches + Send>,
+    pub validation: Vec<Batch>,
+    /// The feedback conversations trained on (fine-tuning).
+    pub taught: Vec<Example>,
+    /// The pre-training data's held-out documents, as the evaluator holds them out.
+    pub held_out: Vec<String>,
+}
