@@ -155,13 +155,15 @@ def main():
     quark, sets_path, *only = sys.argv[1:]
     sets = json.load(open(sets_path))["sets"]
     sets = [s for s in sets if not only or s["name"] in only]
-    work = tempfile.mkdtemp(prefix="quark-bench-feedback-")
+    # BENCH_WORK names the work directory of an earlier run to reuse its cold start.
+    work = os.environ.get("BENCH_WORK") or tempfile.mkdtemp(prefix="quark-bench-feedback-")
     data, snapshot = os.path.join(work, "quark"), os.path.join(work, "cold")
-    os.makedirs(data)
-    started = time.time()
-    Stack(quark, data).stop()
-    shutil.copytree(data, snapshot)
-    print(f"cold start: {time.time() - started:.0f} s (the data directory is restored for each set)", flush=True)
+    if not os.path.isdir(snapshot):
+        os.makedirs(data)
+        started = time.time()
+        Stack(quark, data).stop()
+        shutil.copytree(data, snapshot)
+        print(f"cold start: {time.time() - started:.0f} s (the data directory is restored for each set)", flush=True)
     results = []
     for one in sets:
         r = run_set(quark, snapshot, data, one)
@@ -185,7 +187,7 @@ def main():
         print(f"\nhonest sets promoted: {len(promoted)}/{len(honest)}; corrected prompts answered with the correction in promoted sets: {pct(answered)}")
     if noisy:
         print(f"noisy sets rejected: {sum(not r['promoted'] for r in noisy)}/{len(noisy)}")
-    if os.environ.get("KEEP_BENCH") is None:
+    if os.environ.get("KEEP_BENCH") is None and os.environ.get("BENCH_WORK") is None:
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -280,6 +280,11 @@ impl Selector {
         &self.base
     }
 
+    /// The checkpoints measured so far, in order.
+    pub fn path(&self) -> &[Point] {
+        &self.path
+    }
+
     /// After step `step` of `max_steps`: measures on the interval and at the end.
     pub fn observe(
         &mut self,

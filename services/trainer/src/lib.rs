@@ -443,10 +443,23 @@ impl TrainerService {
                     if shutdown.is_cancelled() {
                         return Ok(ControlFlow::Break(()));
                     }
-                    match selector.as_mut() {
-                        Some(s) => s.observe(progress.step, progress.max_steps, model),
-                        None => Ok(ControlFlow::Continue(())),
+                    let Some(s) = selector.as_mut() else {
+                        return Ok(ControlFlow::Continue(()));
+                    };
+                    let flow = s.observe(progress.step, progress.max_steps, model)?;
+                    if let Some(p) = s.path().last().filter(|p| p.step == progress.step) {
+                        let r = &p.reading;
+                        info!(
+                            step = p.step,
+                            perplexity = r.perplexity,
+                            reply_loss = r.reply_loss,
+                            taught_loss = r.taught_loss,
+                            taught_exact = r.taught_exact,
+                            fits = p.fits,
+                            "probe"
+                        );
                     }
+                    Ok(flow)
                 })
         })
         .map_err(HandlerError::permanent)?;
