@@ -198,37 +198,26 @@ impl Trainer {
         self
     }
 
-    /// The training loss of one micro-batch: next-token cross-entropy (of the examples and of
-    /// the rehearsal text, each averaged on its own when a batch mixes them), plus the
-    /// weighted KL(base ‖ model) on the rehearsal rows. The base's logits are computed once per
+    /// The training loss of one micro-batch: next-token cross-entropy, plus the weighted
+    /// KL(base ‖ model) on its rehearsal rows. The base's logits are computed once per
     /// rehearsal window, without gradients.
     fn objective(&self, batch: &Batch) -> Result<Tensor, MlError> {
         let context = batch.context();
         let logits = self.model.forward(&batch.input, &context, None, true)?;
         let vocab = self.model.config.vocab_size;
-        let ce = |logits: &Tensor, target: &Tensor| {
-            logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(
-                &target.reshape([-1]),
-                None,
-                tch::Reduction::Mean,
-                crate::gpt::IGNORE,
-                0.0,
-            )
-        };
+        let ce = logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
+            &batch.target.view([-1]),
+            None,
+            tch::Reduction::Mean,
+            crate::gpt::IGNORE,
+            0.0,
+        );
+        let weight = self.state.config.kl_weight;
         let rows = batch.input.size()[0] - batch.text_from.unwrap_or(0);
-        let Some(from) = batch.text_from.filter(|&f| f > 0 && rows > 0) else {
-            return Ok(ce(&logits, &batch.target));
+        let Some(from) = batch.text_from.filter(|_| weight > 0.0 && rows > 0) else {
+            return Ok(ce);
         };
         let narrow = |t: &Tensor| t.narrow(0, from, rows);
-        let head = |t: &Tensor| t.narrow(0, 0, from);
-        // Each part averaged on its own: the few scored tokens of the examples would
-        // otherwise weigh a fraction of the rehearsal text's many.
-        let loss =
-            ce(&head(&logits), &head(&batch.target)) + ce(&narrow(&logits), &narrow(&batch.target));
-        let weight = self.state.config.kl_weight;
-        if weight == 0.0 {
-            return Ok(loss);
-        }
         let (input, positions, mask) = (
             narrow(&batch.input),
             batch.positions.as_ref().map(narrow),
@@ -253,7 +242,7 @@ impl Trainer {
         let kl = (base.exp() * (&base - own))
             .sum_dim_intlist(-1, false, Kind::Float)
             .mean(Kind::Float);
-        Ok(loss + kl * weight)
+        Ok(ce + kl * weight)
     }
 
     pub fn state(&self) -> &TrainerState {

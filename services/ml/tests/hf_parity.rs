@@ -165,16 +165,15 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 const PROMPT: &str = "First Citizen:\nBefore we proceed any further";
 
+fn prompt_ids(tokenizer: &Tokenizer) -> Vec<u32> {
+    tokenizer.encode(PROMPT, false).unwrap().get_ids().to_vec()
+}
+
 #[test]
 fn exported_checkpoint_gives_the_same_logits_in_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let (trainer, checkpoint) = trained_model(dir.path(), None);
-    let ids: Vec<u32> = trainer
-        .tokenizer
-        .encode(PROMPT, false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
+    let ids = prompt_ids(&trainer.tokenizer);
     assert!(ids.len() > 4 && ids.len() <= 32);
     let ours = logits_of(&trainer.model, &ids);
     let out = dir.path().join("hf_logits.safetensors");
@@ -192,12 +191,7 @@ fn lora_adapter_loads_in_peft_with_the_merged_models_logits() {
     let dir = tempfile::tempdir().unwrap();
     let lora = LoraConfig::default();
     let (mut trainer, checkpoint) = trained_model(dir.path(), Some(&lora));
-    let ids: Vec<u32> = trainer
-        .tokenizer
-        .encode(PROMPT, false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
+    let ids = prompt_ids(&trainer.tokenizer);
     let (frozen, _) = checkpoint::load(&checkpoint, Device::Cpu).unwrap();
     let adapted = logits_of(&trainer.model, &ids);
     // The checkpoint reloads with its adapter; the adapter has learnt something.

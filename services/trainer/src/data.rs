@@ -1,9 +1,11 @@
 //! What a job trains on, read from the artifact store and tokenised into the job directory:
 //! pre-training windows, or packed feedback conversations mixed with rehearsal text.
 
-use crate::TrainerService;
+use crate::{LINEAGE, TrainerService};
+use quark_events::DatasetKind;
 use quark_events::bus::HandlerError;
 use quark_events::{Artifact, DatasetPrepared};
+use quark_lineage::Model;
 use quark_ml::chat;
 use quark_ml::corpus;
 use quark_ml::data::{Batch, Batches, Example, Mixture, Packed, Windows, validation_batches};
@@ -15,6 +17,40 @@ use std::path::Path;
 use tracing::info;
 
 impl TrainerService {
+    /// The records of every SFT dataset a model was trained on from `base`, or `base` itself
+    /// was: a correction is never trained twice on the same base, whatever asks for it.
+    pub(crate) async fn learnt_from(&self, base: &Model) -> Result<HashSet<String>, HandlerError> {
+        let db = &self.db;
+        let mut ids = base.dataset_ids.clone();
+        for child in LINEAGE
+            .children(db, base.model_id)
+            .await
+            .map_err(HandlerError::transient)?
+        {
+            ids.extend(child.dataset_ids);
+        }
+        let mut records = HashSet::new();
+        for id in ids {
+            let Some(dataset) = LINEAGE
+                .dataset(db, id)
+                .await
+                .map_err(HandlerError::transient)?
+            else {
+                continue;
+            };
+            if dataset.kind != DatasetKind::Sft {
+                continue;
+            }
+            for split in [Some(&dataset.train), dataset.validation.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                records.extend(self.documents(split)?.iter().map(|r| r.trim().to_string()));
+            }
+        }
+        Ok(records)
+    }
+
     pub(crate) fn documents(&self, artifact: &Artifact) -> Result<Vec<String>, HandlerError> {
         let path = self
             .store

@@ -233,40 +233,6 @@ impl TrainerService {
         }))
     }
 
-    /// The records of every SFT dataset a model was trained on from `base`, or `base` itself
-    /// was: a correction is never trained twice on the same base, whatever asks for it.
-    async fn learnt_from(&self, base: &Model) -> Result<HashSet<String>, HandlerError> {
-        let db = &self.db;
-        let mut ids = base.dataset_ids.clone();
-        for child in LINEAGE
-            .children(db, base.model_id)
-            .await
-            .map_err(HandlerError::transient)?
-        {
-            ids.extend(child.dataset_ids);
-        }
-        let mut records = HashSet::new();
-        for id in ids {
-            let Some(dataset) = LINEAGE
-                .dataset(db, id)
-                .await
-                .map_err(HandlerError::transient)?
-            else {
-                continue;
-            };
-            if dataset.kind != DatasetKind::Sft {
-                continue;
-            }
-            for split in [Some(&dataset.train), dataset.validation.as_ref()]
-                .into_iter()
-                .flatten()
-            {
-                records.extend(self.documents(split)?.iter().map(|r| r.trim().to_string()));
-            }
-        }
-        Ok(records)
-    }
-
     fn shape(&self, device: tch::Device, vocab_size: i64) -> GptConfig {
         let s = &self.settings;
         let gpu = device.is_cuda();
