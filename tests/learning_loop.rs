@@ -650,6 +650,7 @@ print("openai client ok", len(chunks), "chunks")
     let again = quark.wait(EventKind::RetrainRequested, |e| match e {
         Event::RetrainRequested(r)
             if r.trigger == RetrainTrigger::Manual
+                && !r.dataset_ids.is_empty()
                 && r.header.event_id != noise_request.header.event_id =>
         {
             Some(r.clone())
