@@ -962,7 +962,8 @@ fn trainers_in_one_consumer_group_share_the_jobs_one_at_a_time() {
     }
 
     // Every job handled exactly once, by one of the two: trained, or declined because the
-    // same corrections were trained on the same base already (by whichever finished first).
+    // same corrections were trained on the same base already (by `quark up`'s own retraining
+    // or whichever job finished first).
     let declined = |quark: &Loop, log: &str| -> std::collections::HashSet<String> {
         quark
             .log_fields(log)
@@ -990,10 +991,6 @@ fn trainers_in_one_consumer_group_share_the_jobs_one_at_a_time() {
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(done(&quark), jobs.len(), "no job handled twice");
-    assert!(
-        trained_jobs(&quark) >= 1,
-        "the corrections were trained once at least"
-    );
     let mut by_instance = Vec::new();
     for log in ["up", "trainer"] {
         let lines = quark.trainer_lines(log);
