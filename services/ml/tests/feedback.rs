@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{config, corpus, shape};
+use common::{config, corpus, logits, max_diff, shape};
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::data::{Batches, Example, Mixture, Packed, Windows};
-use quark_ml::gpt::{Context, Gpt};
+use quark_ml::gpt::Gpt;
 use quark_ml::lora::{self, LoraConfig};
 use quark_ml::probe::{Limits, Probe, Selector};
 use quark_ml::shards::Shard;
@@ -48,18 +48,6 @@ fn taught(tokenizer: &quark_ml::Tokenizer) -> Vec<Example> {
         chat::render(tokenizer, &c).unwrap()
     })
     .collect()
-}
-
-fn logits(model: &Gpt, input: &Tensor, base_only: bool) -> Tensor {
-    let context = Context {
-        base_only,
-        ..Context::default()
-    };
-    tch::no_grad(|| model.forward(input, &context, None, false).unwrap())
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
 }
 
 #[test]

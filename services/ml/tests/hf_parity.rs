@@ -5,7 +5,7 @@
 use quark_ml::Tokenizer;
 use quark_ml::checkpoint;
 use quark_ml::data::Windows;
-use quark_ml::gpt::{Context, Gpt, GptConfig};
+use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::lora::LoraConfig;
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
@@ -15,6 +15,9 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use tch::{Device, Tensor};
+
+mod common;
+use common::{logits, max_diff};
 
 const TEXT: &str =
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n";
@@ -134,14 +137,12 @@ fn trained_model(dir: &Path, lora: Option<&LoraConfig>) -> (Trainer, PathBuf) {
     (trainer, checkpoint)
 }
 
+fn input_of(ids: &[u32]) -> Tensor {
+    Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1])
+}
+
 fn logits_of(model: &Gpt, ids: &[u32]) -> Tensor {
-    let input =
-        Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
-    tch::no_grad(|| {
-        model
-            .forward(&input, &Context::default(), None, false)
-            .unwrap()
-    })
+    logits(model, &input_of(ids), false)
 }
 
 /// Logits Python computes with `command` (hf_parity.py's) for `ids`, from `dirs`.
@@ -156,11 +157,6 @@ fn python_logits(command: &str, dirs: &[&Path], ids: &[u32], out: &Path) -> Tens
         "{command}: Python could not load {dirs:?}"
     );
     Tensor::read_safetensors(out).unwrap().remove(0).1
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
 }
 
 const PROMPT: &str = "First Citizen:\nBefore we proceed any further";
@@ -200,15 +196,7 @@ fn lora_adapter_loads_in_peft_with_the_merged_models_logits() {
         max_diff(&reloaded, &adapted) < 1e-6,
         "a reloaded run has its adapter"
     );
-    let base_only = tch::no_grad(|| {
-        let input =
-            Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
-        let context = Context {
-            base_only: true,
-            ..Context::default()
-        };
-        frozen.forward(&input, &context, None, false).unwrap()
-    });
+    let base_only = logits(&frozen, &input_of(&ids), true);
     assert!(
         max_diff(&base_only, &adapted) > 1e-2,
         "training moved the adapter"

@@ -4,12 +4,13 @@
 #![allow(dead_code)] // each test binary uses its own share of them
 
 use quark_ml::Tokenizer;
-use quark_ml::gpt::GptConfig;
+use quark_ml::gpt::{Context, Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
 use quark_ml::tokenizer;
 use quark_ml::train::TrainConfig;
 use std::path::Path;
+use tch::Tensor;
 
 pub const TEXT: &str = "To be, or not to be, that is the question:\n\
 Whether 'tis nobler in the mind to suffer\n\
@@ -65,4 +66,19 @@ pub fn corpus(dir: &Path) -> (Tokenizer, Shard, Shard) {
         Shard::open(&train).unwrap(),
         Shard::open(&val).unwrap(),
     )
+}
+
+/// Logits of `input` without gradients; with `base_only`, of the base under any adapters.
+pub fn logits(model: &Gpt, input: &Tensor, base_only: bool) -> Tensor {
+    let context = Context {
+        base_only,
+        ..Context::default()
+    };
+    tch::no_grad(|| model.forward(input, &context, None, false).unwrap())
+}
+
+/// The largest absolute difference of two tensors of one shape.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
 }
