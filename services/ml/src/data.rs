@@ -248,6 +248,16 @@ impl Packed {
             truncated,
         })
     }
+
+    /// Rows the examples fill.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The same rows, drawn `batch_size` at a time.
+    pub fn with_batch_size(self, batch_size: usize) -> Packed {
+        Packed { batch_size, ..self }
+    }
 }
 
 impl Batches for Packed {

@@ -129,6 +129,19 @@ impl LowRank {
             .matmul(&self.b.to_kind(dtype).tr())
             * self.scaling
     }
+
+    /// The token embedding's update for `idx`: the rows of `(B A)ᵀ` (the embedding is a
+    /// projection from one-hot tokens, `A` `[rank, vocab]`, `B` `[n_embd, rank]`).
+    fn embedded(&self, idx: &Tensor) -> Tensor {
+        Tensor::embedding(&self.a.tr(), idx, -1, false, false).matmul(&self.b.tr()) * self.scaling
+    }
+
+    /// The tied output layer's update: `x (B A) · scaling`, the transpose of the embedding's.
+    fn unembedded(&self, x: &Tensor, dtype: Kind) -> Tensor {
+        x.matmul(&self.b.to_kind(dtype))
+            .matmul(&self.a.to_kind(dtype))
+            * self.scaling
+    }
 }
 
 struct LayerNorm {
@@ -218,6 +231,9 @@ pub struct Gpt {
     pub config: GptConfig,
     pub vs: nn::VarStore,
     wte: Tensor,
+    /// LoRA on the token embedding, shared by the tied output layer (PEFT's
+    /// `ensure_weight_tying`): a small model cannot say a rare word confidently without it.
+    wte_adapter: Option<LowRank>,
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
@@ -267,6 +283,7 @@ impl Gpt {
             config,
             vs,
             wte,
+            wte_adapter: None,
             wpe,
             blocks,
             ln_f,
@@ -295,6 +312,11 @@ impl Gpt {
 
     pub(crate) fn set_adapters(&mut self, adapters: Option<crate::lora::Adapters>) {
         self.adapters = adapters;
+    }
+
+    /// The token embedding (`[vocab, n_embd]`, tied to the output layer) and its adapter slot.
+    pub(crate) fn embedding_mut(&mut self) -> (&mut Tensor, &mut Option<LowRank>) {
+        (&mut self.wte, &mut self.wte_adapter)
     }
 
     /// Each block's projections with their Hugging Face module names (`h.0.attn.c_attn`).
@@ -353,9 +375,13 @@ impl Gpt {
             Some(pos) => pos.shallow_clone(),
             None => Tensor::arange_start(past, past + t, (Kind::Int64, idx.device())),
         };
-        let mut x = (Tensor::embedding(&self.wte, idx, -1, false, false)
-            + Tensor::embedding(&self.wpe, &positions, -1, false, false))
-        .dropout(p, train);
+        let embedding = self.wte_adapter.as_ref().filter(|_| adapted);
+        let mut tokens = Tensor::embedding(&self.wte, idx, -1, false, false);
+        if let Some(lora) = embedding {
+            tokens += lora.embedded(idx);
+        }
+        let mut x =
+            (tokens + Tensor::embedding(&self.wpe, &positions, -1, false, false)).dropout(p, train);
         let mut cache = cache;
         let (h, hd) = (self.config.n_head, self.config.n_embd / self.config.n_head);
         for (i, block) in self.blocks.iter().enumerate() {
@@ -429,7 +455,11 @@ impl Gpt {
             x = &x + block.mlp_proj.forward(&m, dtype, adapted).dropout(p, train);
         }
         let x = self.ln_f.forward(&x).to_kind(dtype);
-        Ok(x.matmul(&self.wte.to_kind(dtype).tr()).to_kind(Kind::Float))
+        let mut logits = x.matmul(&self.wte.to_kind(dtype).tr());
+        if let Some(lora) = embedding {
+            logits += lora.unembedded(&x, dtype);
+        }
+        Ok(logits.to_kind(Kind::Float))
     }
 
     /// Mean cross-entropy of `targets` (ignoring [`IGNORE`]) under the logits for `idx`.

@@ -6,6 +6,12 @@
 //! the weights (HF's `Conv1D` stores `W` as `[in, out]`: `W += (B A)ᵀ · scaling`, PEFT's
 //! `fan_in_fan_out`). [`save`] writes `adapter_config.json` and `adapter_model.safetensors`
 //! with PEFT's names, so `PeftModel.from_pretrained` loads them on the exported base.
+//!
+//! The token embedding (target `wte`) is adapted as PEFT adapts an embedding (`A` zero, `B`
+//! standard normal) and its update is shared by the tied output layer, PEFT's
+//! `ensure_weight_tying`. It is what lets a small model learn a correction at all: with the
+//! embedding frozen, even adapters of full rank on every projection leave the loss on eight
+//! short corrections above 3 nats (docs/benchmarks.md).
 
 use crate::MlError;
 use crate::gpt::{Gpt, LowRank};
@@ -19,6 +25,10 @@ pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";
 /// PEFT's prefix for the wrapped model's parameters.
 const PEFT_PREFIX: &str = "base_model.model.";
+/// The token embedding's module name, as a target.
+const EMBEDDING: &str = "wte";
+/// The tied output layer's module name in PEFT.
+const OUTPUT: &str = "lm_head";
 
 /// Which projections get an adapter and how strong it is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,12 +42,14 @@ pub struct LoraConfig {
 }
 
 impl Default for LoraConfig {
-    /// The attention and MLP projections, rank 8.
+    /// The attention and MLP projections and the (tied) token embedding, rank 8.
     fn default() -> Self {
         LoraConfig {
             rank: 8,
             alpha: 16.0,
-            targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+            targets: ["c_attn", "c_proj", "c_fc", EMBEDDING]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -53,15 +65,21 @@ impl LoraConfig {
             .any(|t| module == t || module.ends_with(&format!(".{t}")))
     }
 
-    /// PEFT's `adapter_config.json` for this adapter.
+    /// PEFT's `adapter_config.json` for this adapter. PEFT ties an adapter on the output
+    /// layer to the embedding's only when both are targets.
     pub fn to_peft_json(&self) -> serde_json::Value {
+        let tied = self.targets(EMBEDDING);
+        let mut targets = self.targets.clone();
+        if tied {
+            targets.push(OUTPUT.into());
+        }
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "r": self.rank,
             "lora_alpha": self.alpha,
             "lora_dropout": 0.0,
-            "target_modules": self.targets,
+            "target_modules": targets,
             "fan_in_fan_out": true,
             "bias": "none",
             "inference_mode": true,
@@ -69,6 +87,7 @@ impl LoraConfig {
             "use_rslora": false,
             "use_dora": false,
             "modules_to_save": null,
+            "ensure_weight_tying": tied,
             "base_model_name_or_path": null,
         })
     }
@@ -89,6 +108,12 @@ impl LoraConfig {
             Some(serde_json::Value::String(name)) => vec![name.clone()],
             _ => return Err("no target_modules".into()),
         };
+        let tied = value.get("ensure_weight_tying") == Some(&serde_json::Value::Bool(true));
+        let (outputs, targets): (Vec<String>, Vec<String>) =
+            targets.into_iter().partition(|t| t == OUTPUT);
+        if !outputs.is_empty() && !tied {
+            return Err("an adapter on lm_head not tied to the embedding's".into());
+        }
         Ok(LoraConfig {
             rank,
             alpha,
@@ -115,6 +140,7 @@ pub fn attach(model: &mut Gpt, config: &LoraConfig, seed: u64) -> Result<(), MlE
     }
     let vs = nn::VarStore::new(model.device());
     let mut rng = StdRng::seed_from_u64(seed);
+    let (rank, scaling) = (config.rank, config.scaling());
     let mut adapted = 0;
     for (name, weight, slot) in model.projections_mut() {
         if !config.targets(&name) {
@@ -125,17 +151,24 @@ pub fn attach(model: &mut Gpt, config: &LoraConfig, seed: u64) -> Result<(), MlE
             .split('.')
             .fold(vs.root() / "transformer", |p, part| p / part);
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a: Vec<f32> = (0..config.rank * d_in)
+        let a: Vec<f32> = (0..rank * d_in)
             .map(|_| rng.random_range(-bound..bound) as f32)
             .collect();
-        let a = (&path / "lora_A")
-            .var_copy("weight", &Tensor::from_slice(&a).view([config.rank, d_in]));
-        let b = (&path / "lora_B").zeros("weight", &[d_out, config.rank]);
-        *slot = Some(LowRank {
-            a,
-            b,
-            scaling: config.scaling(),
-        });
+        let a = (&path / "lora_A").var_copy("weight", &Tensor::from_slice(&a).view([rank, d_in]));
+        let b = (&path / "lora_B").zeros("weight", &[d_out, rank]);
+        *slot = Some(LowRank { a, b, scaling });
+        adapted += 1;
+    }
+    if config.targets(EMBEDDING) {
+        let (weight, slot) = model.embedding_mut();
+        let (vocab, d) = weight.size2()?;
+        let path = vs.root() / "transformer" / EMBEDDING;
+        let b: Vec<f32> = (0..d * rank)
+            .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) as f32)
+            .collect();
+        let a = path.zeros("lora_embedding_A", &[rank, vocab]);
+        let b = path.var_copy("lora_embedding_B", &Tensor::from_slice(&b).view([d, rank]));
+        *slot = Some(LowRank { a, b, scaling });
         adapted += 1;
     }
     if adapted == 0 {
@@ -157,13 +190,20 @@ pub fn merge(model: &mut Gpt) -> Result<(), MlError> {
     if model.adapters().is_none() {
         return Err(MlError::Config("the model has no adapters to merge".into()));
     }
+    // Every adapted weight is stored `[in, out]` (the embedding maps one-hot tokens to
+    // vectors): `W += (B A)ᵀ · scaling` for all of them.
+    let fold = |weight: &mut Tensor, slot: &mut Option<LowRank>| {
+        if let Some(lora) = slot.take() {
+            let delta = lora.b.matmul(&lora.a).tr() * lora.scaling;
+            let _ = weight.g_add_(&delta);
+        }
+    };
     tch::no_grad(|| {
         for (_, weight, slot) in model.projections_mut() {
-            if let Some(lora) = slot.take() {
-                let delta = lora.b.matmul(&lora.a).tr() * lora.scaling;
-                let _ = weight.g_add_(&delta);
-            }
+            fold(weight, slot);
         }
+        let (weight, slot) = model.embedding_mut();
+        fold(weight, slot);
     });
     model.set_adapters(None);
     model.vs.unfreeze();
@@ -175,12 +215,19 @@ pub fn save(model: &Gpt, dir: &Path) -> Result<(), MlError> {
     let adapters = model
         .adapters()
         .ok_or_else(|| MlError::Config("the model has no adapters to save".into()))?;
-    let named: Vec<(String, Tensor)> = adapters
-        .vs
-        .variables()
-        .into_iter()
-        .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t))
+    let variables = adapters.vs.variables();
+    let mut named: Vec<(String, Tensor)> = variables
+        .iter()
+        .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t.shallow_clone()))
         .collect();
+    // PEFT ties the output layer's adapter to the embedding's: lm_head's `A` is the
+    // embedding's `Bᵀ` and its `B` the embedding's `Aᵀ`. Both are written, as PEFT writes them.
+    let embedding = |part: &str| variables.get(&format!("transformer.{EMBEDDING}.{part}"));
+    if let (Some(a), Some(b)) = (embedding("lora_embedding_A"), embedding("lora_embedding_B")) {
+        let output = |part: &str| format!("{PEFT_PREFIX}{OUTPUT}.{part}.weight");
+        named.push((output("lora_A"), b.tr().contiguous()));
+        named.push((output("lora_B"), a.tr().contiguous()));
+    }
     let path = dir.join(WEIGHTS);
     Tensor::write_safetensors(&named, &path)
         .map_err(|e| MlError::Checkpoint(format!("{}: {e}", path.display())))?;

@@ -1,5 +1,5 @@
-//! Learning from feedback on real libtorch (CPU): LoRA adapters train alone and merge into
-//! the same model, the KL term keeps rehearsal text close to the base, and the selector
+//! Learning from feedback on real libtorch (CPU): LoRA adapters (on the projections and on
+//! the tied embedding) train alone and merge into the same model, the KL term keeps rehearsal text close to the base, and the selector
 //! hands on the checkpoint that learnt most inside the limits, or says none fits.
 
 mod common;
@@ -111,13 +111,72 @@ fn adapters_train_alone_and_merge_into_the_same_model() {
         "nothing left to merge"
     );
     let none = LoraConfig {
-        targets: vec!["wte".into()],
+        targets: vec!["q_proj".into()],
         ..config
     };
     assert!(
         lora::attach(&mut run.model, &none, 1).is_err(),
         "no projection matches"
     );
+}
+
+/// Adapters on the attention and MLP projections only: on this character-level model the
+/// embedding's adapter is tested on its own.
+fn projections() -> LoraConfig {
+    LoraConfig {
+        targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+        ..LoraConfig::default()
+    }
+}
+
+#[test]
+fn the_embedding_adapter_is_shared_by_the_tied_output_layer_and_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, tokenizer, _) = base(dir.path());
+    let vocab = tokenizer.get_vocab_size(true) as i64;
+    let wte = model.vs.variables()["transformer.wte.weight"].copy();
+    let input = Tensor::from_slice(&[3i64, 5, 7, 9, 11, 2]).view([1, -1]);
+    let before = logits(&model, &input, false);
+    let config = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["wte".into()],
+    };
+    lora::attach(&mut model, &config, 1).unwrap();
+    // PEFT's embedding layout: A [rank, vocab], B [n_embd, rank]; the output layer adds none.
+    assert_eq!(model.parameters(), 4 * (vocab + 32));
+    assert!(
+        max_diff(&before, &logits(&model, &input, false)) == 0.0,
+        "A starts at zero"
+    );
+
+    let examples = taught(&tokenizer);
+    let packed = Packed::new(&examples, 3, 32, 0, 1).unwrap();
+    let validation = packed.sequential(Device::Cpu);
+    let loss_before = evaluate(&model, &validation).unwrap();
+    let mut cfg = config_for_feedback(60);
+    cfg.kl_weight = 0.0;
+    let mut run = Trainer::start(model, tokenizer, cfg, None, &dir.path().join("wte")).unwrap();
+    run.run(&packed, None, |_| ControlFlow::Continue(()))
+        .unwrap();
+    let loss_after = evaluate(&run.model, &validation).unwrap();
+    assert!(
+        loss_after < loss_before,
+        "embedding-only LoRA loss {loss_before} -> {loss_after}"
+    );
+    let adapted = logits(&run.model, &input, false);
+    assert!(
+        max_diff(&before, &adapted) > 1e-3,
+        "the adapter moved the logits"
+    );
+    assert!(max_diff(&before, &logits(&run.model, &input, true)) == 0.0);
+
+    // Merged into the one tied matrix, the update reaches the input and the output alike.
+    lora::merge(&mut run.model).unwrap();
+    let merged_wte = run.model.vs.variables()["transformer.wte.weight"].copy();
+    assert!(!merged_wte.equal(&wte), "the embedding took the update");
+    let diff = max_diff(&adapted, &logits(&run.model, &input, false));
+    assert!(diff < 1e-5, "merged logits differ by {diff}");
 }
 
 fn config_for_feedback(steps: u64) -> quark_ml::train::TrainConfig {
@@ -148,7 +207,7 @@ fn the_kl_term_keeps_rehearsal_text_close_to_the_base() {
     for (i, weight) in [0.0, 1.0].into_iter().enumerate() {
         let at = dir.path().join(i.to_string());
         let (mut model, tokenizer, text) = base(&at);
-        lora::attach(&mut model, &LoraConfig::default(), 1).unwrap();
+        lora::attach(&mut model, &projections(), 1).unwrap();
         let examples = taught(&tokenizer);
         let packed = Packed::new(&examples, 2, 32, 0, 1).unwrap();
         let validation = packed.sequential(Device::Cpu);
@@ -186,7 +245,7 @@ fn select(dir: &Path, limits: Limits, stop_at: f64) -> (quark_ml::probe::Selecti
     let (mut model, tokenizer, text) = base(dir);
     let probe = probe(&tokenizer, &text);
     let reading = probe.read(&model, false).unwrap();
-    lora::attach(&mut model, &LoraConfig::default(), 1).unwrap();
+    lora::attach(&mut model, &projections(), 1).unwrap();
     let mut selector = Selector::new(probe, reading, limits, 5, stop_at).unwrap();
     let packed = Packed::new(&taught(&tokenizer), 3, 32, 0, 1).unwrap();
     let mut run = Trainer::start(

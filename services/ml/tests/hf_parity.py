@@ -31,6 +31,10 @@ def peft_logits(base_dir, adapter_dir, ids, out):
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     loaded = sum("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
     assert loaded > 0, "no trained LoRA weight was loaded"
+    if model.peft_config["default"].ensure_weight_tying:
+        inner = model.base_model.model
+        head, embedding = inner.lm_head.lora_A["default"].weight, inner.transformer.wte.lora_embedding_B["default"]
+        assert head.data_ptr() == embedding.data_ptr(), "PEFT did not tie lm_head's adapter to the embedding's"
     with torch.no_grad():
         result = model(torch.tensor([[int(i) for i in ids.split(",")]])).logits
     save_file({"logits": result.contiguous()}, out)

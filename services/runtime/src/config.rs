@@ -335,9 +335,9 @@ impl Default for Settings {
                 block_size: 0,
                 batch_size: 16,
                 pretrain_steps: 0,
-                finetune_steps: 60,
+                finetune_steps: 300,
                 lr: 1e-3,
-                finetune_lr: 1e-3,
+                finetune_lr: 3e-3,
                 warmup_steps: 20,
                 checkpoint_interval: 50,
                 rehearsal_share: 0.875,
@@ -345,9 +345,11 @@ impl Default for Settings {
                 lora: LoraSettings {
                     rank: 8,
                     alpha: 16.0,
-                    targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+                    targets: ["c_attn", "c_proj", "c_fc", "wte"]
+                        .map(String::from)
+                        .to_vec(),
                 },
-                kl_weight: 1.0,
+                kl_weight: 3.0,
                 probe_interval: 5,
                 gate_margin: 0.25,
                 stop_when_learnt: 1.0,

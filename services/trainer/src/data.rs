@@ -140,8 +140,12 @@ impl TrainerService {
         };
         let batches: Box<dyn Batches + Send> = match text {
             Some(shard) => {
+                // Every step sees every correction (up to a batch of rows of them) beside the
+                // rehearsal rows, so a larger set of corrections does not learn more slowly.
                 let examples = Packed::new(&train, rows - text_rows, block, pad, seed)
                     .map_err(HandlerError::permanent)?;
+                let all = examples.rows().clamp(rows - text_rows, rows);
+                let examples = examples.with_batch_size(all);
                 let windows =
                     Windows::new(shard, text_rows, block, seed).map_err(HandlerError::permanent)?;
                 Box::new(Mixture::new(examples, windows).map_err(HandlerError::permanent)?)

@@ -93,7 +93,7 @@ pub struct TrainArgs {
     #[serde(default)]
     pub lora_alpha: f64,
     /// PEFT module names the adapters go on.
-    #[arg(long, value_delimiter = ',', default_value = "c_attn,c_proj,c_fc")]
+    #[arg(long, value_delimiter = ',', default_value = "c_attn,c_proj,c_fc,wte")]
     #[serde(default)]
     pub lora_targets: Vec<String>,
 }
