@@ -25,10 +25,8 @@ import time
 import torch
 
 torch.set_num_threads(2)
-# Quark's defaults for feedback: the projections and the token embedding, whose adapter the
-# tied output layer shares (PEFT: `lm_head` as a target with `ensure_weight_tying`).
-RANK, ALPHA, TARGETS = 8, 16.0, ["c_attn", "c_proj", "c_fc", "wte"]
-STEPS, LR, WARMUP, BLOCK = 150, 3e-3, 25, 128
+RANK, ALPHA, TARGETS = 8, 16.0, ["c_attn", "c_proj", "c_fc"]
+STEPS, LR, WARMUP, BLOCK = 60, 1e-3, 10, 128
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|endoftext|>"
 
 
@@ -106,8 +104,7 @@ def trl_side(base, corrections, work):
                        adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, max_grad_norm=1.0, max_length=BLOCK,
                        completion_only_loss=True, packing=False, save_strategy="no", report_to=[], logging_steps=STEPS,
                        use_cpu=True, dataloader_num_workers=0, seed=1337, disable_tqdm=True)
-    peft = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS + ["lm_head"], ensure_weight_tying=True, lora_dropout=0.0,
-                      fan_in_fan_out=True, task_type="CAUSAL_LM")
+    peft = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0, fan_in_fan_out=True, task_type="CAUSAL_LM")
     model = GPT2LMHeadModel.from_pretrained(base, dtype=torch.float32)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft)
     sample = trainer.train_dataset[0]
@@ -117,14 +114,7 @@ def trl_side(base, corrections, work):
     trainer.train()
     seconds = time.perf_counter() - started
     merged = os.path.join(work, "trl-merged")
-    probe = torch.tensor([expected])
-    with torch.no_grad():
-        adapted = trainer.model.eval()(probe).logits
-        unloaded = trainer.model.merge_and_unload()
-        drift = (unloaded(probe).logits - adapted).abs().max().item()
-    # The tied embedding and output layer share one matrix: merged once, not twice.
-    assert drift < 1e-4, f"PEFT's merge changed the logits by {drift}"
-    unloaded.save_pretrained(merged)
+    trainer.model.merge_and_unload().save_pretrained(merged)
     tok.save_pretrained(merged)
     return merged, seconds
 
