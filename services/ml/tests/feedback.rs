@@ -50,14 +50,21 @@ fn taught(tokenizer: &quark_ml::Tokenizer) -> Vec<Example> {
     .collect()
 }
 
-#[test]
-fn adapters_train_alone_and_merge_into_the_same_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut model, tokenizer, _) = base(dir.path());
-    let full = model.parameters();
+/// The base model with what a test compares against: its embedding, an input, and the
+/// logits for that input.
+fn before_adapting(dir: &Path) -> (Gpt, quark_ml::Tokenizer, [Tensor; 3]) {
+    let (model, tokenizer, _) = base(dir);
     let wte = model.vs.variables()["transformer.wte.weight"].copy();
     let input = Tensor::from_slice(&[3i64, 5, 7, 9, 11, 2]).view([1, -1]);
     let before = logits(&model, &input, false);
+    (model, tokenizer, [wte, input, before])
+}
+
+#[test]
+fn adapters_train_alone_and_merge_into_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, tokenizer, [wte, input, before]) = before_adapting(dir.path());
+    let full = model.parameters();
     let config = LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -79,16 +86,8 @@ fn adapters_train_alone_and_merge_into_the_same_model() {
         "attached twice"
     );
 
-    let examples = taught(&tokenizer);
-    let packed = Packed::new(&examples, 3, 32, 0, 1).unwrap();
-    let validation = packed.sequential(Device::Cpu);
-    let loss_before = evaluate(&model, &validation).unwrap();
-    let mut cfg = config_for_feedback(60);
-    cfg.kl_weight = 0.0;
-    let mut run = Trainer::start(model, tokenizer, cfg, None, &dir.path().join("lora")).unwrap();
-    run.run(&packed, None, |_| ControlFlow::Continue(()))
-        .unwrap();
-    let loss_after = evaluate(&run.model, &validation).unwrap();
+    let (mut run, loss_before, loss_after) =
+        learn_taught(model, tokenizer, &dir.path().join("lora"));
     assert!(
         loss_after < loss_before / 2.0,
         "LoRA loss {loss_before} -> {loss_after}"
@@ -132,11 +131,8 @@ fn projections() -> LoraConfig {
 #[test]
 fn the_embedding_adapter_is_shared_by_the_tied_output_layer_and_merges() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut model, tokenizer, _) = base(dir.path());
+    let (mut model, tokenizer, [wte, input, before]) = before_adapting(dir.path());
     let vocab = tokenizer.get_vocab_size(true) as i64;
-    let wte = model.vs.variables()["transformer.wte.weight"].copy();
-    let input = Tensor::from_slice(&[3i64, 5, 7, 9, 11, 2]).view([1, -1]);
-    let before = logits(&model, &input, false);
     let config = LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -150,16 +146,8 @@ fn the_embedding_adapter_is_shared_by_the_tied_output_layer_and_merges() {
         "A starts at zero"
     );
 
-    let examples = taught(&tokenizer);
-    let packed = Packed::new(&examples, 3, 32, 0, 1).unwrap();
-    let validation = packed.sequential(Device::Cpu);
-    let loss_before = evaluate(&model, &validation).unwrap();
-    let mut cfg = config_for_feedback(60);
-    cfg.kl_weight = 0.0;
-    let mut run = Trainer::start(model, tokenizer, cfg, None, &dir.path().join("wte")).unwrap();
-    run.run(&packed, None, |_| ControlFlow::Continue(()))
-        .unwrap();
-    let loss_after = evaluate(&run.model, &validation).unwrap();
+    let (mut run, loss_before, loss_after) =
+        learn_taught(model, tokenizer, &dir.path().join("wte"));
     assert!(
         loss_after < loss_before,
         "embedding-only LoRA loss {loss_before} -> {loss_after}"
@@ -177,6 +165,22 @@ fn the_embedding_adapter_is_shared_by_the_tied_output_layer_and_merges() {
     assert!(!merged_wte.equal(&wte), "the embedding took the update");
     let diff = max_diff(&adapted, &logits(&run.model, &input, false));
     assert!(diff < 1e-5, "merged logits differ by {diff}");
+}
+
+/// Trains `model`'s adapters 60 steps on the taught examples alone: the run, and the
+/// examples' loss before and after.
+fn learn_taught(model: Gpt, tokenizer: quark_ml::Tokenizer, dir: &Path) -> (Trainer, f64, f64) {
+    let examples = taught(&tokenizer);
+    let packed = Packed::new(&examples, 3, 32, 0, 1).unwrap();
+    let validation = packed.sequential(Device::Cpu);
+    let before = evaluate(&model, &validation).unwrap();
+    let mut cfg = config_for_feedback(60);
+    cfg.kl_weight = 0.0;
+    let mut run = Trainer::start(model, tokenizer, cfg, None, dir).unwrap();
+    run.run(&packed, None, |_| ControlFlow::Continue(()))
+        .unwrap();
+    let after = evaluate(&run.model, &validation).unwrap();
+    (run, before, after)
 }
 
 fn config_for_feedback(steps: u64) -> quark_ml::train::TrainConfig {
