@@ -16,6 +16,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use tracing::info;
 
+/// SFT records (one conversation each) a fine-tuning job learns from.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    pub(crate) train: Vec<String>,
+    pub(crate) validation: Vec<String>,
+}
+
 impl TrainerService {
     /// The records of every SFT dataset a model was trained on from `base`, or `base` itself
     /// was: a correction is never trained twice on the same base, whatever asks for it.
@@ -101,34 +108,48 @@ impl TrainerService {
         })
     }
 
-    /// Conversations of the SFT datasets, packed: training from the train splits (less the
-    /// records in `skip`, learnt already), validation from the validation splits.
-    pub(crate) fn sft_data(
+    /// The records of the SFT datasets' splits not in `skip` (learnt already): the
+    /// conversations a fine-tuning trains and validates on.
+    pub(crate) fn fresh_records(
         &self,
         datasets: &[DatasetPrepared],
-        rehearsal: &[DatasetPrepared],
         skip: &HashSet<String>,
+    ) -> Result<Records, HandlerError> {
+        let fresh = |artifact: &Artifact| -> Result<Vec<String>, HandlerError> {
+            let mut texts = self.documents(artifact)?;
+            texts.retain(|text| !skip.contains(text.trim()));
+            Ok(texts)
+        };
+        let mut records = Records::default();
+        for dataset in datasets {
+            records.train.extend(fresh(&dataset.train)?);
+            if let Some(v) = &dataset.validation {
+                records.validation.extend(fresh(v)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The conversations of `records`, packed (training and validation), mixed with
+    /// rehearsal text.
+    pub(crate) fn sft_data(
+        &self,
+        records: &Records,
+        rehearsal: &[DatasetPrepared],
         trainer: &Trainer,
         dir: &Path,
     ) -> Result<Data, HandlerError> {
         let (tokenizer, model) = (&trainer.tokenizer, &trainer.model);
-        let examples = |artifact: &Artifact| -> Result<Vec<Example>, HandlerError> {
-            self.documents(artifact)?
+        let examples = |texts: &[String]| -> Result<Vec<Example>, HandlerError> {
+            texts
                 .iter()
-                .filter(|text| !skip.contains(text.trim()))
                 .map(|text| {
                     let messages = chat::parse_record(text).map_err(HandlerError::permanent)?;
                     chat::render(tokenizer, &messages).map_err(HandlerError::permanent)
                 })
                 .collect()
         };
-        let (mut train, mut validation) = (vec![], vec![]);
-        for dataset in datasets {
-            train.extend(examples(&dataset.train)?);
-            if let Some(v) = &dataset.validation {
-                validation.extend(examples(v)?);
-            }
-        }
+        let (train, validation) = (examples(&records.train)?, examples(&records.validation)?);
         let block = model.config.block_size as usize;
         let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
         let (rows, seed) = (self.settings.batch_size, self.settings.seed);

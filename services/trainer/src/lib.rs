@@ -24,7 +24,7 @@ mod data;
 mod tuning;
 
 use async_trait::async_trait;
-use data::Data;
+use data::{Data, Records};
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     Artifact, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelShape,
@@ -40,7 +40,7 @@ use quark_ml::train::{Outcome, TrainConfig, Trainer};
 use quark_runtime::ArtifactStore;
 use quark_runtime::config::{EvaluateSettings, TrainerSettings};
 use sea_orm::DatabaseConnection;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,8 +97,8 @@ enum Plan {
         /// Pre-training data mixed into the fine-tuning, so the model learns the new examples
         /// without forgetting the rest.
         rehearsal: Vec<DatasetPrepared>,
-        /// Records trained on this base already: left out.
-        skip: HashSet<String>,
+        /// The datasets' records not trained on this base already.
+        records: Records,
     },
 }
 
@@ -209,15 +209,8 @@ impl TrainerService {
             return Err(HandlerError::permanent("no SFT dataset to fine-tune on"));
         }
         let skip = self.learnt_from(&base).await?;
-        let mut fresh = 0;
-        for dataset in &datasets {
-            fresh += self
-                .documents(&dataset.train)?
-                .iter()
-                .filter(|r| !skip.contains(r.trim()))
-                .count();
-        }
-        if fresh == 0 {
+        let records = self.fresh_records(&datasets, &skip)?;
+        if records.train.is_empty() {
             info!(base = %base.model_id, request = %request.header.event_id, "every correction named was trained on this base already: nothing to train");
             return Ok(None);
         }
@@ -229,7 +222,7 @@ impl TrainerService {
             base: Box::new(base),
             datasets,
             rehearsal,
-            skip,
+            records,
         }))
     }
 
@@ -340,7 +333,7 @@ impl TrainerService {
                 base,
                 datasets,
                 rehearsal,
-                skip,
+                records,
             } => {
                 let base_dir = self
                     .store
@@ -357,7 +350,7 @@ impl TrainerService {
                     Trainer::start(model, tokenizer, config, Some(base_dir.clone()), &run_dir)
                         .map_err(HandlerError::permanent)?
                 };
-                let data = self.sft_data(&datasets, &rehearsal, &skip, &trainer, dir)?;
+                let data = self.sft_data(&records, &rehearsal, &trainer, dir)?;
                 // Without adapters the base is a second copy: the selector's baseline (the
                 // model in training may be a resumed one) and the KL term's teacher.
                 let frozen = match trainer.model.adapters() {
