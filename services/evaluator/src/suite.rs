@@ -6,6 +6,7 @@ use quark_ml::chat::{self, Message, Role};
 use quark_ml::generate::{GenerateOptions, generate};
 use quark_ml::gpt::Gpt;
 use quark_ml::metrics::{exact_match, percentile, rouge_l, token_f1};
+use quark_ml::plausibility;
 use quark_ml::probe::{self, held_out_replies};
 use quark_ml::{MlError, Tokenizer};
 use serde::Serialize;
@@ -118,18 +119,6 @@ fn reply_loss(
     quark_ml::train::evaluate(model, &batches)
 }
 
-/// The last user message of a conversation and the assistant's reply to it.
-fn last_exchange(conversation: &[Message]) -> Option<(&str, &str)> {
-    let reply = conversation
-        .iter()
-        .rposition(|m| m.role == Role::Assistant)?;
-    let prompt = conversation[..reply]
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)?;
-    Some((&prompt.content, &conversation[reply].content))
-}
-
 impl Suite {
     pub fn measure(
         &self,
@@ -164,6 +153,9 @@ impl Suite {
         if !self.taught.is_empty() {
             let loss = reply_loss(model, tokenizer, &self.taught)?;
             m.metrics.insert("taught_loss".into(), loss);
+            if let Some(gain) = plausibility::order_gain(model, tokenizer, &self.taught)? {
+                m.metrics.insert("taught_order_gain".into(), gain);
+            }
         }
         let mut latencies = Vec::new();
         let mut answer = |prompt: &str, at_least: usize| -> Result<String, MlError> {
@@ -216,7 +208,7 @@ impl Suite {
         // A correction is answered when greedy decoding gives it whole: long ones get the
         // tokens they need, and a few more to show where the answer stops.
         for conversation in &self.taught {
-            let Some((prompt, reference)) = last_exchange(conversation) else {
+            let Some((prompt, reference)) = chat::last_exchange(conversation) else {
                 continue;
             };
             let needed = tokenizer

@@ -141,6 +141,18 @@ pub fn prompt(tokenizer: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, M
     Ok(ids)
 }
 
+/// The last user message of a conversation and the assistant's reply to it.
+pub fn last_exchange(conversation: &[Message]) -> Option<(&str, &str)> {
+    let reply = conversation
+        .iter()
+        .rposition(|m| m.role == Role::Assistant)?;
+    let prompt = conversation[..reply]
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)?;
+    Some((&prompt.content, &conversation[reply].content))
+}
+
 /// Tokens that end an assistant reply.
 pub fn stop_tokens(tokenizer: &Tokenizer) -> Vec<u32> {
     [END_OF_TEXT, USER, SYSTEM]

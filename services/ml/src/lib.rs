@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: checkpoints that are Hugging Face model directories.
 //! - [`lora`]: LoRA adapters in PEFT's layout, merged into the weights for serving.
 //! - [`probe`]: held-out and taught-conversation readings during fine-tuning, and the choice of checkpoint.
+//! - [`plausibility`]: whether replies read as language to a model (the word-order gain).
 //! - [`generate`]: KV-cached sampling with streaming.
 //! - [`device`]: CUDA when present, the CPU otherwise.
 
@@ -21,6 +22,7 @@ pub mod gpt;
 pub mod lora;
 pub mod metrics;
 pub mod optim;
+pub mod plausibility;
 pub mod probe;
 pub mod shards;
 pub mod tokenizer;

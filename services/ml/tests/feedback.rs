@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, corpus, logits, max_diff, shape};
+use common::{base, config, corpus, logits, max_diff};
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::data::{Batches, Example, Mixture, Packed, Windows};
 use quark_ml::gpt::Gpt;
@@ -15,23 +15,6 @@ use quark_ml::train::{Trainer, evaluate};
 use std::ops::ControlFlow;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-/// A base model pre-trained for 40 steps on the corpus, with its text shard.
-fn base(dir: &Path) -> (Gpt, quark_ml::Tokenizer, Shard) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (tokenizer, train, _) = corpus(dir);
-    let model = Gpt::new(shape(tokenizer.get_vocab_size(true), 0.0), Device::Cpu, 5).unwrap();
-    let mut pretrain =
-        Trainer::start(model, tokenizer, config(40), None, &dir.join("base")).unwrap();
-    let data = Windows::new(train, 8, 32, 7).unwrap();
-    let train = Shard::open(&dir.join("train.tok")).unwrap();
-    let checkpoint = pretrain
-        .run(&data, None, |_| ControlFlow::Continue(()))
-        .unwrap()
-        .checkpoint;
-    let (model, tokenizer) = quark_ml::checkpoint::load(&checkpoint, Device::Cpu).unwrap();
-    (model, tokenizer, train)
-}
 
 fn taught(tokenizer: &quark_ml::Tokenizer) -> Vec<Example> {
     [

@@ -4,13 +4,15 @@
 #![allow(dead_code)] // each test binary uses its own share of them
 
 use quark_ml::Tokenizer;
+use quark_ml::data::Windows;
 use quark_ml::gpt::{Context, Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
 use quark_ml::tokenizer;
-use quark_ml::train::TrainConfig;
+use quark_ml::train::{TrainConfig, Trainer};
+use std::ops::ControlFlow;
 use std::path::Path;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 pub const TEXT: &str = "To be, or not to be, that is the question:\n\
 Whether 'tis nobler in the mind to suffer\n\
@@ -66,6 +68,28 @@ pub fn corpus(dir: &Path) -> (Tokenizer, Shard, Shard) {
         Shard::open(&train).unwrap(),
         Shard::open(&val).unwrap(),
     )
+}
+
+/// A base model pre-trained for 40 steps on the corpus, with its text shard.
+pub fn base(dir: &Path) -> (Gpt, Tokenizer, Shard) {
+    pretrained(dir, 40)
+}
+
+/// A model pre-trained for `steps` steps on the corpus, with its text shard.
+pub fn pretrained(dir: &Path, steps: u64) -> (Gpt, Tokenizer, Shard) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (tokenizer, train, _) = corpus(dir);
+    let model = Gpt::new(shape(tokenizer.get_vocab_size(true), 0.0), Device::Cpu, 5).unwrap();
+    let mut pretrain =
+        Trainer::start(model, tokenizer, config(steps), None, &dir.join("base")).unwrap();
+    let data = Windows::new(train, 8, 32, 7).unwrap();
+    let train = Shard::open(&dir.join("train.tok")).unwrap();
+    let checkpoint = pretrain
+        .run(&data, None, |_| ControlFlow::Continue(()))
+        .unwrap()
+        .checkpoint;
+    let (model, tokenizer) = quark_ml::checkpoint::load(&checkpoint, Device::Cpu).unwrap();
+    (model, tokenizer, train)
 }
 
 /// Logits of `input` without gradients; with `base_only`, of the base under any adapters.
