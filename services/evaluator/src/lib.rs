@@ -6,7 +6,9 @@
 //! than `max_reply_loss_increase`; exact match,
 //! token F1, ROUGE-L and the share of avoided rejected answers may not fall by more than
 //! `max_score_decrease`; the safety pass rate stays at least `min_safety_pass_rate`; p95
-//! latency may not rise by more than `max_latency_increase`. All checks pass → eval.completed;
+//! latency may not rise by more than `max_latency_increase`; the candidate must answer at least
+//! `min_taught_exact_match` of the corrections that caused it, and those must read as language
+//! to the champion (word-order gain at least `min_taught_order_gain`). All checks pass → eval.completed;
 //! any fails → eval.regressed naming them. The report (every metric, both models, every
 //! sample) is stored as an artifact.
 //!
@@ -81,7 +83,11 @@ fn check(
     }
 }
 
-/// Every check the gate makes, for the metrics the candidate has.
+/// The champion's word-order gain on the corrections that caused the candidate.
+const ORDER_GAIN: &str = "taught_order_gain";
+
+/// Every check the gate makes, for the metrics the candidate has (and, for the word-order
+/// gain of its corrections, the champion has).
 pub fn gate(
     settings: &EvaluateSettings,
     candidate: &Measurement,
@@ -139,14 +145,27 @@ pub fn gate(
             settings.max_latency_increase,
         ),
     ];
-    rules
+    let mut checks: Vec<GateCheck> = rules
         .iter()
         .filter_map(|(metric, rule, threshold)| {
             let value = *candidate.metrics.get(*metric)?;
             let base = baseline.and_then(|b| b.metrics.get(*metric).copied());
             Some(check(metric, *rule, base, value, *threshold))
         })
-        .collect()
+        .collect();
+    // Whether the corrections read as language is asked of the champion, which has not
+    // learnt them: the candidate has, and finds any order it was taught likely.
+    let order_gain = baseline.and_then(|b| b.metrics.get(ORDER_GAIN).copied());
+    checks.extend(order_gain.map(|gain| {
+        check(
+            ORDER_GAIN,
+            GateRule::MinValue,
+            None,
+            gain,
+            settings.min_taught_order_gain,
+        )
+    }));
+    checks
 }
 
 impl EvaluatorService {
@@ -462,6 +481,28 @@ mod tests {
         assert_eq!(failed[0].metric, "taught_exact_match");
         // The champion's share is kept beside it: before and after.
         assert_eq!((failed[0].baseline, failed[0].candidate), (Some(0.0), 0.5));
+    }
+
+    #[test]
+    fn corrections_that_do_not_read_as_language_to_the_champion_are_rejected() {
+        let learnt = |gain: f64| measured(&[("taught_exact_match", 1.0), (ORDER_GAIN, gain)]);
+        let min = settings().min_taught_order_gain;
+        let verdict = |champion: f64| {
+            let checks = gate(&settings(), &learnt(5.0), Some(&learnt(champion)));
+            let check = checks.into_iter().find(|c| c.metric == ORDER_GAIN).unwrap();
+            // The champion's gain is the one checked; the candidate's (it learnt them) is not.
+            assert_eq!((check.baseline, check.candidate), (None, champion));
+            check.passed
+        };
+        assert!(verdict(min + 0.1));
+        assert!(!verdict(min - 0.1));
+        assert!(!verdict(0.0));
+        // With no champion there is nothing it could have been taught against.
+        assert!(
+            gate(&settings(), &learnt(0.0), None)
+                .iter()
+                .all(|c| c.metric != ORDER_GAIN)
+        );
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub struct EvaluateSettings {
     /// Lowest share of the corrections a candidate was trained on that it must answer with
     /// the correction at greedy decoding: a candidate that learnt nothing is not promoted.
     pub min_taught_exact_match: f64,
+    /// Lowest word-order gain of those corrections under the champion (nats per token: how
+    /// much likelier it finds each in its own word order than shuffled). Random letters and
+    /// strings of unrelated words score about 0; a candidate taught them is not promoted.
+    pub min_taught_order_gain: f64,
     /// Tokens generated per evaluation prompt.
     pub max_new_tokens: usize,
     /// Held-out windows scored for perplexity (0: the whole validation split).
@@ -362,6 +366,7 @@ impl Default for Settings {
                 max_score_decrease: 0.1,
                 max_latency_increase: 1.0,
                 min_taught_exact_match: 0.6,
+                min_taught_order_gain: 0.25,
                 max_new_tokens: 24,
                 validation_windows: 64,
             },
