@@ -8,7 +8,8 @@ rollback stays out of the measurement); the augmenter releases them (augment.min
 is the set's size), the trainer fine-tunes, the evaluator gates. Reported per set and in
 total: promoted or rejected, the share of corrected prompts answered with the correction at
 greedy decoding before and after (the evaluator's report), the held-out perplexity change,
-and the wall time from the first feedback to the verdict.
+the word-order gain the champion finds in the corrections (the gate's check that they read as
+language), and the wall time from the first feedback to the verdict.
 
   feedback_sets.py QUARK_BINARY SETS_JSON [NAME ...]
 """
@@ -131,6 +132,7 @@ def run_set(quark, snapshot, data, one):
     if full:
         before, after = taught_share(full["baseline"]), taught_share(full["candidate"])
         ppl = full["candidate"]["metrics"]["perplexity"] / full["baseline"]["metrics"]["perplexity"] - 1
+        order_gain = full["baseline"]["metrics"].get("taught_order_gain")
         measured_by = "evaluator"
     else:
         # Rejected by the trainer's own reading: no checkpoint fitted the gate's limits.
@@ -138,11 +140,12 @@ def run_set(quark, snapshot, data, one):
         checks = {c["metric"]: c for c in evaluation["failed"]}
         p = checks.get("perplexity")
         ppl = p["candidate"] / p["baseline"] - 1 if p else None
+        order_gain = None
         measured_by = "trainer"
     return {
         "name": one["name"], "kind": one["kind"], "honest": one["honest"], "size": size,
         "promoted": evaluation["passed"], "exact_before": before, "exact_after": after,
-        "perplexity_change": ppl, "wall_s": wall, "measured_by": measured_by,
+        "perplexity_change": ppl, "order_gain": order_gain, "wall_s": wall, "measured_by": measured_by,
         "steps": metrics.get("chosen_step"), "failed": [c["metric"] for c in evaluation["failed"]],
     }
 
@@ -169,15 +172,16 @@ def main():
         r = run_set(quark, snapshot, data, one)
         results.append(r)
         print(json.dumps(r), flush=True)
-    print("\n| set | kind | corrections | verdict | answered with the correction (greedy) before → after | held-out perplexity | wall |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| set | kind | corrections | verdict | answered with the correction (greedy) before → after | held-out perplexity | word-order gain (champion) | wall |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| {r['name']} | | | {r['error']} | | | |")
+            print(f"| {r['name']} | | | {r['error']} | | | | |")
             continue
         verdict = "promoted" if r["promoted"] else "rejected (" + ", ".join(r["failed"]) + ")"
         ppl = "-" if r["perplexity_change"] is None else f"{100 * r['perplexity_change']:+.2f} %"
-        print(f"| {r['name']} | {r['kind']} | {r['size']} | {verdict} | {pct(r['exact_before'])} → {pct(r['exact_after'])} | {ppl} | {r['wall_s']:.0f} s |")
+        gain = "-" if r["order_gain"] is None else f"{r['order_gain']:.2f}"
+        print(f"| {r['name']} | {r['kind']} | {r['size']} | {verdict} | {pct(r['exact_before'])} → {pct(r['exact_after'])} | {ppl} | {gain} | {r['wall_s']:.0f} s |")
     ok = [r for r in results if "error" not in r]
     honest = [r for r in ok if r["honest"]]
     noisy = [r for r in ok if not r["honest"]]

@@ -7,9 +7,15 @@ the replies only, two threads. Quark trains with `quark train --sft --lora-rank`
 SFTTrainer on a prompt/completion dataset. Both results are then measured by the same code
 here, with transformers: the share of corrected prompts answered with the correction at
 greedy decoding, and perplexity on held-out text (a third play, never trained on). The timer
-is around the training steps on both sides (Quark's trainer_state.json `train_us`, TRL's
-`trainer.train()`), so model loading and Python imports are not counted. The sides run in
-alternating order, set by set.
+is around the same span on both sides: each optimizer step, from its start to the weights
+updated, summed over the run (Quark's trainer_state.json `train_us`; for TRL, a callback from
+`on_step_begin` to `on_step_end`), so model loading, tokenising, Python imports and saving are
+not counted on either side. Each set runs twice, with two seeds, the sides in one order and
+then the other; the two seeds of one side show how far its results move by chance.
+
+The target modules are the attention and MLP projections, not Quark's default (which adds the
+token embedding, shared by the tied output layer): TRL 1.16's SFTTrainer computes the loss
+from `lm_head.weight` directly and refuses an adapter on the output layer.
 
   feedback_trl.py QUARK_BINARY PLAYS_DIR SETS_JSON [SET ...]
 """
@@ -27,6 +33,7 @@ import torch
 torch.set_num_threads(2)
 RANK, ALPHA, TARGETS = 8, 16.0, ["c_attn", "c_proj", "c_fc"]
 STEPS, LR, WARMUP, BLOCK = 60, 1e-3, 10, 128
+SEEDS = [1337, 1338]
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|endoftext|>"
 
 
@@ -75,7 +82,7 @@ def packed_rows(tok, corrections):
     return rows
 
 
-def quark_side(quark, base, corrections, work, rows):
+def quark_side(quark, base, corrections, work, rows, seed):
     data = os.path.join(work, "sft.jsonl")
     with open(data, "w") as f:
         for c in corrections:
@@ -85,13 +92,30 @@ def quark_side(quark, base, corrections, work, rows):
                     "--lora-alpha", str(ALPHA), "--lora-targets", ",".join(TARGETS), "--steps", str(STEPS),
                     "--lr", str(LR), "--min-lr", "0", "--warmup", str(WARMUP), "--weight-decay", "0",
                     "--batch-size", str(rows), "--block-size", str(BLOCK), "--eval-interval", "0",
-                    "--checkpoint-interval", "0", "--device", "cpu"], check=True, capture_output=True)
+                    "--checkpoint-interval", "0", "--seed", str(seed), "--device", "cpu"], check=True, capture_output=True)
     merged = os.path.join(out, "merged")
     state = json.load(open(os.path.join(merged, "trainer_state.json")))
     return merged, state["train_us"] / 1e6
 
 
-def trl_side(base, corrections, work):
+def step_timer():
+    """A TRL callback summing each optimizer step's span, as Quark's `train_us` does."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        seconds, steps, started = 0.0, 0, None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds += time.perf_counter() - self.started
+            self.steps += 1
+
+    return Timer()
+
+
+def trl_side(base, corrections, work, seed):
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import GPT2LMHeadModel
@@ -103,20 +127,20 @@ def trl_side(base, corrections, work):
                        warmup_steps=WARMUP, per_device_train_batch_size=len(corrections), weight_decay=0.0,
                        adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, max_grad_norm=1.0, max_length=BLOCK,
                        completion_only_loss=True, packing=False, save_strategy="no", report_to=[], logging_steps=STEPS,
-                       use_cpu=True, dataloader_num_workers=0, seed=1337, disable_tqdm=True)
+                       use_cpu=True, dataloader_num_workers=0, seed=seed, disable_tqdm=True)
     peft = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0, fan_in_fan_out=True, task_type="CAUSAL_LM")
     model = GPT2LMHeadModel.from_pretrained(base, dtype=torch.float32)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft)
+    timer = step_timer()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft, callbacks=[timer])
     sample = trainer.train_dataset[0]
     expected = tok(USER + corrections[0]["prompt"] + ASSISTANT + corrections[0]["correction"] + END)["input_ids"]
     assert sample["input_ids"] == expected, f"TRL tokenised {sample['input_ids']}, Quark renders {expected}"
-    started = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - started
+    assert timer.steps == STEPS, f"TRL ran {timer.steps} steps"
     merged = os.path.join(work, "trl-merged")
     trainer.model.merge_and_unload().save_pretrained(merged)
     tok.save_pretrained(merged)
-    return merged, seconds
+    return merged, timer.seconds
 
 
 def main():
@@ -135,25 +159,30 @@ def main():
           f"after {WARMUP} warm-up steps, AdamW betas (0.9, 0.99), no weight decay, grad clip 1.0, the whole set every step, "
           f"loss on replies only, fp32 on the CPU, 2 threads; TRL {__import__('trl').__version__}, PEFT {__import__('peft').__version__}, "
           f"transformers {__import__('transformers').__version__}, torch {torch.__version__}")
-    print("| set | side | answered with the correction (greedy) | held-out perplexity | training time (spans differ: not a ratio) |")
-    print("|---|---|---|---|---|")
+    print("| set | seed | side | answered with the correction (greedy) | held-out perplexity | training steps' time | Quark ÷ TRL |")
+    print("|---|---|---|---|---|---|---|")
     for i, name in enumerate(names):
         corrections = sets[name]["corrections"]
         em0, ppl0 = measure(base, corrections, held_out)
-        sides = {}
-        order = ["quark", "trl"] if i % 2 == 0 else ["trl", "quark"]
-        for side in order:
-            side_work = os.path.join(work, name, side)
-            os.makedirs(side_work)
-            if side == "quark":
-                sides[side] = quark_side(quark, base, corrections, side_work, packed_rows(tok, corrections))
-            else:
-                sides[side] = trl_side(base, corrections, side_work)
-        for side in ["quark", "trl"]:
-            model, seconds = sides[side]
-            em, ppl = measure(model, corrections, held_out)
-            print(f"| {name} ({'first' if order[0] == side else 'second'}) | {side} | {100 * em0:.0f} % → {100 * em:.0f} % | "
-                  f"{ppl0:.2f} → {ppl:.2f} ({100 * (ppl / ppl0 - 1):+.2f} %) | {seconds:.1f} s |", flush=True)
+        # Each set twice, with two seeds (LoRA's initialisation) and the sides in both orders:
+        # the spread between a side's two seeds is the noise the sides are compared within.
+        for j, seed in enumerate(SEEDS):
+            sides = {}
+            order = ["quark", "trl"] if (i + j) % 2 == 0 else ["trl", "quark"]
+            for side in order:
+                side_work = os.path.join(work, name, f"{side}-{seed}")
+                os.makedirs(side_work)
+                if side == "quark":
+                    sides[side] = quark_side(quark, base, corrections, side_work, packed_rows(tok, corrections), seed)
+                else:
+                    sides[side] = trl_side(base, corrections, side_work, seed)
+            ratio = sides["quark"][1] / sides["trl"][1]
+            for side in ["quark", "trl"]:
+                model, seconds = sides[side]
+                em, ppl = measure(model, corrections, held_out)
+                print(f"| {name} | {seed} | {side} ({'first' if order[0] == side else 'second'}) | {100 * em0:.0f} % → {100 * em:.0f} % | "
+                      f"{ppl0:.2f} → {ppl:.2f} ({100 * (ppl / ppl0 - 1):+.2f} %) | {seconds:.1f} s | "
+                      f"{f'{ratio:.2f}' if side == 'quark' else ''} |", flush=True)
 
 
 if __name__ == "__main__":
