@@ -8,6 +8,7 @@
 use crate::MlError;
 use crate::chat::{self, Message, Role};
 use crate::gpt::{Context, Gpt, IGNORE};
+use crate::probe;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use tch::{Kind, Tensor};
@@ -55,17 +56,9 @@ fn reply_nats(
         Message::new(Role::Assistant, reply),
     ];
     let example = chat::render(tokenizer, &conversation)?;
-    let n = (example.ids.len() - 1).min(model.config.block_size as usize);
-    let input: Vec<i64> = example.ids[..n].iter().map(|&i| i as i64).collect();
-    let target: Vec<i64> = (0..n)
-        .map(|i| match example.scored[i + 1] {
-            true => example.ids[i + 1] as i64,
-            false => IGNORE,
-        })
-        .collect();
-    let device = model.device();
-    let input = Tensor::from_slice(&input).view([1, -1]).to_device(device);
-    let target = Tensor::from_slice(&target).to_device(device);
+    let block = model.config.block_size as usize;
+    let (input, target) = probe::one_row(&example, block, model.device());
+    let target = target.squeeze_dim(0);
     let logits = model
         .forward(&input, &Context::default(), None, false)?
         .squeeze_dim(0);

@@ -82,6 +82,23 @@ pub fn held_out_batches(
     )
 }
 
+/// `example` as one row of at most `block` positions: its ids as input, and as targets the
+/// next ids where they are scored ([`IGNORE`] elsewhere); both `[1, n]`.
+pub fn one_row(example: &Example, block: usize, device: Device) -> (Tensor, Tensor) {
+    let n = (example.ids.len() - 1).min(block);
+    let input: Vec<i64> = example.ids[..n].iter().map(|&i| i as i64).collect();
+    let target: Vec<i64> = (0..n)
+        .map(|i| match example.scored[i + 1] {
+            true => example.ids[i + 1] as i64,
+            false => IGNORE,
+        })
+        .collect();
+    (
+        Tensor::from_slice(&input).view([1, -1]).to_device(device),
+        Tensor::from_slice(&target).view([1, -1]).to_device(device),
+    )
+}
+
 /// One taught conversation: its ids as input and scored targets, one row.
 struct Taught {
     input: Tensor,
@@ -119,18 +136,8 @@ impl Probe {
             .iter()
             .filter(|e| e.ids.len() > 1 && e.scored[1..].iter().any(|s| *s))
             .map(|e| {
-                let n = (e.ids.len() - 1).min(block);
-                let input: Vec<i64> = e.ids[..n].iter().map(|&i| i as i64).collect();
-                let target: Vec<i64> = (0..n)
-                    .map(|i| match e.scored[i + 1] {
-                        true => e.ids[i + 1] as i64,
-                        false => IGNORE,
-                    })
-                    .collect();
-                Taught {
-                    input: Tensor::from_slice(&input).view([1, -1]).to_device(device),
-                    target: Tensor::from_slice(&target).view([1, -1]).to_device(device),
-                }
+                let (input, target) = one_row(e, block, device);
+                Taught { input, target }
             })
             .collect();
         if taught.is_empty() {
