@@ -10,6 +10,7 @@
 //! - [`probe`]: held-out and taught-conversation readings during fine-tuning, and the choice of checkpoint.
 //! - [`plausibility`]: whether replies read as language to a model (the word-order gain).
 //! - [`generate`]: KV-cached sampling with streaming.
+//! - [`encoder`]: a pretrained sentence encoder (BERT, sentence-transformers' layout and pooling).
 //! - [`device`]: CUDA when present, the CPU otherwise.
 
 pub mod chat;
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod corpus;
 pub mod data;
 pub mod device;
+pub mod encoder;
 pub mod generate;
 pub mod gpt;
 pub mod lora;
