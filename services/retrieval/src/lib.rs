@@ -1,0 +1,6 @@
+//! Retrieval, a plain library (no Kafka, no database): documents cut into passages.
+//!
+//! - [`chunk`]: passages of a bounded size at sentence and code-block boundaries, overlapping
+//!   by a bounded amount, each with its byte range in the document (for citations).
+
+pub mod chunk;
