@@ -170,14 +170,19 @@ impl SentenceEncoder {
         self.vs.device()
     }
 
-    /// Embeddings of `texts`, `batch_size` at a time (each text truncated to the model's
-    /// `max_seq_length` tokens, as sentence-transformers does).
+    /// Embeddings of `texts` in their order, `batch_size` at a time (each text truncated to
+    /// the model's `max_seq_length` tokens, as sentence-transformers does).
     pub fn encode(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, MlError> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(batch_size.max(1)) {
+        // Longest first, so a batch holds texts of about one length and pads little (the
+        // order sentence-transformers batches in).
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].chars().count()));
+        let mut out = vec![Vec::new(); texts.len()];
+        for indices in order.chunks(batch_size.max(1)) {
+            let chunk: Vec<&str> = indices.iter().map(|&i| texts[i]).collect();
             let batch = self
                 .tokenizer
-                .encode_batch(chunk.to_vec(), true)
+                .encode_batch(chunk, true)
                 .map_err(|e| MlError::Tokenizer(e.to_string()))?;
             let rows = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
                 let flat: Vec<i64> = batch
@@ -193,7 +198,9 @@ impl SentenceEncoder {
             let mask = rows(&|e| e.get_attention_mask());
             let pooled = tch::no_grad(|| self.embed(&ids, &types, &mask));
             let pooled = pooled.to_device(Device::Cpu).to_kind(Kind::Float);
-            out.extend(Vec::<Vec<f32>>::try_from(pooled)?);
+            for (&i, vector) in indices.iter().zip(Vec::<Vec<f32>>::try_from(pooled)?) {
+                out[i] = vector;
+            }
         }
         Ok(out)
     }

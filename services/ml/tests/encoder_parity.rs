@@ -63,7 +63,10 @@ fn embeddings_match_sentence_transformers() {
         .zip(&theirs)
         .map(|(a, b)| cosine(a, b))
         .fold(1.0, f64::min);
-    println!("least cosine to sentence-transformers over {} texts: {least:.7}", texts.len());
+    println!(
+        "least cosine to sentence-transformers over {} texts: {least:.7}",
+        texts.len()
+    );
     for ((text, a), b) in texts.iter().zip(&ours).zip(&theirs) {
         assert_eq!(a.len(), b.len());
         let c = cosine(a, b);
