@@ -87,7 +87,12 @@ pub fn chunks(text: &str, config: &ChunkConfig, measure: &dyn Fn(&str) -> usize)
 /// The document's units in order: fenced code blocks (```` ``` ```` or `~~~` lines) whole,
 /// the prose between them as sentences; any unit over `size` cut smaller.
 fn units(text: &str, size: usize, measure: &dyn Fn(&str) -> usize) -> Vec<Unit> {
-    let mut units = Vec::new();
+    let mut cut = Cutter {
+        text,
+        size,
+        measure,
+        units: Vec::new(),
+    };
     let mut prose_start = 0;
     let mut fence: Option<(&str, usize)> = None;
     let mut offset = 0;
@@ -97,12 +102,11 @@ fn units(text: &str, size: usize, measure: &dyn Fn(&str) -> usize) -> Vec<Unit> 
             .find(|m| line.trim_start().starts_with(m));
         match (fence, marker) {
             (None, Some(m)) => {
-                sentences(text, prose_start..offset, size, measure, &mut units);
+                cut.sentences(prose_start..offset);
                 fence = Some((m, offset));
             }
             (Some((open, begin)), Some(m)) if m == open => {
-                let block = begin..offset + line.len();
-                piece(text, block, size, measure, &mut units, split_lines);
+                cut.piece(begin..offset + line.len(), split_lines);
                 prose_start = offset + line.len();
                 fence = None;
             }
@@ -112,84 +116,69 @@ fn units(text: &str, size: usize, measure: &dyn Fn(&str) -> usize) -> Vec<Unit> 
     }
     match fence {
         // An unclosed fence runs to the end of the document.
-        Some((_, begin)) => piece(
-            text,
-            begin..text.len(),
-            size,
-            measure,
-            &mut units,
-            split_lines,
-        ),
-        None => sentences(text, prose_start..text.len(), size, measure, &mut units),
+        Some((_, begin)) => cut.piece(begin..text.len(), split_lines),
+        None => cut.sentences(prose_start..text.len()),
     }
-    units
+    cut.units
 }
 
-fn sentences(
-    text: &str,
-    span: Range<usize>,
+/// One document being cut into units of at most `size`.
+struct Cutter<'a> {
+    text: &'a str,
     size: usize,
-    measure: &dyn Fn(&str) -> usize,
-    units: &mut Vec<Unit>,
-) {
-    for (at, sentence) in text[span.clone()].split_sentence_bound_indices() {
-        let trimmed = sentence.trim_end();
-        if trimmed.trim_start().is_empty() {
-            continue;
+    measure: &'a dyn Fn(&str) -> usize,
+    units: Vec<Unit>,
+}
+
+impl Cutter<'_> {
+    fn sentences(&mut self, span: Range<usize>) {
+        let text = self.text;
+        for (at, sentence) in text[span.clone()].split_sentence_bound_indices() {
+            let trimmed = sentence.trim_end();
+            if trimmed.trim_start().is_empty() {
+                continue;
+            }
+            let lead = trimmed.len() - trimmed.trim_start().len();
+            let begin = span.start + at + lead;
+            self.piece(begin..span.start + at + trimmed.len(), split_words);
         }
-        let lead = trimmed.len() - trimmed.trim_start().len();
-        let begin = span.start + at + lead;
-        piece(
-            text,
-            begin..span.start + at + trimmed.len(),
-            size,
-            measure,
-            units,
-            split_words,
-        );
     }
-}
 
-/// `range` as one unit when it fits in `size`, else as the pieces `split` cuts it into, each
-/// as large as fits (a piece that cannot be cut further stands alone).
-fn piece(
-    text: &str,
-    range: Range<usize>,
-    size: usize,
-    measure: &dyn Fn(&str) -> usize,
-    units: &mut Vec<Unit>,
-    split: fn(&str) -> Vec<Range<usize>>,
-) {
-    let whole = measure(&text[range.clone()]);
-    if whole <= size {
-        units.push(Unit { range, size: whole });
-        return;
-    }
-    let base = range.start;
-    let mut current: Option<Unit> = None;
-    for part in split(&text[range]) {
-        let part = base + part.start..base + part.end;
-        let part_size = measure(&text[part.clone()]);
-        // Sizes add up part by part: measuring the growing piece again would be quadratic.
-        current = match current.take() {
-            Some(c) if c.size + part_size > size => {
-                units.push(c);
-                Some(Unit {
+    /// `range` as one unit when it fits, else as the pieces `split` cuts it into, each as
+    /// large as fits (a piece that cannot be cut further stands alone).
+    fn piece(&mut self, range: Range<usize>, split: fn(&str) -> Vec<Range<usize>>) {
+        let (text, size, measure) = (self.text, self.size, self.measure);
+        let whole = measure(&text[range.clone()]);
+        if whole <= size {
+            self.units.push(Unit { range, size: whole });
+            return;
+        }
+        let base = range.start;
+        let mut current: Option<Unit> = None;
+        for part in split(&text[range]) {
+            let part = base + part.start..base + part.end;
+            let part_size = measure(&text[part.clone()]);
+            // Sizes add up part by part: measuring the growing piece again would be quadratic.
+            current = match current.take() {
+                Some(c) if c.size + part_size > size => {
+                    self.units.push(c);
+                    Some(Unit {
+                        range: part,
+                        size: part_size,
+                    })
+                }
+                Some(c) => Some(Unit {
+                    range: c.range.start..part.end,
+                    size: c.size + part_size,
+                }),
+                None => Some(Unit {
                     range: part,
                     size: part_size,
-                })
-            }
-            Some(c) => Some(Unit {
-                range: c.range.start..part.end,
-                size: c.size + part_size,
-            }),
-            None => Some(Unit {
-                range: part,
-                size: part_size,
-            }),
-        };
+                }),
+            };
+        }
+        self.units.extend(current);
     }
-    units.extend(current);
 }
 
 fn split_lines(text: &str) -> Vec<Range<usize>> {
