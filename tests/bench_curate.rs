@@ -12,23 +12,10 @@ use quark_curate::pipeline::{CurateConfig, Curator, Document, Outcome};
 use quark_curate::store::read_documents;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            text_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "txt") {
-            out.push(path);
-        }
-    }
-}
+use quark_e2e::text_files;
 
 fn name(path: &Path, root: &Path) -> String {
     path.strip_prefix(root).unwrap().display().to_string()

@@ -8,6 +8,7 @@
 //! The threads are libtorch's, set from `QUARK_THREADS` (default 2); the timer is around the
 //! encoding alone: the model is loaded and the passages read before it starts.
 
+use quark_e2e::text_files;
 use quark_ml::encoder::SentenceEncoder;
 use quark_retrieval::chunk::{ChunkConfig, chunks, words};
 use std::io::Write;
@@ -21,12 +22,8 @@ const PASSAGES: ChunkConfig = ChunkConfig {
 };
 
 fn passages(dir: &Path, out: &Path) {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-        .collect();
-    files.sort();
+    let mut files = Vec::new();
+    text_files(dir, &mut files);
     let mut writer = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
     let mut count = 0;
     for file in files {

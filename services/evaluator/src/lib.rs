@@ -86,6 +86,13 @@ fn check(
 /// The champion's word-order gain on the corrections that caused the candidate.
 const ORDER_GAIN: &str = "taught_order_gain";
 
+/// Which model of the comparison is measured.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Candidate,
+    Champion,
+}
+
 /// Every check the gate makes, for the metrics the candidate has (and, for the word-order
 /// gain of its corrections, the champion has).
 pub fn gate(
@@ -270,11 +277,14 @@ impl EvaluatorService {
         })
     }
 
+    /// Measures a model on `suite`; the champion's measurement also holds the word-order
+    /// gain of the corrections (the candidate's would say only that it learnt them).
     async fn measure(
         &self,
         model_id: Id,
         checkpoint: &Artifact,
         suite: &Suite,
+        role: Role,
     ) -> Result<Measurement, HandlerError> {
         let dir = self
             .store
@@ -287,7 +297,15 @@ impl EvaluatorService {
             std::fs::create_dir_all(&work).map_err(|e| quark_ml::MlError::Data(e.to_string()))?;
             let measured = suite.measure(&gpt, &tokenizer, &work);
             let _ = std::fs::remove_dir_all(&work);
-            measured
+            let mut measured = measured?;
+            if role == Role::Champion {
+                measured.metrics.extend(
+                    suite
+                        .order_gain(&gpt, &tokenizer)?
+                        .map(|g| (ORDER_GAIN.to_string(), g)),
+                );
+            }
+            Ok::<_, quark_ml::MlError>(measured)
         })
         .map_err(HandlerError::permanent)
     }
@@ -317,10 +335,18 @@ impl EvaluatorService {
         };
         let suite = self.suite(candidate).await?;
         let measured = self
-            .measure(candidate.model_id, &candidate.checkpoint, &suite)
+            .measure(
+                candidate.model_id,
+                &candidate.checkpoint,
+                &suite,
+                Role::Candidate,
+            )
             .await?;
         let base = match &baseline {
-            Some(b) => Some(self.measure(b.model_id, &b.checkpoint, &suite).await?),
+            Some(b) => Some(
+                self.measure(b.model_id, &b.checkpoint, &suite, Role::Champion)
+                    .await?,
+            ),
             None => None,
         };
         let checks = gate(&self.settings, &measured, base.as_ref());

@@ -120,6 +120,13 @@ fn reply_loss(
 }
 
 impl Suite {
+    /// How much likelier `model` finds each taught correction in its own word order than
+    /// shuffled (`None` without corrections to reorder): asked of the champion, whether they
+    /// read as language.
+    pub fn order_gain(&self, model: &Gpt, tokenizer: &Tokenizer) -> Result<Option<f64>, MlError> {
+        plausibility::order_gain(model, tokenizer, &self.taught)
+    }
+
     pub fn measure(
         &self,
         model: &Gpt,
@@ -153,9 +160,6 @@ impl Suite {
         if !self.taught.is_empty() {
             let loss = reply_loss(model, tokenizer, &self.taught)?;
             m.metrics.insert("taught_loss".into(), loss);
-            if let Some(gain) = plausibility::order_gain(model, tokenizer, &self.taught)? {
-                m.metrics.insert("taught_order_gain".into(), gain);
-            }
         }
         let mut latencies = Vec::new();
         let mut answer = |prompt: &str, at_least: usize| -> Result<String, MlError> {

@@ -5,6 +5,7 @@
 //! computes for the same directory.
 
 use crate::MlError;
+use crate::checkpoint::read_json;
 use serde::Deserialize;
 use std::path::Path;
 use tch::nn::{self, Module};
@@ -66,11 +67,6 @@ pub struct SentenceEncoder {
     layers: Vec<Layer>,
     tokenizer: Tokenizer,
     normalize: bool,
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, MlError> {
-    let text = std::fs::read_to_string(path).map_err(MlError::io(path))?;
-    serde_json::from_str(&text).map_err(|e| MlError::Checkpoint(format!("{}: {e}", path.display())))
 }
 
 impl SentenceEncoder {

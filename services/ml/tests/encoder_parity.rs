@@ -4,27 +4,12 @@
 
 use quark_ml::encoder::SentenceEncoder;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use tch::Device;
 
-fn python(args: &[&str], stdin: Option<&str>) -> String {
-    let python = std::env::var("QUARK_PYTHON")
-        .expect("QUARK_PYTHON must name the venv's python (scripts/env sets it)");
-    let script = format!("{}/tests/encoder_parity.py", env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(python)
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    let input = stdin.unwrap_or("").to_string();
-    let mut pipe = child.stdin.take().unwrap();
-    std::thread::spawn(move || std::io::Write::write_all(&mut pipe, input.as_bytes()));
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "encoder_parity.py {args:?} failed");
-    String::from_utf8(output.stdout).unwrap()
-}
+mod common;
+use common::python_stdout;
+
+const SCRIPT: &str = "encoder_parity.py";
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
@@ -38,7 +23,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn embeddings_match_sentence_transformers() {
-    let dir = PathBuf::from(python(&["dir"], None).trim());
+    let dir = PathBuf::from(python_stdout(SCRIPT, &["dir"], "").trim());
     let long =
         "Now is the winter of our discontent made glorious summer by this sun of York. ".repeat(40);
     let texts = [
@@ -49,9 +34,11 @@ fn embeddings_match_sentence_transformers() {
         "",
         long.as_str(),
     ];
-    let theirs: Vec<Vec<f32>> = serde_json::from_str(&python(
+    let input = serde_json::to_string(&texts).unwrap();
+    let theirs: Vec<Vec<f32>> = serde_json::from_str(&python_stdout(
+        SCRIPT,
         &["embed", dir.to_str().unwrap()],
-        Some(&serde_json::to_string(&texts).unwrap()),
+        &input,
     ))
     .unwrap();
     let encoder = SentenceEncoder::load(&dir, Device::Cpu).unwrap();

@@ -13,36 +13,19 @@ use quark_ml::tokenizer::{self, TrainOptions};
 use quark_ml::train::{TrainConfig, Trainer};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use tch::{Device, Tensor};
 
 mod common;
-use common::{logits, max_diff};
+use common::{logits, max_diff, python, python_stdout};
 
 const TEXT: &str =
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n";
 
-fn python() -> String {
-    std::env::var("QUARK_PYTHON")
-        .expect("QUARK_PYTHON must name the venv's python (scripts/env sets it)")
-}
-
-fn script() -> String {
-    format!("{}/tests/hf_parity.py", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Ids Python `tokenizers` gives each text with the tokenizer at `path`.
 fn python_encode(path: &Path, texts: &[&str]) -> Vec<Vec<u32>> {
-    let mut child = Command::new(python())
-        .args([&script(), "encode", path.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    serde_json::to_writer(child.stdin.take().unwrap(), texts).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "python tokenizers failed");
-    serde_json::from_slice(&output.stdout).unwrap()
+    let input = serde_json::to_string(texts).unwrap();
+    let out = python_stdout("hf_parity.py", &["encode", path.to_str().unwrap()], &input);
+    serde_json::from_str(&out).unwrap()
 }
 
 const PARITY_TEXTS: &[&str] = &[
@@ -148,10 +131,10 @@ fn logits_of(model: &Gpt, ids: &[u32]) -> Tensor {
 /// Logits Python computes with `command` (hf_parity.py's) for `ids`, from `dirs`.
 fn python_logits(command: &str, dirs: &[&Path], ids: &[u32], out: &Path) -> Tensor {
     let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let mut args = vec![script(), command.to_string()];
+    let mut args = vec![command.to_string()];
     args.extend(dirs.iter().map(|d| d.to_str().unwrap().to_string()));
     args.extend([ids_arg, out.to_str().unwrap().to_string()]);
-    let status = Command::new(python()).args(&args).status().unwrap();
+    let status = python("hf_parity.py").args(&args).status().unwrap();
     assert!(
         status.success(),
         "{command}: Python could not load {dirs:?}"

@@ -12,6 +12,7 @@ use quark_ml::tokenizer;
 use quark_ml::train::{TrainConfig, Trainer};
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use tch::{Device, Tensor};
 
 pub const TEXT: &str = "To be, or not to be, that is the question:\n\
@@ -105,4 +106,30 @@ pub fn logits(model: &Gpt, input: &Tensor, base_only: bool) -> Tensor {
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a - b).abs().max().double_value(&[])
+}
+
+/// The venv's python (`QUARK_PYTHON`, which scripts/env sets) running `tests/<script>`.
+pub fn python(script: &str) -> Command {
+    let python = std::env::var("QUARK_PYTHON")
+        .expect("QUARK_PYTHON must name the venv's python (scripts/env sets it)");
+    let mut command = Command::new(python);
+    command.arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")));
+    command
+}
+
+/// What `tests/<script> args…` prints with `input` on its standard input; it must succeed.
+pub fn python_stdout(script: &str, args: &[&str], input: &str) -> String {
+    let mut child = python(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let (mut pipe, input) = (child.stdin.take().unwrap(), input.to_string());
+    // Written from another thread: a script may answer before it has read everything.
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut pipe, input.as_bytes()));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(output.status.success(), "{script} {args:?} failed");
+    String::from_utf8(output.stdout).unwrap()
 }
