@@ -35,6 +35,8 @@ pub enum DatasetKind {
     Sft,
     Preference,
     Eval,
+    // Documents for retrieval: indexed, never trained on.
+    Knowledge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
@@ -322,6 +324,36 @@ pub struct IndexUpdated {
     pub dimensions: i32,
     pub rows_added: i64,
     pub rows_total: i64,
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub table_version: Option<i64>,
+}
+
+impl DatasetKind {
+    pub const ALL: [DatasetKind; 5] = [
+        DatasetKind::Pretrain,
+        DatasetKind::Sft,
+        DatasetKind::Preference,
+        DatasetKind::Eval,
+        DatasetKind::Knowledge,
+    ];
+
+    /// The symbol the schema gives it (`pretrain`, `sft`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Pretrain => "pretrain",
+            DatasetKind::Sft => "sft",
+            DatasetKind::Preference => "preference",
+            DatasetKind::Eval => "eval",
+            DatasetKind::Knowledge => "knowledge",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DatasetKind> {
+        DatasetKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
 }
 
 impl RetrainRequested {

@@ -199,6 +199,7 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             dimensions: 384,
             rows_added: 100,
             rows_total: 1100,
+            table_version: Some(7),
         }
         .into(),
         EventKind::ResponseServed => ResponseServed {

@@ -76,15 +76,6 @@ pub mod example {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-fn kind_name(kind: DatasetKind) -> &'static str {
-    match kind {
-        DatasetKind::Pretrain => "pretrain",
-        DatasetKind::Sft => "sft",
-        DatasetKind::Preference => "preference",
-        DatasetKind::Eval => "eval",
-    }
-}
-
 /// The examples one feedback gives, PII scrubbed.
 pub fn examples(feedback: &FeedbackReceived) -> Vec<(DatasetKind, serde_json::Value)> {
     let clean = |text: &str| pii::scrub(text).0;
@@ -113,7 +104,7 @@ pub fn examples(feedback: &FeedbackReceived) -> Vec<(DatasetKind, serde_json::Va
 }
 
 fn key(kind: DatasetKind, record: &serde_json::Value) -> String {
-    let text = format!("{}\n{}", kind_name(kind), record);
+    let text = format!("{}\n{}", kind.name(), record);
     format!("{:032x}", exact_key(&normalize(&text)))
 }
 
@@ -164,7 +155,7 @@ async fn new_examples<C: ConnectionTrait>(
             if !seen {
                 new.push(example::Model {
                     key,
-                    kind: kind_name(kind).to_string(),
+                    kind: kind.name().to_string(),
                     record: record.to_string(),
                     feedback_id: f.feedback_id.to_string(),
                     received_at: f.header.occurred_at.0,
@@ -230,11 +221,11 @@ async fn decide<C: ConnectionTrait>(
         for kind in [DatasetKind::Sft, DatasetKind::Preference, DatasetKind::Eval] {
             let of_kind: Vec<_> = pending
                 .iter()
-                .filter(|e| e.kind == kind_name(kind))
+                .filter(|e| e.kind == kind.name())
                 .cloned()
                 .collect();
             if !of_kind.is_empty() {
-                let id = Id::derived(cause.event_id, kind_name(kind));
+                let id = Id::derived(cause.event_id, kind.name());
                 release.push((kind, id, of_kind));
             }
         }
@@ -258,7 +249,7 @@ async fn decide<C: ConnectionTrait>(
 /// The SFT datasets released so far, oldest first.
 async fn released_sft<C: ConnectionTrait>(db: &C) -> Result<Vec<Id>, DbErr> {
     let rows = example::Entity::find()
-        .filter(example::Column::Kind.eq(kind_name(DatasetKind::Sft)))
+        .filter(example::Column::Kind.eq(DatasetKind::Sft.name()))
         .filter(example::Column::DatasetId.is_not_null())
         .order_by_asc(example::Column::ReceivedAt)
         .order_by_asc(example::Column::Key)
@@ -339,7 +330,7 @@ impl AugmenterService {
                 .filter_map(|e| e.feedback_id.parse().ok())
                 .collect();
             feedback_ids.dedup();
-            let name = kind_name(*kind);
+            let name = kind.name();
             events.push(Event::DatasetPrepared(DatasetPrepared {
                 header: EventHeader::caused_by(cause, NAME, name),
                 dataset_id: *dataset_id,

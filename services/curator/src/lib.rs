@@ -32,15 +32,16 @@ pub const DATASET_KIND: &str = "dataset_kind";
 /// The dataset kind a collection asks for. Records (sft, preference, eval) skip the prose
 /// quality rules and get no tokenizer; everything else applies to them as to text.
 fn kind_of(collected: &DataCollected) -> Result<DatasetKind, HandlerError> {
-    match collected.labels.get(DATASET_KIND).map(String::as_str) {
-        None | Some("pretrain") => Ok(DatasetKind::Pretrain),
-        Some("sft") => Ok(DatasetKind::Sft),
-        Some("preference") => Ok(DatasetKind::Preference),
-        Some("eval") => Ok(DatasetKind::Eval),
-        Some(other) => Err(HandlerError::Permanent(format!(
-            "unknown {DATASET_KIND} {other:?}: pretrain, sft, preference or eval"
-        ))),
-    }
+    let Some(name) = collected.labels.get(DATASET_KIND) else {
+        return Ok(DatasetKind::Pretrain);
+    };
+    DatasetKind::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
+        HandlerError::Permanent(format!(
+            "unknown {DATASET_KIND} {name:?}: one of {}",
+            known.join(", ")
+        ))
+    })
 }
 /// Documents per curation batch: bounds memory, whatever the collection's size.
 const BATCH: usize = 2048;

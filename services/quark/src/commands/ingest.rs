@@ -6,7 +6,7 @@ use quark_collect::files::FileOptions;
 use quark_collect::{Collected, crawl, files, git};
 use quark_curator::DATASET_KIND;
 use quark_events::bus::{Publisher, ensure_topics};
-use quark_events::{DataCollected, Event, EventHeader, Id, SourceKind};
+use quark_events::{DataCollected, DatasetKind, Event, EventHeader, Id, SourceKind};
 use quark_runtime::Settings;
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,8 +35,9 @@ pub struct IngestArgs {
     /// Crawl: hosts that may be visited besides the seed's (repeatable).
     #[arg(long)]
     pub allow_host: Vec<String>,
-    /// The dataset this becomes: pretrain (text), or sft / preference / eval (JSON lines kept
-    /// whole as records: conversations, preference pairs, evaluation cases).
+    /// The dataset this becomes: pretrain (text), knowledge (text for retrieval: indexed,
+    /// never trained on), or sft / preference / eval (JSON lines kept whole as records:
+    /// conversations, preference pairs, evaluation cases).
     #[arg(long, value_enum, default_value = "pretrain")]
     pub kind: Kind,
 }
@@ -47,16 +48,23 @@ pub enum Kind {
     Sft,
     Preference,
     Eval,
+    Knowledge,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    fn dataset_kind(self) -> DatasetKind {
         match self {
-            Kind::Pretrain => "pretrain",
-            Kind::Sft => "sft",
-            Kind::Preference => "preference",
-            Kind::Eval => "eval",
+            Kind::Pretrain => DatasetKind::Pretrain,
+            Kind::Sft => DatasetKind::Sft,
+            Kind::Preference => DatasetKind::Preference,
+            Kind::Eval => DatasetKind::Eval,
+            Kind::Knowledge => DatasetKind::Knowledge,
         }
+    }
+
+    /// Prose (documents read whole, or the `text` of JSON lines) rather than records.
+    fn is_text(self) -> bool {
+        matches!(self, Kind::Pretrain | Kind::Knowledge)
     }
 }
 
@@ -78,7 +86,7 @@ impl IngestArgs {
 async fn collect(args: &IngestArgs) -> anyhow::Result<(SourceKind, Collected)> {
     let source = args.source.as_str();
     let options = FileOptions {
-        text_field: (args.kind == Kind::Pretrain).then(|| "text".to_string()),
+        text_field: args.kind.is_text().then(|| "text".to_string()),
         ..Default::default()
     };
     let is_web = source.starts_with("http://") || source.starts_with("https://");
@@ -153,7 +161,10 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<Da
             .sum(),
         skipped: collected.skipped.len() as i64,
         license: collected.license.clone(),
-        labels: HashMap::from([(DATASET_KIND.to_string(), args.kind.name().to_string())]),
+        labels: HashMap::from([(
+            DATASET_KIND.to_string(),
+            args.kind.dataset_kind().name().to_string(),
+        )]),
     };
     ensure_topics(&settings.bus)
         .await
