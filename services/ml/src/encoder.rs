@@ -166,6 +166,16 @@ impl SentenceEncoder {
         self.vs.device()
     }
 
+    /// Tokens of `text` without the special tokens (at most the model's `max_seq_length`: it
+    /// reads no further), the measure passages are cut by.
+    pub fn token_count(&self, text: &str) -> Result<usize, MlError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| MlError::Tokenizer(e.to_string()))?;
+        Ok(encoding.len())
+    }
+
     /// Embeddings of `texts` in their order, `batch_size` at a time (each text truncated to
     /// the model's `max_seq_length` tokens, as sentence-transformers does).
     pub fn encode(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, MlError> {

@@ -6,3 +6,5 @@
 
 pub mod chunk;
 pub mod fusion;
+pub mod retriever;
+pub mod store;
