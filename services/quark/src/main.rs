@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
-    generate, ingest, models, plan, publish, replay, run, schema_registry, topics, trace, train,
-    watch,
+    generate, ingest, models, plan, publish, replay, run, schema_registry, search, topics, trace,
+    train, watch,
 };
 use quark::services::Service;
 use quark::shutdown;
@@ -68,6 +68,8 @@ enum Command {
     /// Collect documents (a file, a directory, a git repository or a web crawl) and publish
     /// data.collected; the curator turns them into a dataset.
     Ingest(ingest::IngestArgs),
+    /// Passages of a knowledge index for a query (vector, BM25 or hybrid), as JSON lines.
+    Search(search::SearchArgs),
     /// Follow topics (default: all) and print each message as a JSON line.
     Watch {
         topics: Vec<String>,
@@ -294,6 +296,12 @@ async fn main() -> anyhow::Result<()> {
                 "collection {}: {} documents, {} bytes, {} skipped",
                 event.collection_id, event.documents, event.bytes, event.skipped
             );
+            Ok(())
+        }
+        Command::Search(args) => {
+            for hit in search::search(&settings, &args).await? {
+                println!("{}", serde_json::to_string(&hit)?);
+            }
             Ok(())
         }
         Command::Generate(args) => {

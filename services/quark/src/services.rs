@@ -3,6 +3,7 @@
 use quark_events::bus::{Handler, RetryPolicy};
 use quark_runtime::{ArtifactStore, Settings};
 use sea_orm::DatabaseConnection;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,8 @@ pub enum Service {
     Evaluator,
     /// feedback.received → SFT, preference and evaluation examples → dataset.prepared, retrain.requested.
     Augmenter,
+    /// dataset.prepared (knowledge) → passages → embeddings → a LanceDB index → index.updated.
+    Indexer,
     /// The OpenAI-compatible HTTP API over the champion (gateway.listen).
     Gateway,
 }
@@ -32,6 +35,7 @@ impl Service {
         Service::Trainer,
         Service::Evaluator,
         Service::Augmenter,
+        Service::Indexer,
         Service::Gateway,
     ];
 
@@ -96,6 +100,14 @@ impl Service {
                 store()?,
                 db.clone(),
                 settings.augment.clone(),
+            )),
+            Service::Indexer => Arc::new(quark_indexer::IndexerService::new(
+                store()?,
+                settings.retrieval.clone(),
+                settings.retrieval.uri(&settings.data_dir),
+                settings
+                    .retrieval
+                    .encoder_dir(std::env::var_os("QUARK_VENV").map(PathBuf::from).as_deref()),
             )),
             Service::Gateway => anyhow::bail!("the gateway is started by `run`"),
         })

@@ -7,6 +7,9 @@ use quark_events::bus::BusConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod retrieval;
+pub use retrieval::RetrievalSettings;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -25,6 +28,8 @@ pub struct Settings {
     pub augment: AugmentSettings,
     #[serde(default)]
     pub schema_registry: SchemaRegistrySettings,
+    #[serde(default)]
+    pub retrieval: RetrievalSettings,
 }
 
 /// The Confluent-compatible schema registry every event schema is registered in.
@@ -389,6 +394,7 @@ impl Default for Settings {
                 release_interval_secs: 86_400,
             },
             schema_registry: SchemaRegistrySettings::default(),
+            retrieval: RetrievalSettings::default(),
         }
     }
 }

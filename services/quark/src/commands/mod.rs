@@ -10,6 +10,7 @@ pub mod publish;
 pub mod replay;
 pub mod run;
 pub mod schema_registry;
+pub mod search;
 pub mod topics;
 pub mod trace;
 pub mod train;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct UpArgs {
@@ -197,6 +197,13 @@ async fn gateway(
         database.clone(),
         Publisher::new(&settings.bus, quark_gateway::NAME)?,
     );
+    match super::search::knowledge(settings).await {
+        Ok(knowledge) => gateway.attach_knowledge(knowledge),
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            "the gateway answers without retrieval"
+        ),
+    }
     let token = shutdown.clone();
     let server = gateway.clone();
     tracker.spawn(async move {
