@@ -3,36 +3,16 @@
 //! joins it to A's response.served) and is released in the SFT dataset a retrain is asked to
 //! train on; a restarted gateway serves the champion it was serving from its own table.
 
-use quark_e2e::{TestBroker, decode_all, read_topic, until};
-use quark_events::bus::{LedgerMigration, Publisher, Runner, ensure_topics};
+use quark_e2e::{Cluster, GatewayTables, KEY, open, promotion};
+use quark_events::bus::{LedgerMigration, Publisher};
 use quark_events::*;
-use quark_gateway::{Gateway, PromotionFollower};
-use quark_ml::gpt::{Gpt, GptConfig};
-use quark_ml::{checkpoint, tokenizer};
-use quark_runtime::ArtifactStore;
-use quark_runtime::config::{AugmentSettings, GatewaySettings};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use quark_runtime::config::AugmentSettings;
+use sea_orm::ConnectionTrait;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-const KEY: &str = "quark-local-key";
-
-/// A gateway's database: the ledger and the gateway's own table, nothing of any other service.
-struct GatewayTables;
-
-impl MigratorTrait for GatewayTables {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(LedgerMigration),
-            Box::new(quark_gateway::LINEAGE.migration()),
-        ]
-    }
-}
 
 struct AugmenterTables;
 
@@ -43,155 +23,6 @@ impl MigratorTrait for AugmenterTables {
             Box::new(quark_augmenter::AugmenterMigration),
             Box::new(quark_augmenter::JoinMigration),
         ]
-    }
-}
-
-async fn open<M: MigratorTrait>(dir: &Path, name: &str) -> DatabaseConnection {
-    let url = format!("sqlite://{}?mode=rwc", dir.join(name).display());
-    quark_runtime::db::open::<M>(&url).await.unwrap()
-}
-
-/// A tiny untrained model in the artifact store, and its promotion as the registry sends it.
-async fn promotion(store: &ArtifactStore, dir: &Path) -> ModelPromoted {
-    let tok = tokenizer::train_chars(
-        "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!@-_0123456789'",
-    )
-    .unwrap();
-    let config = GptConfig {
-        vocab_size: tok.get_vocab_size(true) as i64,
-        block_size: 64,
-        n_layer: 1,
-        n_head: 1,
-        n_embd: 16,
-        dropout: 0.0,
-    };
-    let gpt = Gpt::new(config, tch::Device::Cpu, 7).unwrap();
-    let path = dir.join("model");
-    checkpoint::save(&path, &gpt, &tok, None, &json!({})).unwrap();
-    let files = [
-        checkpoint::CONFIG,
-        checkpoint::WEIGHTS,
-        checkpoint::TOKENIZER,
-        checkpoint::STATE,
-    ];
-    let artifact = store.put_dir(&path, &files).await.unwrap();
-    ModelPromoted {
-        header: EventHeader::root("registry"),
-        model_id: Id::random(),
-        alias: Alias::Champion,
-        previous_model_id: None,
-        reason: PromotionReason::GatePassed,
-        evaluation_id: Some(Id::random()),
-        checkpoint: Some(artifact),
-        tokenizer_id: Some(Id::random()),
-        tokenizer: None,
-        run_kind: Some(RunKind::Pretrain),
-        parent_model_id: None,
-        dataset_ids: Some(vec![Id::random()]),
-        trained_at: Some(Timestamp::now()),
-    }
-}
-
-/// Everything one test runs, stopped together.
-struct Cluster {
-    broker: TestBroker,
-    dir: tempfile::TempDir,
-    store: Arc<ArtifactStore>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    http: reqwest::Client,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let broker = TestBroker::start();
-        ensure_topics(&broker.bus()).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
-        Cluster {
-            broker,
-            dir,
-            store,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn consume(&self, handler: Arc<dyn quark_events::bus::Handler>, db: &DatabaseConnection) {
-        let runner = Runner::new(handler, self.broker.bus(), db.clone());
-        let token = self.shutdown.clone();
-        self.tasks
-            .spawn(async move { runner.run(token).await.unwrap() });
-    }
-
-    /// Starts gateway `instance` on a free port with database `db`; with `follow`, also its
-    /// promotion consumer. Returns its base URL.
-    async fn gateway(&self, instance: &str, db: &DatabaseConnection, follow: bool) -> String {
-        let settings = GatewaySettings {
-            instance: instance.into(),
-            api_keys: vec![KEY.into()],
-            telemetry_window_ms: 60_000,
-            ..quark_runtime::Settings::default().gateway
-        };
-        let publisher = Publisher::new(&self.broker.bus(), quark_gateway::NAME).unwrap();
-        let data = self.dir.path().join(instance);
-        let gateway = Gateway::new(settings, self.store.clone(), &data, db.clone(), publisher);
-        if follow {
-            let name = format!("{}-{instance}", quark_gateway::NAME);
-            let gateway = gateway.clone();
-            self.consume(Arc::new(PromotionFollower { gateway, name }), db);
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let token = self.shutdown.clone();
-        self.tasks
-            .spawn(async move { gateway.run(listener, token).await.unwrap() });
-        url
-    }
-
-    async fn post(&self, url: &str, body: Value, key: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.post(url).json(&body);
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn wait_until_serving(&self, url: &str, model: Id) {
-        until(
-            "the gateway to serve the champion",
-            Duration::from_secs(60),
-            || async {
-                match self.http.get(format!("{url}/v1/models")).send().await {
-                    Ok(r) => r.json::<Value>().await.is_ok_and(|v| {
-                        v["data"][0]["id"].as_str() == Some(model.to_string().as_str())
-                    }),
-                    Err(_) => false,
-                }
-            },
-        )
-        .await;
-    }
-
-    /// The first `count` events of `kind` on the log.
-    async fn events(&self, kind: EventKind, count: usize) -> Vec<Event> {
-        let bus = self.broker.bus();
-        tokio::task::spawn_blocking(move || decode_all(&read_topic(&bus, kind.topic(), count)))
-            .await
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
     }
 }
 
@@ -211,8 +42,8 @@ async fn feedback_to_one_gateway_for_a_response_of_another_is_learnt_from() {
         settings,
     );
     cluster.consume(Arc::new(augmenter), &db_augmenter);
-    let a = cluster.gateway("a", &db_a, true).await;
-    let b = cluster.gateway("b", &db_b, true).await;
+    let a = cluster.gateway("a", &db_a, true, None).await;
+    let b = cluster.gateway("b", &db_b, true, None).await;
     let promoted = promotion(&cluster.store, cluster.dir.path()).await;
     let publisher = Publisher::new(&cluster.broker.bus(), "registry").unwrap();
     publisher.publish(&promoted.clone().into()).await.unwrap();
@@ -332,7 +163,7 @@ async fn a_restarted_gateway_serves_its_champion_from_its_own_table() {
     let promoted = promotion(&cluster.store, cluster.dir.path()).await;
     let publisher = Publisher::new(&cluster.broker.bus(), "registry").unwrap();
     publisher.publish(&promoted.clone().into()).await.unwrap();
-    let url = cluster.gateway("g", &db, true).await;
+    let url = cluster.gateway("g", &db, true, None).await;
     cluster.wait_until_serving(&url, promoted.model_id).await;
     let Cluster {
         broker,
@@ -371,7 +202,7 @@ async fn a_restarted_gateway_serves_its_champion_from_its_own_table() {
         tasks: TaskTracker::new(),
         http,
     };
-    let url = restarted.gateway("g", &db, false).await;
+    let url = restarted.gateway("g", &db, false, None).await;
     restarted.wait_until_serving(&url, promoted.model_id).await;
     let (status, body) = restarted
         .post(

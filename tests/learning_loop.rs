@@ -781,7 +781,9 @@ print("openai client ok", len(chunks), "chunks")
         replies.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(
         served,
-        [champion.to_string(), first.to_string()].iter().collect(),
+        [champion.to_string(), first.to_string()]
+            .iter()
+            .collect::<std::collections::HashSet<_>>(),
         "{} replies",
         replies.len()
     );

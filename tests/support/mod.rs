@@ -2,7 +2,9 @@
 //! PostgreSQL databases, consumers that read topics from the beginning.
 
 mod clients;
+mod cluster;
 pub use clients::{kafkajs, python_clients};
+pub use cluster::{Cluster, GatewayTables, KEY, open, promotion, promotion_with_context};
 
 use quark_events::bus::BusConfig;
 use quark_events::{Event, LocalRegistry, decode};

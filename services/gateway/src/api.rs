@@ -105,6 +105,8 @@ pub struct ChatRequest {
     pub messages: Vec<quark_ml::chat::Message>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(default)]
+    pub quark: crate::knowledge::QuarkOptions,
 }
 
 #[derive(Debug, Deserialize)]

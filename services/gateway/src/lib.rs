@@ -18,7 +18,9 @@
 //!   feedback → telemetry.reported.
 
 pub mod api;
+mod embeddings;
 mod feedback;
+pub mod knowledge;
 mod routes;
 pub mod served;
 
@@ -47,6 +49,8 @@ pub const LINEAGE: Lineage = Lineage::new(NAME);
 pub struct Served {
     pub model_id: Id,
     pub model: Mutex<Gpt>,
+    /// The model's context, in tokens.
+    pub context: usize,
     pub tokenizer: Tokenizer,
     pub created: i64,
     /// When the promotion that made it champion took effect.
@@ -70,6 +74,7 @@ pub struct Gateway {
     db: DatabaseConnection,
     publisher: Publisher,
     served: RwLock<Option<Arc<Served>>>,
+    knowledge: std::sync::OnceLock<knowledge::Knowledge>,
     window: Mutex<(Timestamp, HashMap<Id, Counts>)>,
 }
 
@@ -88,8 +93,19 @@ impl Gateway {
             db,
             publisher,
             served: RwLock::new(None),
+            knowledge: std::sync::OnceLock::new(),
             window: Mutex::new((Timestamp::now(), HashMap::new())),
         })
+    }
+
+    /// Answers chat from `knowledge` from now on, and serves its embeddings (once: a second
+    /// call is ignored).
+    pub fn attach_knowledge(&self, knowledge: knowledge::Knowledge) {
+        let _ = self.knowledge.set(knowledge);
+    }
+
+    pub fn knowledge(&self) -> Option<&knowledge::Knowledge> {
+        self.knowledge.get()
     }
 
     pub fn served(&self) -> Option<Arc<Served>> {
@@ -120,6 +136,7 @@ impl Gateway {
                 .with_context(|| format!("cannot load model {}", model.model_id))?;
         let served = Arc::new(Served {
             model_id: model.model_id,
+            context: gpt.config.block_size as usize,
             model: Mutex::new(gpt),
             tokenizer,
             created: model.trained_at.0 / 1000,

@@ -2,7 +2,7 @@
 
 use crate::api::{self, ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
 use crate::served::{self, Exchange, new_request_id};
-use crate::{Gateway, NAME, Served};
+use crate::{Gateway, NAME, Served, knowledge};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -26,6 +26,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/feedback", post(crate::feedback::feedback))
         .route("/v1/admin/status", get(status))
         .route("/v1/admin/retrain", post(retrain))
@@ -103,10 +104,7 @@ fn options(
     stop_tokens: Vec<u32>,
 ) -> Result<GenerateOptions, ApiError> {
     let max = gateway.settings.max_tokens;
-    let max_tokens = sampling
-        .max_completion_tokens
-        .or(sampling.max_tokens)
-        .unwrap_or(max.min(128));
+    let max_tokens = requested_tokens(gateway, &sampling);
     if max_tokens == 0 || max_tokens > max {
         return Err(ApiError::invalid(
             "max_tokens",
@@ -145,6 +143,15 @@ fn options(
         seed: sampling.seed.unwrap_or_else(rand_seed),
         use_cache: true,
     })
+}
+
+/// The tokens a request asks to generate (the default when it does not say).
+fn requested_tokens(gateway: &Gateway, sampling: &Sampling) -> usize {
+    let max = gateway.settings.max_tokens;
+    sampling
+        .max_completion_tokens
+        .or(sampling.max_tokens)
+        .unwrap_or(max.min(128))
 }
 
 fn rand_seed() -> u64 {
@@ -256,28 +263,42 @@ struct Reply {
     created: i64,
     shape: Shape,
     stream: bool,
+    /// `{"sources": [...]}` when the answer was retrieval-augmented (or tried to be); it goes
+    /// in the last body under `"quark"`.
+    sources: Option<serde_json::Value>,
 }
 
 impl Reply {
     fn body(&self, text: &str, finish: Option<&str>, usage: Option<Usage>) -> serde_json::Value {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "id": self.id,
             "object": self.shape.object(self.stream),
             "created": self.created,
             "model": self.model,
             "choices": [self.shape.choice(text, finish, self.stream)],
             "usage": usage,
-        })
+        });
+        if let Some(sources) = self.sources.as_ref().filter(|_| finish.is_some()) {
+            body["quark"] = sources.clone();
+        }
+        body
     }
 }
 
-async fn respond(gateway: Arc<Gateway>, job: Job, shape: Shape, stream: bool) -> Response {
+async fn respond(
+    gateway: Arc<Gateway>,
+    job: Job,
+    shape: Shape,
+    stream: bool,
+    sources: Option<serde_json::Value>,
+) -> Response {
     let reply = Arc::new(Reply {
         id: job.exchange.request_id.clone(),
         model: job.served.model_id.to_string(),
         created: now_s(),
         shape,
         stream,
+        sources,
     });
     if !stream {
         return match run(gateway, job, None).await {
@@ -334,6 +355,7 @@ struct Prepared {
     messages: Vec<Message>,
     stop_tokens: Vec<u32>,
     sampling: Sampling,
+    sources: Option<serde_json::Value>,
 }
 
 /// Answers a prepared request (or its error), with the request id on the response.
@@ -364,7 +386,8 @@ async fn answer(
             options,
             exchange,
         };
-        Ok::<_, ApiError>(respond(gateway.clone(), job, shape, stream).await)
+        let sources = p.sources;
+        Ok::<_, ApiError>(respond(gateway.clone(), job, shape, stream, sources).await)
     }
     .await;
     with_request_id(
@@ -402,6 +425,7 @@ async fn completions(
             messages: vec![],
             stop_tokens,
             sampling: request.sampling,
+            sources: None,
         })
     })();
     answer(gateway, new_request_id("cmpl"), Shape::Text, prepared).await
@@ -409,28 +433,54 @@ async fn completions(
 
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
     parsed: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Response {
-    let prepared = (|| {
-        let request = body(parsed)?;
-        if request.messages.is_empty() {
-            return Err(ApiError::invalid("messages", "messages must not be empty"));
-        }
-        let served = resolve(&gateway, &request.model)?;
-        let ids = chat::prompt(&served.tokenizer, &request.messages)
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-        let stop_tokens = chat::stop_tokens(&served.tokenizer);
-        Ok(Prepared {
-            served,
-            ids,
-            route: request.model,
-            prompt: last_user_message(&request.messages),
-            messages: request.messages,
-            stop_tokens,
-            sampling: request.sampling,
-        })
-    })();
+    let prepared = prepare_chat(&gateway, &headers, parsed).await;
     answer(gateway, new_request_id("chatcmpl"), Shape::Chat, prepared).await
+}
+
+async fn prepare_chat(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    parsed: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Prepared, ApiError> {
+    let request = body(parsed)?;
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    let served = resolve(gateway, &request.model)?;
+    let prompt = last_user_message(&request.messages);
+    let knowledge = gateway
+        .knowledge()
+        .filter(|_| knowledge::wanted(&request.quark, headers) && !prompt.trim().is_empty());
+    let (messages, sources) = match knowledge {
+        Some(k) => {
+            let hits = knowledge::retrieve(k, &prompt, &request.quark).await?;
+            // Room for the answer: what the request asks for, at most half the context.
+            let reserve = requested_tokens(gateway, &request.sampling).min(served.context / 2);
+            let fits = |m: &[Message]| {
+                chat::prompt(&served.tokenizer, m)
+                    .is_ok_and(|ids| ids.len() + reserve <= served.context)
+            };
+            let (messages, used) = knowledge::with_passages(&request.messages, hits, fits);
+            (messages, Some(knowledge::sources(&used)))
+        }
+        None => (request.messages.clone(), None),
+    };
+    let ids = chat::prompt(&served.tokenizer, &messages)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let stop_tokens = chat::stop_tokens(&served.tokenizer);
+    Ok(Prepared {
+        served,
+        ids,
+        route: request.model,
+        prompt,
+        messages: request.messages,
+        stop_tokens,
+        sampling: request.sampling,
+        sources,
+    })
 }
 
 fn last_user_message(messages: &[Message]) -> String {

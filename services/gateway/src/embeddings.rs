@@ -1,0 +1,125 @@
+//! `POST /v1/embeddings` in OpenAI's shape, from the sentence encoder the knowledge index
+//! uses. `encoding_format` is `float` or `base64` (little-endian f32, what the official
+//! client asks for by default).
+
+use crate::Gateway;
+use crate::api::ApiError;
+use crate::routes::body;
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Inputs one request may carry (OpenAI's limit).
+const MAX_INPUTS: usize = 2048;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+    // Token arrays, or anything else that is not text.
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    model: String,
+    input: Input,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+}
+
+pub async fn embeddings(
+    State(gateway): State<Arc<Gateway>>,
+    parsed: Result<Json<EmbeddingRequest>, JsonRejection>,
+) -> Response {
+    match embed(&gateway, parsed).await {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn embed(
+    gateway: &Gateway,
+    parsed: Result<Json<EmbeddingRequest>, JsonRejection>,
+) -> Result<serde_json::Value, ApiError> {
+    let request = body(parsed)?;
+    let knowledge = gateway
+        .knowledge()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no embedding model is configured"))?;
+    if request.model != knowledge.model {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no embedding model {:?}; this gateway has {:?}",
+                request.model, knowledge.model
+            ),
+        ));
+    }
+    let texts = match request.input {
+        Input::One(text) => vec![text],
+        Input::Many(texts) => texts,
+        Input::Other(_) => {
+            return Err(ApiError::invalid(
+                "input",
+                "token arrays are not accepted: send text",
+            ));
+        }
+    };
+    if texts.is_empty() || texts.len() > MAX_INPUTS || texts.iter().any(|t| t.is_empty()) {
+        return Err(ApiError::invalid(
+            "input",
+            format!("input must be 1 to {MAX_INPUTS} non-empty strings"),
+        ));
+    }
+    let retriever = &knowledge.retriever;
+    if let Some(d) = request.dimensions.filter(|&d| d != retriever.dimension()) {
+        return Err(ApiError::invalid(
+            "dimensions",
+            format!(
+                "{} gives {}-dimensional embeddings, not {d}",
+                knowledge.model,
+                retriever.dimension()
+            ),
+        ));
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "encoding_format",
+                format!("encoding_format {other:?}: float or base64"),
+            ));
+        }
+    };
+    let tokens: usize = texts.iter().map(|t| retriever.token_count(t)).sum();
+    let vectors = retriever
+        .embed(texts)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let data: Vec<serde_json::Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                serde_json::json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                serde_json::json!(vector)
+            };
+            serde_json::json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "object": "list",
+        "data": data,
+        "model": knowledge.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+}
