@@ -3,8 +3,10 @@
 
 mod clients;
 mod cluster;
+mod stack;
 pub use clients::{kafkajs, python_clients};
 pub use cluster::{Cluster, GatewayTables, KEY, open, promotion, promotion_with_context};
+pub use stack::{STACK_TIMEOUT, Stack};
 
 use quark_events::bus::BusConfig;
 use quark_events::{Event, LocalRegistry, decode};
