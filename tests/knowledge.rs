@@ -132,7 +132,7 @@ async fn ingested_knowledge_is_indexed_searched_and_cited_and_the_openai_client_
     );
 
     // The gateway: a chat answer carries the passages it was given.
-    let retriever = Retriever::open(&lance, &encoder_dir(), StoreConfig::default())
+    let retriever = Retriever::open(&lance, &encoder_dir(), StoreConfig::default(), 32)
         .await
         .unwrap();
     let knowledge = Knowledge {

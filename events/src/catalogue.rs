@@ -84,6 +84,8 @@ catalogue! {
     RetrainRequested => "retrain.requested",
     IndexUpdated => "index.updated",
     ResponseServed => "response.served",
+    ForgetRequested => "forget.requested",
+    DocumentForgotten => "document.forgotten",
 }
 
 /// What the codec needs of one event type, parsed once.

@@ -329,6 +329,26 @@ pub struct IndexUpdated {
     pub table_version: Option<i64>,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct ForgetRequested {
+    pub header: EventHeader,
+    pub document_id: String,
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct DocumentForgotten {
+    pub header: EventHeader,
+    pub document_id: String,
+    pub dataset_ids: Vec<Id>,
+}
+
 impl DatasetKind {
     pub const ALL: [DatasetKind; 5] = [
         DatasetKind::Pretrain,

@@ -202,6 +202,18 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             table_version: Some(7),
         }
         .into(),
+        EventKind::ForgetRequested => ForgetRequested {
+            header,
+            document_id: "notes/skerry.txt".into(),
+            reason: Some("erasure request 2026-114".into()),
+        }
+        .into(),
+        EventKind::DocumentForgotten => DocumentForgotten {
+            header,
+            document_id: "notes/skerry.txt".into(),
+            dataset_ids: vec![Id::random()],
+        }
+        .into(),
         EventKind::ResponseServed => ResponseServed {
             header,
             request_id: "chatcmpl-5f0c8f0e2b7d4c1a9e3b6d2f1a0c9e8d".into(),

@@ -9,6 +9,9 @@
 //! Tags make curation replay-safe: records carry the tag of the run that accepted them (the
 //! collection id), and a run opened with a tag ignores records with that tag, so curating the
 //! same collection again (a redelivered event) decides exactly as the first time did.
+//!
+//! [`DedupIndex::forget`] appends a forget record for a document id: the records of that id
+//! written before it no longer count, so the document (or a near copy) may be accepted again.
 
 use crate::CurateError;
 use crate::minhash::{LshIndex, Match, MinHashConfig, Signature};
@@ -55,6 +58,55 @@ fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// The tag of a forget record: no run's tag (a collection id) starts with NUL.
+const FORGET_TAG: &[u8] = b"\0forget";
+
+/// One record of `index.bin`.
+struct Record<'a> {
+    tag: &'a [u8],
+    id: &'a [u8],
+    key: u128,
+    signature: &'a [u8],
+}
+
+/// The records of `index.bin`'s bytes, in order; a torn last one ends them.
+fn records(bytes: &[u8]) -> Vec<Record<'_>> {
+    let mut reader = Reader(bytes);
+    let mut records = Vec::new();
+    while let (Some(tag), Some(id), Some(key), Some(signature)) = (
+        reader.field(),
+        reader.field(),
+        reader.take(16),
+        reader.field(),
+    ) {
+        let key = u128::from_le_bytes(key.try_into().expect("16 bytes"));
+        records.push(Record {
+            tag,
+            id,
+            key,
+            signature,
+        });
+    }
+    records
+}
+
+/// Which records still count: not forgotten by a later forget record, not forget records.
+fn live(records: &[Record]) -> Vec<bool> {
+    let mut live = vec![true; records.len()];
+    let mut by_id: std::collections::HashMap<&[u8], Vec<usize>> = Default::default();
+    for (i, record) in records.iter().enumerate() {
+        if record.tag == FORGET_TAG {
+            live[i] = false;
+            for earlier in by_id.remove(record.id).unwrap_or_default() {
+                live[earlier] = false;
+            }
+        } else {
+            by_id.entry(record.id).or_default().push(i);
+        }
+    }
+    live
+}
+
 impl DedupIndex {
     /// An index that lives only in memory.
     pub fn in_memory(config: MinHashConfig) -> DedupIndex {
@@ -92,28 +144,20 @@ impl DedupIndex {
         index.dir = Some(dir.to_path_buf());
         index.tag = tag.to_string();
         let bytes = read_all(&dir.join("index.bin"))?;
-        let mut reader = Reader(&bytes);
-        // A record: tag, id, key, signature; a torn last one ends the loop.
-        while let (Some(record_tag), Some(id), Some(key), Some(signature)) = (
-            reader.field(),
-            reader.field(),
-            reader.take(16),
-            reader.field(),
-        ) {
-            if !tag.is_empty() && record_tag == tag.as_bytes() {
+        let records = records(&bytes);
+        for (record, live) in records.iter().zip(live(&records)) {
+            if !live || (!tag.is_empty() && record.tag == tag.as_bytes()) {
                 continue;
             }
-            index
-                .exact
-                .insert(u128::from_le_bytes(key.try_into().unwrap()));
-            if !signature.is_empty() {
-                let signature = signature
+            index.exact.insert(record.key);
+            if !record.signature.is_empty() {
+                let signature = record
+                    .signature
                     .chunks_exact(4)
                     .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
                     .collect();
-                index
-                    .lsh
-                    .insert(String::from_utf8_lossy(id).into_owned(), signature);
+                let id = String::from_utf8_lossy(record.id).into_owned();
+                index.lsh.insert(id, signature);
             }
         }
         Ok(index)
@@ -153,6 +197,36 @@ impl DedupIndex {
         if !signature.is_empty() {
             self.lsh.insert(id, signature);
         }
+    }
+
+    /// Forgets document `id` in the index at `dir`: later runs neither match nor count it.
+    /// Returns the tags of the runs that accepted it, oldest first, whether or not it was
+    /// forgotten before (so a repeated request gets the same answer).
+    pub fn forget(dir: &Path, id: &str) -> Result<Vec<String>, CurateError> {
+        let path = dir.join("index.bin");
+        let bytes = read_all(&path)?;
+        let records = records(&bytes);
+        let mut tags: Vec<String> = Vec::new();
+        let mut counted = false;
+        for (record, live) in records.iter().zip(live(&records)) {
+            if record.id != id.as_bytes() || record.tag == FORGET_TAG {
+                continue;
+            }
+            counted |= live;
+            let tag = String::from_utf8_lossy(record.tag).into_owned();
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        if counted {
+            let mut record = Vec::new();
+            put_field(&mut record, FORGET_TAG);
+            put_field(&mut record, id.as_bytes());
+            record.extend_from_slice(&0u128.to_le_bytes());
+            put_field(&mut record, &[]);
+            append(&path, &record)?;
+        }
+        Ok(tags)
     }
 
     /// Appends what was accepted since the last flush and syncs it to disk.

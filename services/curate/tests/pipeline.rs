@@ -158,3 +158,37 @@ fn every_document_is_kept_or_rejected_with_its_reason_and_dedup_spans_runs() {
         ]
     );
 }
+
+#[test]
+fn a_forgotten_document_no_longer_counts_and_the_runs_that_accepted_it_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let index_dir = dir.path().join("index");
+    let open = |tag: &str| DedupIndex::open(&index_dir, MinHashConfig::default(), tag).unwrap();
+    let curate = |tag: &str, docs: Vec<Document>| {
+        let mut curator = Curator::new(config(), open(tag), Box::new(Lexicon::english()));
+        let outcomes = reasons(&curator.curate(docs));
+        curator.index.flush().unwrap();
+        outcomes
+    };
+    curate(
+        "run-1",
+        vec![doc("orwell", PROSE[0]), doc("melville", PROSE[1])],
+    );
+    let copy = curate("run-2", vec![doc("orwell-copy", PROSE[0])]);
+    assert_eq!(copy[0].1, "duplicate:exact");
+
+    assert_eq!(DedupIndex::forget(&index_dir, "orwell").unwrap(), ["run-1"]);
+    assert_eq!(
+        DedupIndex::forget(&index_dir, "orwell").unwrap(),
+        ["run-1"],
+        "asked again, the same answer"
+    );
+    assert!(DedupIndex::forget(&index_dir, "nobody").unwrap().is_empty());
+    assert_eq!(open("run-3").len(), 1, "melville alone still counts");
+    let again = curate("run-3", vec![doc("orwell", PROSE[0])]);
+    assert_eq!(again[0].1, "kept", "no longer a duplicate of anything");
+    assert_eq!(
+        DedupIndex::forget(&index_dir, "orwell").unwrap(),
+        ["run-1", "run-3"]
+    );
+}

@@ -3,6 +3,9 @@
 //! dataset (train, validation, rejects, stats) as artifacts and emit dataset.prepared; then
 //! train a byte-level BPE tokenizer on the kept text and emit tokenizer.trained.
 //!
+//! For each forget.requested, take the document out of the index and emit document.forgotten
+//! with the datasets that held it.
+//!
 //! Replays are safe: the index ignores what an earlier attempt at the same collection
 //! accepted, artifacts are content-addressed and the emitted event's id derives from its cause.
 
@@ -14,8 +17,8 @@ use quark_curate::pipeline::{CurateConfig, Curator};
 use quark_curate::store::{DatasetWriter, documents};
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
-    Artifact, DataCollected, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id,
-    TokenizerKind, TokenizerTrained,
+    Artifact, DataCollected, DatasetKind, DatasetPrepared, DocumentForgotten, Event, EventHeader,
+    EventKind, ForgetRequested, Id, TokenizerKind, TokenizerTrained,
 };
 use quark_ml::tokenizer::{self, TrainOptions};
 use quark_runtime::artifacts::ArtifactStore;
@@ -195,6 +198,24 @@ impl CuratorService {
         Ok(events)
     }
 
+    /// Takes the document out of the dedup index and names the datasets that held it: those
+    /// of the collections whose runs accepted it.
+    async fn forget(&self, request: &ForgetRequested) -> Result<Vec<Event>, HandlerError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let runs = DedupIndex::forget(&self.index_dir, &request.document_id)
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        let dataset_ids = runs
+            .iter()
+            .filter_map(|run| run.parse::<Id>().ok())
+            .map(|collection| Id::derived(collection, "dataset"))
+            .collect();
+        Ok(vec![Event::DocumentForgotten(DocumentForgotten {
+            header: EventHeader::caused_by(&request.header, NAME, "forgotten"),
+            document_id: request.document_id.clone(),
+            dataset_ids,
+        })])
+    }
+
     /// A byte-level BPE tokenizer trained on the kept training text (none if nothing was kept).
     async fn train_tokenizer(
         &self,
@@ -251,13 +272,14 @@ impl Handler for CuratorService {
     }
 
     fn consumes(&self) -> Vec<EventKind> {
-        vec![EventKind::DataCollected]
+        vec![EventKind::DataCollected, EventKind::ForgetRequested]
     }
 
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
-        let Event::DataCollected(collected) = event else {
-            return Ok(vec![]);
-        };
-        self.curate(collected).await
+        match event {
+            Event::DataCollected(collected) => self.curate(collected).await,
+            Event::ForgetRequested(request) => self.forget(request).await,
+            _ => Ok(vec![]),
+        }
     }
 }

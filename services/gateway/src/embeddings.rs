@@ -61,33 +61,7 @@ async fn embed(
             ),
         ));
     }
-    let texts = match request.input {
-        Input::One(text) => vec![text],
-        Input::Many(texts) => texts,
-        Input::Other(_) => {
-            return Err(ApiError::invalid(
-                "input",
-                "token arrays are not accepted: send text",
-            ));
-        }
-    };
-    if texts.is_empty() || texts.len() > MAX_INPUTS || texts.iter().any(|t| t.is_empty()) {
-        return Err(ApiError::invalid(
-            "input",
-            format!("input must be 1 to {MAX_INPUTS} non-empty strings"),
-        ));
-    }
-    let retriever = &knowledge.retriever;
-    if let Some(d) = request.dimensions.filter(|&d| d != retriever.dimension()) {
-        return Err(ApiError::invalid(
-            "dimensions",
-            format!(
-                "{} gives {}-dimensional embeddings, not {d}",
-                knowledge.model,
-                retriever.dimension()
-            ),
-        ));
-    }
+    let texts = texts(request.input)?;
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -98,11 +72,30 @@ async fn embed(
             ));
         }
     };
-    let tokens: usize = texts.iter().map(|t| retriever.token_count(t)).sum();
-    let vectors = retriever
-        .embed(texts)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let retriever = &knowledge.retriever;
+    // Embedding first loads the encoder off the async workers; the rest then reads it.
+    let vectors = retriever.embed(texts.clone()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the embedding model cannot answer: {e}"),
+        )
+    })?;
+    let width = vectors.first().map_or(0, Vec::len);
+    if let Some(d) = request.dimensions.filter(|&d| d != width) {
+        return Err(ApiError::invalid(
+            "dimensions",
+            format!(
+                "{} gives {width}-dimensional embeddings, not {d}",
+                knowledge.model
+            ),
+        ));
+    }
+    let mut tokens = 0;
+    for text in &texts {
+        tokens += retriever
+            .token_count(text)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
     let data: Vec<serde_json::Value> = vectors
         .iter()
         .enumerate()
@@ -122,4 +115,25 @@ async fn embed(
         "model": knowledge.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
+}
+
+/// The request's texts: one string or a list of 1 to `MAX_INPUTS` non-empty ones.
+fn texts(input: Input) -> Result<Vec<String>, ApiError> {
+    let texts = match input {
+        Input::One(text) => vec![text],
+        Input::Many(texts) => texts,
+        Input::Other(_) => {
+            return Err(ApiError::invalid(
+                "input",
+                "token arrays are not accepted: send text",
+            ));
+        }
+    };
+    if texts.is_empty() || texts.len() > MAX_INPUTS || texts.iter().any(|t| t.is_empty()) {
+        return Err(ApiError::invalid(
+            "input",
+            format!("input must be 1 to {MAX_INPUTS} non-empty strings"),
+        ));
+    }
+    Ok(texts)
 }

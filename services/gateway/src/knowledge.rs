@@ -85,7 +85,7 @@ pub fn with_passages(
         let context: String = hits
             .iter()
             .enumerate()
-            .map(|(i, hit)| format!("[{}] {}\n", i + 1, hit.text))
+            .map(|(i, hit)| format!("[{}] {}\n", i + 1, hit.passage.text))
             .collect();
         let mut augmented = vec![Message {
             role: Role::System,

@@ -3,6 +3,8 @@
 //! them with the sentence encoder and append them to the LanceDB table of the index; then emit
 //! index.updated.
 //!
+//! For each forget.requested, delete the document's passages from every index.
+//!
 //! Replays are safe: a passage's id is its document's id and byte range, and the table adds
 //! only ids it lacks, so a redelivered dataset adds no row and emits the same event id.
 
@@ -10,10 +12,12 @@ use async_trait::async_trait;
 use quark_curate::pipeline::Document;
 use quark_curate::store::read_documents;
 use quark_events::bus::{Handler, HandlerError};
-use quark_events::{DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, IndexUpdated};
+use quark_events::{
+    DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, ForgetRequested, IndexUpdated,
+};
 use quark_retrieval::chunk::{self, ChunkConfig};
 use quark_retrieval::retriever::{RetrieveError, Retriever};
-use quark_retrieval::store::{Passage, StoreConfig};
+use quark_retrieval::store::{Embedded, KnowledgeStore, Passage, StoreConfig};
 use quark_runtime::ArtifactStore;
 use quark_runtime::config::RetrievalSettings;
 use std::path::PathBuf;
@@ -62,12 +66,9 @@ impl IndexerService {
         };
         self.retriever
             .get_or_try_init(|| async move {
-                Retriever::open(&self.uri, &dir, config)
+                Retriever::open(&self.uri, &dir, config, self.settings.batch_size)
                     .await
-                    .map_err(|e| match e {
-                        RetrieveError::Encoder(_) => HandlerError::Permanent(e.to_string()),
-                        RetrieveError::Store(_) => HandlerError::transient(e),
-                    })
+                    .map_err(handler_error)
             })
             .await
     }
@@ -80,6 +81,8 @@ impl IndexerService {
         let _one_at_a_time = self.one_at_a_time.lock().await;
         let documents = self.documents(dataset).await?;
         let retriever = self.retriever().await?;
+        // Loads the encoder now, so that a missing model is this dataset's error.
+        let dimensions = retriever.dimension().map_err(handler_error)?;
         let store = retriever.store();
         let chunking = ChunkConfig {
             size: self.settings.chunk_tokens,
@@ -87,12 +90,15 @@ impl IndexerService {
         };
         chunking.validate().map_err(HandlerError::Permanent)?;
         let passages = passages(&documents, &chunking, retriever, dataset);
+        let total = passages.len();
         let index = &self.settings.index;
         // As it stands, for a dataset with no passages.
         let mut appended = store.state(index).await.map_err(HandlerError::transient)?;
         let mut rows_added = 0;
-        for batch in passages.chunks(APPEND_PASSAGES) {
-            let embedded = embed(retriever, batch, self.settings.batch_size)?;
+        let mut passages = passages.into_iter().peekable();
+        while passages.peek().is_some() {
+            let batch: Vec<Passage> = passages.by_ref().take(APPEND_PASSAGES).collect();
+            let embedded = embed(retriever, batch)?;
             appended = store
                 .append(index, &embedded)
                 .await
@@ -100,7 +106,7 @@ impl IndexerService {
             rows_added += appended.rows_added;
         }
         tracing::info!(
-            dataset = %dataset.dataset_id, documents = documents.len(), passages = passages.len(),
+            dataset = %dataset.dataset_id, documents = documents.len(), passages = total,
             rows_added, rows_total = appended.rows_total, "dataset indexed"
         );
         Ok(vec![Event::IndexUpdated(IndexUpdated {
@@ -109,11 +115,27 @@ impl IndexerService {
             dataset_id: dataset.dataset_id,
             table_uri: format!("{}/{index}.lance", self.uri.trim_end_matches('/')),
             embedding_model: retriever.model().to_string(),
-            dimensions: retriever.dimension() as i32,
+            dimensions: dimensions as i32,
             rows_added: rows_added as i64,
             rows_total: appended.rows_total as i64,
             table_version: Some(appended.version as i64),
         })])
+    }
+
+    /// Removes the document's passages from every index, and the table versions holding them.
+    /// Nothing to emit: the curator's document.forgotten reports the forgetting.
+    async fn forget(&self, request: &ForgetRequested) -> Result<Vec<Event>, HandlerError> {
+        let _one_at_a_time = self.one_at_a_time.lock().await;
+        // No encoder needed: the store alone.
+        let store = KnowledgeStore::open(&self.uri, StoreConfig::default())
+            .await
+            .map_err(HandlerError::transient)?;
+        let removed = store
+            .forget(&request.document_id)
+            .await
+            .map_err(HandlerError::transient)?;
+        tracing::info!(document = %request.document_id, ?removed, "document forgotten");
+        Ok(vec![])
     }
 
     /// Every document of the dataset's splits (all of a knowledge dataset is searchable).
@@ -132,14 +154,18 @@ impl IndexerService {
     }
 }
 
-/// Each document's passages, measured in the encoder's tokens; the vectors come later.
+/// Each document's passages, measured in the encoder's tokens (loaded by then).
 fn passages(
     documents: &[Document],
     chunking: &ChunkConfig,
     retriever: &Retriever,
     dataset: &DatasetPrepared,
 ) -> Vec<Passage> {
-    let measure = |text: &str| retriever.token_count(text);
+    let measure = |text: &str| {
+        retriever
+            .token_count(text)
+            .unwrap_or_else(|_| chunk::words(text))
+    };
     documents
         .iter()
         .flat_map(|document| {
@@ -153,29 +179,29 @@ fn passages(
                     dataset_id: dataset.dataset_id.to_string(),
                     start: piece.range.start as u64,
                     end: piece.range.end as u64,
-                    vector: Vec::new(),
                 })
         })
         .collect()
 }
 
-fn embed(
-    retriever: &Retriever,
-    passages: &[Passage],
-    batch_size: usize,
-) -> Result<Vec<Passage>, HandlerError> {
+fn embed(retriever: &Retriever, passages: Vec<Passage>) -> Result<Vec<Embedded>, HandlerError> {
     let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
     // CPU- (or GPU-) bound: off the async workers' hands while it runs.
-    let vectors = tokio::task::block_in_place(|| retriever.encode(&texts, batch_size))
+    let vectors = tokio::task::block_in_place(|| retriever.encode(&texts))
         .map_err(|e| HandlerError::Permanent(e.to_string()))?;
     Ok(passages
-        .iter()
+        .into_iter()
         .zip(vectors)
-        .map(|(p, vector)| Passage {
-            vector,
-            ..p.clone()
-        })
+        .map(|(passage, vector)| Embedded { passage, vector })
         .collect())
+}
+
+/// A missing or unloadable encoder is the dataset's fault; the store's errors may pass.
+fn handler_error(e: RetrieveError) -> HandlerError {
+    match e {
+        RetrieveError::Encoder(_) => HandlerError::Permanent(e.to_string()),
+        RetrieveError::Store(_) => HandlerError::transient(e),
+    }
 }
 
 #[async_trait]
@@ -185,7 +211,7 @@ impl Handler for IndexerService {
     }
 
     fn consumes(&self) -> Vec<EventKind> {
-        vec![EventKind::DatasetPrepared]
+        vec![EventKind::DatasetPrepared, EventKind::ForgetRequested]
     }
 
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
@@ -193,6 +219,7 @@ impl Handler for IndexerService {
             Event::DatasetPrepared(dataset) if self.indexes(dataset.kind) => {
                 self.index(dataset).await
             }
+            Event::ForgetRequested(request) => self.forget(request).await,
             _ => Ok(vec![]),
         }
     }

@@ -7,7 +7,7 @@ use quark_indexer::IndexerService;
 use quark_retrieval::store::{KnowledgeStore, Search, SearchMode, StoreConfig};
 use quark_runtime::ArtifactStore;
 use quark_runtime::config::RetrievalSettings;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 const LIGHTHOUSE: &str = "The Skerry Light was built in 1867 on a rock two miles off the \
@@ -59,21 +59,37 @@ fn settings() -> RetrievalSettings {
     }
 }
 
-fn indexer(
+/// An indexer over an artifact store and a LanceDB directory in a temporary directory.
+struct Setup {
+    /// Holds the directories: bind it for as long as the test runs.
+    dir: tempfile::TempDir,
     artifacts: Arc<ArtifactStore>,
-    lance: &Path,
-    encoder: Result<PathBuf, String>,
-) -> IndexerService {
+    lance: PathBuf,
+    service: IndexerService,
+}
+
+fn setup(encoder: Result<PathBuf, String>) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
+    let lance = dir.path().join("knowledge");
     let uri = lance.display().to_string();
-    IndexerService::new(artifacts, settings(), uri, encoder)
+    let service = IndexerService::new(artifacts.clone(), settings(), uri, encoder);
+    Setup {
+        dir,
+        artifacts,
+        lance,
+        service,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_knowledge_dataset_is_indexed_once_and_searchable() {
-    let dir = tempfile::tempdir().unwrap();
-    let artifacts = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
-    let lance = dir.path().join("knowledge");
-    let service = indexer(artifacts.clone(), &lance, Ok(encoder_dir()));
+    let Setup {
+        dir: _dir,
+        artifacts,
+        lance,
+        service,
+    } = setup(Ok(encoder_dir()));
     let event = dataset(
         &artifacts,
         DatasetKind::Knowledge,
@@ -126,24 +142,48 @@ async fn a_knowledge_dataset_is_indexed_once_and_searchable() {
             mode,
         };
         let hits = store.search("knowledge", &search).await.unwrap();
-        assert_eq!(hits[0].document_id, "skerry", "{mode:?}: {hits:?}");
-        assert!(hits[0].text.contains("1904"), "{mode:?}: {}", hits[0].text);
-        assert_eq!(hits[0].source, "notes/skerry.txt");
-        let range = hits[0].start as usize..hits[0].end as usize;
+        let best = &hits[0].passage;
+        assert_eq!(best.document_id, "skerry", "{mode:?}: {hits:?}");
+        assert!(best.text.contains("1904"), "{mode:?}: {}", best.text);
+        assert_eq!(best.source, "notes/skerry.txt");
+        let range = best.start as usize..best.end as usize;
         assert_eq!(
-            &LIGHTHOUSE[range], hits[0].text,
+            &LIGHTHOUSE[range], best.text,
             "the range cites the document"
         );
     }
+
+    // Forgotten: no passage of the document is found any more, the other's still are.
+    let Event::ForgetRequested(mut forget) = samples::sample(EventKind::ForgetRequested, "quark")
+    else {
+        unreachable!()
+    };
+    forget.document_id = "skerry".into();
+    let forgotten = service.handle(&Event::ForgetRequested(forget)).await;
+    assert!(forgotten.unwrap().is_empty());
+    let search = Search {
+        text: question,
+        vector: &vector,
+        k: 10,
+        mode: SearchMode::Hybrid,
+    };
+    let left = store.search("knowledge", &search).await.unwrap();
+    assert!(!left.is_empty(), "the orchard's passages remain");
+    assert!(
+        left.iter().all(|h| h.passage.document_id == "orchard"),
+        "{left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_kinds_are_left_alone_and_a_missing_encoder_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let artifacts = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
-    let lance = dir.path().join("knowledge");
     let missing = Err("retrieval.encoder_dir is empty and QUARK_VENV is not set".to_string());
-    let service = indexer(artifacts.clone(), &lance, missing);
+    let Setup {
+        dir: _dir,
+        artifacts,
+        lance,
+        service,
+    } = setup(missing);
     let pretrain = dataset(&artifacts, DatasetKind::Pretrain, &[("orchard", ORCHARD)]).await;
     assert!(service.handle(&pretrain).await.unwrap().is_empty());
     assert!(
@@ -161,10 +201,12 @@ async fn other_kinds_are_left_alone_and_a_missing_encoder_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_documents_give_no_rows_and_a_bad_dataset_file_is_permanent() {
-    let dir = tempfile::tempdir().unwrap();
-    let artifacts = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
-    let lance = dir.path().join("knowledge");
-    let service = indexer(artifacts.clone(), &lance, Ok(encoder_dir()));
+    let Setup {
+        dir: _dir,
+        artifacts,
+        service,
+        ..
+    } = setup(Ok(encoder_dir()));
     let empty = dataset(&artifacts, DatasetKind::Knowledge, &[("blank", "   \n  ")]).await;
     let emitted = service.handle(&empty).await.unwrap();
     let [Event::IndexUpdated(updated)] = emitted.as_slice() else {

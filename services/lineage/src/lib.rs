@@ -1,6 +1,6 @@
 //! Lineage as one service sees it: the datasets, tokenizers and models it has been told of,
-//! and the champion, folded from dataset.prepared, tokenizer.trained, model.trained and
-//! model.promoted into a table of its own.
+//! the champion and the documents forgotten, folded from dataset.prepared, tokenizer.trained,
+//! model.trained, model.promoted and document.forgotten into a table of its own.
 //!
 //! Services share events, never tables: each service that needs this projection creates its
 //! own [`Lineage`] with its own prefix (`trainer` → table `trainer_lineage`), folds the events
@@ -16,11 +16,12 @@ mod table;
 use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
-    Artifact, DatasetKind, DatasetPrepared, Event, EventKind, Id, ModelPromoted, ModelTrained,
-    RunKind, Timestamp, TokenizerTrained,
+    Artifact, DatasetKind, DatasetPrepared, DocumentForgotten, Event, EventKind, Id, ModelPromoted,
+    ModelTrained, RunKind, Timestamp, TokenizerTrained,
 };
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 pub use table::LineageMigration;
 use table::{Entry, Row};
 
@@ -30,7 +31,11 @@ pub const EVENTS: &[EventKind] = &[
     EventKind::TokenizerTrained,
     EventKind::ModelTrained,
     EventKind::ModelPromoted,
+    EventKind::DocumentForgotten,
 ];
+
+/// The tag of every forgotten document's row.
+const FORGOTTEN: &str = "forgotten";
 
 /// A model as a consumer uses it: where its checkpoint is, and where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,6 +164,16 @@ impl Lineage {
                 // An old promotion redelivered must not move the alias back.
                 table::upsert_if_newer(db, &table, r).await
             }
+            Event::DocumentForgotten(f) => {
+                let r = row(
+                    Entry::Forgotten,
+                    f.header.event_id.to_string(),
+                    FORGOTTEN.to_string(),
+                    f.header.occurred_at,
+                    json(f),
+                );
+                table::insert(db, &table, r).await
+            }
             _ => Ok(()),
         }
     }
@@ -215,6 +230,22 @@ impl Lineage {
         parent: Id,
     ) -> Result<Vec<Model>, DbErr> {
         table::tagged(db, &self.table(), Entry::Model, &parent.to_string()).await
+    }
+
+    /// The ids of the documents forgotten so far: no training set may hold them.
+    pub async fn forgotten<C: ConnectionTrait>(&self, db: &C) -> Result<HashSet<String>, DbErr> {
+        let rows: Vec<DocumentForgotten> =
+            table::tagged(db, &self.table(), Entry::Forgotten, FORGOTTEN).await?;
+        Ok(rows.into_iter().map(|f| f.document_id).collect())
+    }
+
+    /// The document.forgotten with this event id, once folded.
+    pub async fn forgetting<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        event_id: Id,
+    ) -> Result<Option<DocumentForgotten>, DbErr> {
+        table::get(db, &self.table(), Entry::Forgotten, &event_id.to_string()).await
     }
 
     /// The promotion the champion alias last moved with, if any.

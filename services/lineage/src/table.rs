@@ -13,6 +13,7 @@ pub(crate) enum Entry {
     Tokenizer,
     Model,
     Alias,
+    Forgotten,
 }
 
 impl Entry {
@@ -22,6 +23,7 @@ impl Entry {
             Entry::Tokenizer => "tokenizer",
             Entry::Model => "model",
             Entry::Alias => "alias",
+            Entry::Forgotten => "forgotten",
         }
     }
 }

@@ -116,3 +116,37 @@ async fn the_champion_comes_with_its_checkpoint_and_never_moves_back() {
     assert_eq!(TRAINER.champion_promotion(&db).await.unwrap(), Some(bare));
     assert_eq!(TRAINER.champion(&db).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn forgotten_documents_are_folded_and_found_by_their_event() {
+    let db = db().await;
+    assert!(TRAINER.forgotten(&db).await.unwrap().is_empty());
+    let forget = |document: &str| {
+        let Event::DocumentForgotten(mut f) = sample(EventKind::DocumentForgotten, "curator")
+        else {
+            unreachable!()
+        };
+        f.document_id = document.into();
+        Event::DocumentForgotten(f)
+    };
+    let first = forget("hamlet.txt");
+    for event in [&first, &first, &forget("hamlet.txt"), &forget("notes/a.md")] {
+        TRAINER.apply(&db, event).await.unwrap();
+    }
+    let id = first.header().event_id;
+    let Event::DocumentForgotten(expected) = &first else {
+        unreachable!()
+    };
+    assert_eq!(
+        TRAINER.forgetting(&db, id).await.unwrap().as_ref(),
+        Some(expected)
+    );
+    assert_eq!(TRAINER.forgetting(&db, Id::random()).await.unwrap(), None);
+    let mut forgotten: Vec<String> = TRAINER.forgotten(&db).await.unwrap().into_iter().collect();
+    forgotten.sort();
+    assert_eq!(forgotten, ["hamlet.txt", "notes/a.md"]);
+    assert!(
+        EVALUATOR.forgotten(&db).await.unwrap().is_empty(),
+        "another service's projection is its own"
+    );
+}

@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(quark_gateway::LINEAGE.migration()),
             Box::new(quark_trainer::LINEAGE.migration()),
             Box::new(quark_evaluator::LINEAGE.migration()),
+            Box::new(quark_registry::ForgottenMigration),
         ]
     }
 }

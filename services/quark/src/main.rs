@@ -50,6 +50,16 @@ enum Command {
         #[arg(long)]
         skip_undecodable: bool,
     },
+    /// Forget a document: out of every retrieval index, the dedup index and future training
+    /// sets; every model that learnt from it is flagged (`quark models`). Publishes
+    /// forget.requested.
+    Forget {
+        /// The document's id, as `quark search` shows it (`document_id`).
+        document_id: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Release the feedback examples waiting for a retraining and fine-tune the champion on
     /// them; with none waiting, on every SFT dataset released so far (retrain.requested, manual).
     Retrain {
@@ -156,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             | Command::Replay { .. }
             | Command::Ingest(_)
             | Command::Retrain { .. }
+            | Command::Forget { .. }
     ) {
         schema_registry::connect(&settings).await?;
     }
@@ -188,6 +199,20 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Forget {
+            document_id,
+            reason,
+        } => {
+            if document_id.trim().is_empty() {
+                anyhow::bail!("a document id is required (quark search shows them)");
+            }
+            let event = quark_events::Event::ForgetRequested(quark_events::ForgetRequested {
+                header: quark_events::EventHeader::root("quark-forget"),
+                document_id,
+                reason,
+            });
+            publish_one(&settings, &event).await
+        }
         Command::Retrain { reason } => {
             let event =
                 quark_events::Event::RetrainRequested(quark_events::RetrainRequested::to_policy(
@@ -195,12 +220,7 @@ async fn main() -> anyhow::Result<()> {
                     quark_events::RetrainTrigger::Manual,
                     &reason,
                 ));
-            quark_events::bus::ensure_topics(&settings.bus).await?;
-            quark_events::bus::Publisher::new(&settings.bus, "quark-retrain")?
-                .publish(&event)
-                .await?;
-            println!("retrain.requested {}", event.header().event_id);
-            Ok(())
+            publish_one(&settings, &event).await
         }
         Command::Run { service } => run::run(&settings, &[service], shutdown::on_signal()).await,
         Command::Publish { topic, file } => {
@@ -328,4 +348,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Publishes one event a command makes (as its header's producer) and prints its topic and id.
+async fn publish_one(settings: &Settings, event: &quark_events::Event) -> anyhow::Result<()> {
+    quark_events::bus::ensure_topics(&settings.bus).await?;
+    quark_events::bus::Publisher::new(&settings.bus, &event.header().producer)?
+        .publish(event)
+        .await?;
+    println!("{} {}", event.kind().topic(), event.header().event_id);
+    Ok(())
 }

@@ -7,15 +7,21 @@
 //! - eval.regressed for the live champion, or telemetry.reported showing the champion failing
 //!   live → model.promoted with reason `rollback`: `previous` becomes champion again.
 //!
+//! - document.forgotten → every model that learnt from the document is flagged (see
+//!   [`forgotten`]), and, if the policy says so and the champion is one, retrain.requested for
+//!   a full retrain without it.
+//!
 //! A decision is a pure function of the event and the projection, recorded by [`Handler::apply`]
 //! in the same transaction as the projection, with the promotion's id and time taken from its
 //! cause. So `quark replay`, which folds the topics back into empty tables, rebuilds exactly
 //! what live consumption built.
 
+mod forgotten;
 mod rebuild;
 pub mod tables;
 
 use async_trait::async_trait;
+pub use forgotten::forgotten;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     Alias, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelPromoted,
@@ -30,7 +36,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-pub use tables::RegistryMigration;
+pub use tables::{ForgottenMigration, RegistryMigration};
 use tables::{alias, dataset, evaluation, feedback, model, promotion, tokenizer};
 
 pub const NAME: &str = "registry";
@@ -63,6 +69,7 @@ impl Handler for RegistryService {
             ModelPromoted,
             FeedbackReceived,
             TelemetryReported,
+            DocumentForgotten,
         ]
     }
 
@@ -70,7 +77,14 @@ impl Handler for RegistryService {
         let decision = decide(&self.db, event, &self.policy)
             .await
             .map_err(HandlerError::transient)?;
-        Ok(decision.map(Event::ModelPromoted).into_iter().collect())
+        let mut events: Vec<Event> = decision.map(Event::ModelPromoted).into_iter().collect();
+        if let Event::DocumentForgotten(f) = event {
+            let retrain = forgotten::retrain(&self.db, f, &self.policy)
+                .await
+                .map_err(HandlerError::transient)?;
+            events.extend(retrain.map(Event::RetrainRequested));
+        }
+        Ok(events)
     }
 
     async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
@@ -247,7 +261,9 @@ pub async fn project<C: ConnectionTrait>(
             )
             .await?;
             set_alias(db, Alias::Challenger, m.model_id, m.header.occurred_at.0).await?;
+            forgotten::inherit(db, m).await?;
         }
+        Event::DocumentForgotten(f) => forgotten::flag(db, f).await?,
         Event::EvalCompleted(e) => {
             record_evaluation(
                 db,

@@ -2,7 +2,9 @@
 //! registries by a snapshot of their rows.
 
 use crate::project;
-use crate::tables::{self, alias, dataset, evaluation, feedback, model, promotion, tokenizer};
+use crate::tables::{
+    self, alias, dataset, evaluation, feedback, forgotten, model, promotion, tokenizer,
+};
 use quark_events::Event;
 use quark_runtime::config::RegistrySettings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
@@ -25,6 +27,7 @@ pub async fn snapshot<C: ConnectionTrait>(db: &C) -> Result<serde_json::Value, D
         "promotions": rows::<_, promotion::Entity>(db).await?,
         "aliases": rows::<_, alias::Entity>(db).await?,
         "feedback": rows::<_, feedback::Entity>(db).await?,
+        "forgotten": rows::<_, forgotten::Entity>(db).await?,
     }))
 }
 

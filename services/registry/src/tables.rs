@@ -157,6 +157,30 @@ pub mod feedback {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod forgotten {
+    use sea_orm::entity::prelude::*;
+
+    /// A model that learnt from a document since forgotten (document.forgotten), directly or
+    /// through the model it was fine-tuned from.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize)]
+    #[sea_orm(table_name = "registry_forgotten")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub model_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub document_id: String,
+        /// When the flag was set (the forgetting, or the training of a flagged model's child).
+        pub flagged_at: i64,
+        /// The event that set it.
+        pub cause: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// Creates the registry's tables from their entities.
 pub struct RegistryMigration;
 
@@ -190,6 +214,24 @@ impl MigrationTrait for RegistryMigration {
     }
 }
 
+/// The table of models that learnt from forgotten documents (added after the first tables).
+pub struct ForgottenMigration;
+
+impl MigrationName for ForgottenMigration {
+    fn name(&self) -> &str {
+        "m0010_registry_forgotten"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for ForgottenMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        let mut table = schema.create_table_from_entity(forgotten::Entity);
+        manager.create_table(table.if_not_exists().to_owned()).await
+    }
+}
+
 /// Empties every registry table (before a replay rebuilds them).
 pub async fn clear<C: sea_orm::ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     model::Entity::delete_many().exec(db).await?;
@@ -199,5 +241,6 @@ pub async fn clear<C: sea_orm::ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     promotion::Entity::delete_many().exec(db).await?;
     alias::Entity::delete_many().exec(db).await?;
     feedback::Entity::delete_many().exec(db).await?;
+    forgotten::Entity::delete_many().exec(db).await?;
     Ok(())
 }

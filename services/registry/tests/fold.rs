@@ -13,7 +13,10 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(quark_registry::RegistryMigration)]
+        vec![
+            Box::new(quark_registry::RegistryMigration),
+            Box::new(quark_registry::ForgottenMigration),
+        ]
     }
 }
 
@@ -287,5 +290,140 @@ async fn a_rollback_needs_a_previous_champion_and_enough_traffic() {
     assert_eq!(
         (p.model_id, p.reason, p.previous_model_id),
         (a.model_id, PromotionReason::Rollback, Some(b.model_id))
+    );
+}
+
+fn prepared(at: i64, kind: DatasetKind) -> DatasetPrepared {
+    let Event::DatasetPrepared(mut d) = samples::sample(EventKind::DatasetPrepared, "curator")
+    else {
+        unreachable!()
+    };
+    d.header = header(at);
+    d.dataset_id = Id::random();
+    d.kind = kind;
+    d
+}
+
+fn forgotten(at: i64, document: &str, datasets: &[Id]) -> Event {
+    Event::DocumentForgotten(DocumentForgotten {
+        header: header(at),
+        document_id: document.into(),
+        dataset_ids: datasets.to_vec(),
+    })
+}
+
+#[tokio::test]
+async fn a_forgotten_document_flags_every_model_that_learnt_from_it_and_retrains_the_champion() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(&dir, "live.db").await;
+    let settings = Settings::default().registry;
+    let (plays, notes, sft) = (
+        prepared(100, DatasetKind::Pretrain),
+        prepared(200, DatasetKind::Pretrain),
+        prepared(300, DatasetKind::Sft),
+    );
+    let mut base = trained(1_000, None);
+    base.run_kind = RunKind::Pretrain;
+    base.dataset_ids = vec![plays.dataset_id];
+    let mut tuned = trained(2_000, Some(base.model_id));
+    tuned.dataset_ids = vec![sft.dataset_id];
+    let mut other = trained(2_500, None);
+    other.dataset_ids = vec![notes.dataset_id];
+    let mut events: Vec<Event> = [plays.clone(), notes, sft]
+        .into_iter()
+        .map(Event::DatasetPrepared)
+        .collect();
+    events.extend([
+        Event::ModelTrained(base.clone()),
+        passed(1_100, &base, true),
+        Event::ModelTrained(tuned.clone()),
+        passed(2_100, &tuned, true),
+        Event::ModelTrained(other.clone()),
+    ]);
+    let mut all = live(&db, &events, &settings).await;
+    let registry = quark_registry::RegistryService::new(db.clone(), settings.clone());
+
+    // The document was in the plays: the pre-trained model and its fine-tune learnt from it.
+    let forget = forgotten(3_000, "hamlet.txt", &[plays.dataset_id]);
+    let emitted = quark_events::bus::Handler::handle(&registry, &forget)
+        .await
+        .unwrap();
+    all.extend(live(&db, &[forget], &settings).await);
+    let flagged = |flags: Vec<quark_registry::tables::forgotten::Model>| -> Vec<(String, String)> {
+        let mut pairs: Vec<_> = flags
+            .into_iter()
+            .map(|f| (f.model_id, f.document_id))
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    let mut expected = vec![
+        (base.model_id.to_string(), "hamlet.txt".to_string()),
+        (tuned.model_id.to_string(), "hamlet.txt".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(
+        flagged(quark_registry::forgotten(&db).await.unwrap()),
+        expected
+    );
+
+    // The champion (the fine-tune) learnt from it: a full retrain on the plays, from scratch.
+    let [Event::RetrainRequested(retrain)] = emitted.as_slice() else {
+        panic!("one retrain.requested: {emitted:?}")
+    };
+    assert_eq!(
+        (
+            retrain.run_kind,
+            retrain.base_model_id,
+            retrain.dataset_ids.clone()
+        ),
+        (RunKind::Pretrain, None, vec![plays.dataset_id])
+    );
+    let again = quark_events::bus::Handler::handle(&registry, &all[all.len() - 1]).await;
+    assert_eq!(
+        again.unwrap(),
+        emitted,
+        "a redelivery asks for the same retrain"
+    );
+
+    // A model fine-tuned from a flagged one later inherits the flag.
+    let child = trained(4_000, Some(tuned.model_id));
+    all.extend(live(&db, &[Event::ModelTrained(child.clone())], &settings).await);
+    let flags = quark_registry::forgotten(&db).await.unwrap();
+    assert!(
+        flags
+            .iter()
+            .any(|f| f.model_id == child.model_id.to_string())
+    );
+
+    // A document no model learnt from flags nothing and retrains nothing; nor does one the
+    // champion learnt from when the policy only flags.
+    let unrelated = forgotten(5_000, "notes.txt", &[Id::random()]);
+    assert!(
+        quark_events::bus::Handler::handle(&registry, &unrelated)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let flag_only = RegistrySettings {
+        retrain_forgotten_champion: false,
+        ..settings.clone()
+    };
+    let quiet = quark_registry::RegistryService::new(db.clone(), flag_only);
+    let forget_again = forgotten(5_100, "ophelia.txt", &[plays.dataset_id]);
+    assert!(
+        quark_events::bus::Handler::handle(&quiet, &forget_again)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The flags are part of the projection a replay rebuilds.
+    all.extend(live(&db, &[unrelated], &settings).await);
+    let rebuilt = database(&dir, "rebuilt.db").await;
+    rebuild(&rebuilt, all, &settings).await.unwrap();
+    assert_eq!(
+        snapshot(&rebuilt).await.unwrap(),
+        snapshot(&db).await.unwrap()
     );
 }

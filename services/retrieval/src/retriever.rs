@@ -3,7 +3,7 @@
 
 use crate::store::{Hit, KnowledgeStore, Search, SearchMode, StoreConfig, StoreError};
 use quark_ml::encoder::SentenceEncoder;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,27 +15,36 @@ pub enum RetrieveError {
 }
 
 pub struct Retriever {
-    // libtorch modules are not `Sync`: one encoding at a time.
-    encoder: Arc<Mutex<SentenceEncoder>>,
-    dimension: usize,
+    encoder: Arc<LazyEncoder>,
     model: String,
+    batch_size: usize,
     store: KnowledgeStore,
 }
 
 impl Retriever {
+    /// The indexes at `uri`, searched with the sentence encoder at `encoder_dir`, which is
+    /// loaded on first use (a gateway whose index does not exist yet loads no model), and
+    /// embeds `batch_size` texts at a time.
     pub async fn open(
         uri: &str,
         encoder_dir: &Path,
         config: StoreConfig,
+        batch_size: usize,
     ) -> Result<Retriever, RetrieveError> {
-        let device = tch::Device::cuda_if_available();
-        let encoder = SentenceEncoder::load(encoder_dir, device)
-            .map_err(|e| RetrieveError::Encoder(format!("{}: {e}", encoder_dir.display())))?;
+        if !encoder_dir.join("config.json").is_file() {
+            let dir = encoder_dir.display();
+            return Err(RetrieveError::Encoder(format!(
+                "no sentence encoder at {dir} (config.json is missing)"
+            )));
+        }
         let store = KnowledgeStore::open(uri, config).await?;
         Ok(Retriever {
-            dimension: encoder.dimension(),
-            encoder: Arc::new(Mutex::new(encoder)),
+            encoder: Arc::new(LazyEncoder {
+                dir: encoder_dir.to_path_buf(),
+                loaded: Mutex::new(None),
+            }),
             model: model_name(encoder_dir),
+            batch_size: batch_size.max(1),
             store,
         })
     }
@@ -46,29 +55,23 @@ impl Retriever {
         &self.model
     }
 
-    /// Width of an embedding.
-    pub fn dimension(&self) -> usize {
-        self.dimension
+    /// Width of an embedding (loads the encoder).
+    pub fn dimension(&self) -> Result<usize, RetrieveError> {
+        self.encoder.with(SentenceEncoder::dimension)
     }
 
     /// Encoder tokens of `text` (words, if the tokenizer cannot read it).
-    pub fn token_count(&self, text: &str) -> usize {
-        let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
-        encoder
-            .token_count(text)
-            .unwrap_or_else(|_| crate::chunk::words(text))
+    pub fn token_count(&self, text: &str) -> Result<usize, RetrieveError> {
+        self.encoder.with(|encoder| {
+            encoder
+                .token_count(text)
+                .unwrap_or_else(|_| crate::chunk::words(text))
+        })
     }
 
-    /// Embeddings of `texts`, `batch_size` at a time, on the calling thread.
-    pub fn encode(
-        &self,
-        texts: &[&str],
-        batch_size: usize,
-    ) -> Result<Vec<Vec<f32>>, RetrieveError> {
-        let encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
-        encoder
-            .encode(texts, batch_size)
-            .map_err(|e| RetrieveError::Encoder(e.to_string()))
+    /// Embeddings of `texts`, on the calling thread.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, RetrieveError> {
+        self.encoder.encode(texts, self.batch_size)
     }
 
     pub fn store(&self) -> &KnowledgeStore {
@@ -77,15 +80,13 @@ impl Retriever {
 
     /// Embeddings of `texts`, off the async workers' hands.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, RetrieveError> {
-        let encoder = self.encoder.clone();
-        let encoded = tokio::task::spawn_blocking(move || {
+        let (encoder, batch_size) = (self.encoder.clone(), self.batch_size);
+        tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let encoder = encoder.lock().unwrap_or_else(|e| e.into_inner());
-            encoder.encode(&refs, 32)
+            encoder.encode(&refs, batch_size)
         })
         .await
-        .map_err(|e| RetrieveError::Encoder(e.to_string()))?;
-        encoded.map_err(|e| RetrieveError::Encoder(e.to_string()))
+        .map_err(|e| RetrieveError::Encoder(e.to_string()))?
     }
 
     /// The best `k` passages of `index` for `query`.
@@ -96,10 +97,14 @@ impl Retriever {
         k: usize,
         mode: SearchMode,
     ) -> Result<Vec<Hit>, RetrieveError> {
-        // The store refuses an over-long query before anything is embedded.
+        // Refused or absent before anything is embedded.
         self.store.check_query(query, k)?;
+        if !self.store.exists(index).await? {
+            return Err(StoreError::UnknownIndex(index.to_string()).into());
+        }
         let vector = match mode {
-            SearchMode::FullText => vec![0.0; self.dimension],
+            // BM25 alone reads no vector.
+            SearchMode::FullText => vec![],
             _ => self.embed(vec![query.to_string()]).await?.remove(0),
         };
         let search = Search {
@@ -109,6 +114,31 @@ impl Retriever {
             mode,
         };
         Ok(self.store.search(index, &search).await?)
+    }
+}
+
+/// The sentence encoder, loaded by the first call that needs it. libtorch modules are not
+/// `Sync`: one encoding at a time.
+struct LazyEncoder {
+    dir: PathBuf,
+    loaded: Mutex<Option<SentenceEncoder>>,
+}
+
+impl LazyEncoder {
+    fn with<T>(&self, f: impl FnOnce(&SentenceEncoder) -> T) -> Result<T, RetrieveError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.is_none() {
+            let device = tch::Device::cuda_if_available();
+            let encoder = SentenceEncoder::load(&self.dir, device)
+                .map_err(|e| RetrieveError::Encoder(format!("{}: {e}", self.dir.display())))?;
+            *loaded = Some(encoder);
+        }
+        Ok(f(loaded.as_ref().expect("loaded above")))
+    }
+
+    fn encode(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, RetrieveError> {
+        self.with(|encoder| encoder.encode(texts, batch_size))?
+            .map_err(|e| RetrieveError::Encoder(e.to_string()))
     }
 }
 

@@ -17,7 +17,7 @@ use lancedb::index::vector::IvfHnswSqIndexBuilder;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::table::{Duration as VersionAge, OptimizeAction};
 use lancedb::{Connection, DistanceType, Table};
-pub use rows::{Hit, Passage};
+pub use rows::{Embedded, Hit, Passage};
 use std::time::Duration;
 
 /// Columns a search returns (the vector stays in the table).
@@ -160,24 +160,33 @@ impl KnowledgeStore {
 
     async fn table(&self, index: &str) -> Result<Table> {
         check_name(index)?;
-        if !self.indexes().await?.iter().any(|name| name == index) {
-            return Err(StoreError::UnknownIndex(index.to_string()));
-        }
         self.db
             .open_table(index)
             .execute()
             .await
-            .map_err(|source| StoreError::Unreadable {
-                index: index.to_string(),
-                source,
+            .map_err(|source| match source {
+                lancedb::Error::TableNotFound { .. } => StoreError::UnknownIndex(index.to_string()),
+                source => StoreError::Unreadable {
+                    index: index.to_string(),
+                    source,
+                },
             })
+    }
+
+    /// Whether the index exists (an unreadable one is an error, not absent).
+    pub async fn exists(&self, index: &str) -> Result<bool> {
+        match self.table(index).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::UnknownIndex(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Appends the passages whose ids the table lacks, creating the index on first use, then
     /// maintains its search indexes and compacts it.
-    pub async fn append(&self, index: &str, passages: &[Passage]) -> Result<Appended> {
+    pub async fn append(&self, index: &str, rows: &[Embedded]) -> Result<Appended> {
         check_name(index)?;
-        let Some(dimensions) = passages.first().map(|p| p.vector.len()) else {
+        let Some(dimensions) = rows.first().map(|row| row.vector.len()) else {
             return self.state(index).await;
         };
         let table = match self.table(index).await {
@@ -189,19 +198,18 @@ impl KnowledgeStore {
             Err(e) => return Err(e),
         };
         let expected = rows::dimensions(table.schema().await?.as_ref());
-        if let Some(p) = passages.iter().find(|p| p.vector.len() != expected) {
+        if let Some(row) = rows.iter().find(|row| row.vector.len() != expected) {
             return Err(StoreError::Dimensions {
                 index: index.to_string(),
                 expected,
-                got: p.vector.len(),
+                got: row.vector.len(),
             });
         }
         // Only ids the table lacks: a redelivery then writes nothing (not even a version).
-        let known = known_ids(&table, passages).await?;
-        let new: Vec<Passage> = passages
+        let known = known_ids(&table, rows).await?;
+        let new: Vec<&Embedded> = rows
             .iter()
-            .filter(|p| !known.contains(&p.id))
-            .cloned()
+            .filter(|row| !known.contains(&row.passage.id))
             .collect();
         if new.is_empty() {
             return self.state(index).await;
@@ -353,9 +361,12 @@ fn check_name(index: &str) -> Result<()> {
 /// The ids among `passages`' that the table already holds.
 async fn known_ids(
     table: &Table,
-    passages: &[Passage],
+    candidates: &[Embedded],
 ) -> Result<std::collections::HashSet<String>> {
-    let list: Vec<String> = passages.iter().map(|p| rows::sql_string(&p.id)).collect();
+    let list: Vec<String> = candidates
+        .iter()
+        .map(|row| rows::sql_string(&row.passage.id))
+        .collect();
     let stream = table
         .query()
         .only_if(format!("id IN ({})", list.join(", ")))
@@ -408,12 +419,12 @@ fn truncate(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
 fn fuse(rankings: Vec<Vec<Hit>>, k: usize) -> Vec<Hit> {
     let ids: Vec<Vec<String>> = rankings
         .iter()
-        .map(|hits| hits.iter().map(|h| h.id.clone()).collect())
+        .map(|hits| hits.iter().map(|h| h.passage.id.clone()).collect())
         .collect();
     let mut by_id: std::collections::HashMap<String, Hit> = rankings
         .into_iter()
         .flatten()
-        .map(|h| (h.id.clone(), h))
+        .map(|h| (h.passage.id.clone(), h))
         .collect();
     fusion::reciprocal_rank(&ids, fusion::K)
         .into_iter()

@@ -64,6 +64,8 @@ pub struct TrainerSettings {
     pub n_head: i64,
     pub n_embd: i64,
     pub block_size: i64,
+    /// Rows of `block_size` tokens per optimizer step (0: as many as make 2,048 tokens on a
+    /// CPU, 4,096 on CUDA).
     pub batch_size: usize,
     /// Optimizer steps of a pre-training run (0: sized for the device).
     pub pretrain_steps: u64,
@@ -148,6 +150,9 @@ pub struct RegistrySettings {
     pub min_feedback: i64,
     /// Share of negative feedback above which the champion is rolled back.
     pub max_negative_rate: f64,
+    /// When a forgotten document was in the champion's lineage: ask for a full retrain on
+    /// its pre-training data without the document (the gate then decides), or only flag it.
+    pub retrain_forgotten_champion: bool,
 }
 
 /// The OpenAI-compatible HTTP gateway.
@@ -342,7 +347,7 @@ impl Default for Settings {
                 n_head: 0,
                 n_embd: 0,
                 block_size: 0,
-                batch_size: 16,
+                batch_size: 0,
                 pretrain_steps: 0,
                 finetune_steps: 300,
                 lr: 1e-3,
@@ -380,6 +385,7 @@ impl Default for Settings {
                 max_error_rate: 0.2,
                 min_feedback: 10,
                 max_negative_rate: 0.6,
+                retrain_forgotten_champion: true,
             },
             gateway: GatewaySettings {
                 listen: "127.0.0.1:8080".into(),

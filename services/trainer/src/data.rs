@@ -2,6 +2,8 @@
 //! pre-training windows, or packed feedback conversations mixed with rehearsal text.
 
 use crate::{LINEAGE, TrainerService};
+use quark_curate::pipeline::Document;
+use quark_curate::store::read_documents;
 use quark_events::DatasetKind;
 use quark_events::bus::HandlerError;
 use quark_events::{Artifact, DatasetPrepared};
@@ -14,7 +16,47 @@ use quark_ml::tokenizer;
 use quark_ml::train::Trainer;
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Mutex;
 use tracing::info;
+
+/// The documents no training set may hold (document.forgotten), and those of them a job's
+/// reads left out.
+#[derive(Debug, Default)]
+pub(crate) struct Forgotten {
+    ids: HashSet<String>,
+    left_out: Mutex<HashSet<String>>,
+}
+
+impl Forgotten {
+    pub(crate) fn new(ids: HashSet<String>) -> Forgotten {
+        Forgotten {
+            ids,
+            left_out: Mutex::default(),
+        }
+    }
+
+    /// Forgotten documents the job's data would have held.
+    pub(crate) fn left_out(&self) -> usize {
+        self.left_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn texts(&self, documents: Vec<Document>) -> Vec<String> {
+        let mut left_out = self.left_out.lock().unwrap_or_else(|e| e.into_inner());
+        documents
+            .into_iter()
+            .filter_map(|d| match self.ids.contains(&d.id) {
+                true => {
+                    left_out.insert(d.id);
+                    None
+                }
+                false => Some(d.text),
+            })
+            .collect()
+    }
+}
 
 /// SFT records (one conversation each) a fine-tuning job learns from.
 #[derive(Debug, Default)]
@@ -52,18 +94,25 @@ impl TrainerService {
                 .into_iter()
                 .flatten()
             {
-                records.extend(self.documents(split)?.iter().map(|r| r.trim().to_string()));
+                let all = self.documents(split, &Forgotten::default())?;
+                records.extend(all.iter().map(|r| r.trim().to_string()));
             }
         }
         Ok(records)
     }
 
-    pub(crate) fn documents(&self, artifact: &Artifact) -> Result<Vec<String>, HandlerError> {
+    /// The texts of an artifact's documents, without the forgotten ones.
+    pub(crate) fn documents(
+        &self,
+        artifact: &Artifact,
+        forgotten: &Forgotten,
+    ) -> Result<Vec<String>, HandlerError> {
         let path = self
             .store
             .verified_path(artifact)
             .map_err(HandlerError::transient)?;
-        quark_curate::store::read_texts(&path).map_err(HandlerError::permanent)
+        let documents = read_documents(&path).map_err(HandlerError::permanent)?;
+        Ok(forgotten.texts(documents))
     }
 
     /// A pre-training dataset's training and held-out documents, split as the evaluator
@@ -71,12 +120,13 @@ impl TrainerService {
     pub(crate) fn splits(
         &self,
         dataset: &DatasetPrepared,
+        forgotten: &Forgotten,
     ) -> Result<(Vec<String>, Vec<String>), HandlerError> {
         let validation = match &dataset.validation {
-            Some(v) => self.documents(v)?,
+            Some(v) => self.documents(v, forgotten)?,
             None => vec![],
         };
-        let train = self.documents(&dataset.train)?;
+        let train = self.documents(&dataset.train, forgotten)?;
         Ok(corpus::hold_out(train, validation, corpus::HELD_OUT))
     }
 
@@ -86,8 +136,9 @@ impl TrainerService {
         dataset: &DatasetPrepared,
         trainer: &Trainer,
         dir: &Path,
+        forgotten: &Forgotten,
     ) -> Result<Data, HandlerError> {
-        let (train, validation) = self.splits(dataset)?;
+        let (train, validation) = self.splits(dataset, forgotten)?;
         let (train_path, val_path) = (dir.join("train.tok"), dir.join("val.tok"));
         let tokenizer = &trainer.tokenizer;
         shards::write(tokenizer, &train, &train_path).map_err(HandlerError::permanent)?;
@@ -95,7 +146,8 @@ impl TrainerService {
         let block = trainer.model.config.block_size as usize;
         let train = Shard::open(&train_path).map_err(HandlerError::permanent)?;
         let val = Shard::open(&val_path).map_err(HandlerError::permanent)?;
-        let (batch, seed) = (self.settings.batch_size, self.settings.seed);
+        // The job's own rows per step (a resumed job keeps those it started with).
+        let (batch, seed) = (trainer.state().config.batch_size, self.settings.seed);
         Ok(Data {
             batches: Box::new(
                 Windows::new(train, batch, block, seed).map_err(HandlerError::permanent)?,
@@ -105,6 +157,7 @@ impl TrainerService {
                 .unwrap_or_default(),
             taught: vec![],
             held_out: vec![],
+            forgotten_left_out: forgotten.left_out(),
         })
     }
 
@@ -114,9 +167,10 @@ impl TrainerService {
         &self,
         datasets: &[DatasetPrepared],
         skip: &HashSet<String>,
+        forgotten: &Forgotten,
     ) -> Result<Records, HandlerError> {
         let fresh = |artifact: &Artifact| -> Result<Vec<String>, HandlerError> {
-            let mut texts = self.documents(artifact)?;
+            let mut texts = self.documents(artifact, forgotten)?;
             texts.retain(|text| !skip.contains(text.trim()));
             Ok(texts)
         };
@@ -138,6 +192,7 @@ impl TrainerService {
         rehearsal: &[DatasetPrepared],
         trainer: &Trainer,
         dir: &Path,
+        forgotten: &Forgotten,
     ) -> Result<Data, HandlerError> {
         let (tokenizer, model) = (&trainer.tokenizer, &trainer.model);
         let examples = |texts: &[String]| -> Result<Vec<Example>, HandlerError> {
@@ -152,12 +207,12 @@ impl TrainerService {
         let (train, validation) = (examples(&records.train)?, examples(&records.validation)?);
         let block = model.config.block_size as usize;
         let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
-        let (rows, seed) = (self.settings.batch_size, self.settings.seed);
+        let (rows, seed) = (trainer.state().config.batch_size, self.settings.seed);
         let text_rows = ((rows as f64 * self.settings.rehearsal_share).round() as usize)
             .min(rows.saturating_sub(1));
         let text = match text_rows {
             0 => None,
-            _ => self.rehearsal_text(rehearsal, tokenizer, block, dir)?,
+            _ => self.rehearsal_text(rehearsal, tokenizer, block, dir, forgotten)?,
         };
         let batches: Box<dyn Batches + Send> = match text {
             Some(shard) => {
@@ -183,13 +238,14 @@ impl TrainerService {
         };
         let mut held_out = Vec::new();
         for dataset in rehearsal {
-            held_out.extend(self.splits(dataset)?.1);
+            held_out.extend(self.splits(dataset, forgotten)?.1);
         }
         Ok(Data {
             batches,
             validation,
             taught: train,
             held_out,
+            forgotten_left_out: forgotten.left_out(),
         })
     }
 
@@ -201,6 +257,7 @@ impl TrainerService {
         tokenizer: &quark_ml::Tokenizer,
         block: usize,
         dir: &Path,
+        forgotten: &Forgotten,
     ) -> Result<Option<Shard>, HandlerError> {
         let mut text = Vec::new();
         let mut bytes = 0;
@@ -209,7 +266,7 @@ impl TrainerService {
             if bytes >= REHEARSAL_BYTES {
                 break;
             }
-            for doc in self.splits(dataset)?.0 {
+            for doc in self.splits(dataset, forgotten)?.0 {
                 if bytes >= REHEARSAL_BYTES {
                     break;
                 }
@@ -245,4 +302,6 @@ pub(crate) struct Data {
     pub taught: Vec<Example>,
     /// The pre-training data's held-out documents, as the evaluator holds them out.
     pub held_out: Vec<String>,
+    /// Forgotten documents the data would have held.
+    pub forgotten_left_out: usize,
 }

@@ -1,13 +1,16 @@
 //! The trainer service, a thin adapter over the ML core:
 //! - dataset.prepared (pretrain) while there is no champion → pre-train a model sized for the
 //!   device on it, with the tokenizer the curator trained on it;
+//! - retrain.requested for a pretrain run → the same from scratch on the dataset it names (the
+//!   registry asks for one when the champion learnt from a forgotten document);
 //! - retrain.requested → fine-tune the base model (the champion unless named) on the SFT
 //!   datasets it names: LoRA adapters on the frozen base, pulled toward it on rehearsal text,
 //!   and the checkpoint that learnt the corrections best inside the gate's limits handed on
 //!   ([`tuning`]). A correction is never trained twice on the same base. A request that
 //!   names none is for the augmenter, which answers it with one that does.
 //!
-//! Each emits model.trained with the model's lineage.
+//! Each emits model.trained with the model's lineage. No job trains on a document forgotten
+//! (document.forgotten) before it was planned.
 //!
 //! What a job refers to (the dataset's tokenizer, the champion and its checkpoint, the
 //! datasets named) comes from the trainer's own projection, [`LINEAGE`], which [`follower`]
@@ -21,16 +24,15 @@
 //! was sent re-sends the same event (same id) instead of training again.
 
 mod data;
+mod plan;
 mod tuning;
 
 use async_trait::async_trait;
-use data::{Data, Records};
+use data::Data;
+use plan::Plan;
 use quark_events::bus::{Handler, HandlerError};
-use quark_events::{
-    Artifact, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelShape,
-    ModelTrained, RetrainRequested, RunKind,
-};
-use quark_lineage::{Follower, Lineage, Model};
+use quark_events::{Event, EventHeader, EventKind, Id, ModelShape, ModelTrained, RunKind};
+use quark_lineage::{Follower, Lineage};
 use quark_ml::checkpoint;
 use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
@@ -84,24 +86,6 @@ pub struct TrainerService {
     busy: tokio::sync::Mutex<()>,
 }
 
-/// What a job trains on.
-enum Plan {
-    Pretrain {
-        dataset: Box<DatasetPrepared>,
-        tokenizer_id: Id,
-        tokenizer: Artifact,
-    },
-    Finetune {
-        base: Box<Model>,
-        datasets: Vec<DatasetPrepared>,
-        /// Pre-training data mixed into the fine-tuning, so the model learns the new examples
-        /// without forgetting the rest.
-        rehearsal: Vec<DatasetPrepared>,
-        /// The datasets' records not trained on this base already.
-        records: Records,
-    },
-}
-
 /// A job ready to run.
 struct Job {
     run_kind: RunKind,
@@ -134,98 +118,6 @@ impl TrainerService {
         }
     }
 
-    async fn plan(&self, event: &Event) -> Result<Option<Plan>, HandlerError> {
-        let db = &self.db;
-        match event {
-            Event::DatasetPrepared(d) if d.kind == DatasetKind::Pretrain => {
-                let champion = LINEAGE
-                    .champion_promotion(db)
-                    .await
-                    .map_err(HandlerError::transient)?;
-                if d.train_examples == 0 {
-                    info!(dataset = %d.dataset_id, "nothing was kept: nothing to pre-train on");
-                    return Ok(None);
-                }
-                if champion.is_some() {
-                    info!(dataset = %d.dataset_id, "a champion exists: new pre-training data waits for a full retrain");
-                    return Ok(None);
-                }
-                let tokenizer = LINEAGE
-                    .tokenizer_for(db, d.dataset_id)
-                    .await
-                    .map_err(HandlerError::transient)?
-                    .ok_or_else(|| not_yet(format!("the tokenizer of dataset {}", d.dataset_id)))?;
-                Ok(Some(Plan::Pretrain {
-                    dataset: Box::new(d.clone()),
-                    tokenizer_id: tokenizer.tokenizer_id,
-                    tokenizer: tokenizer.artifact,
-                }))
-            }
-            Event::RetrainRequested(r) if r.is_for_policy() => Ok(None),
-            Event::RetrainRequested(r) => self.finetune_plan(r).await,
-            _ => Ok(None),
-        }
-    }
-
-    async fn finetune_plan(
-        &self,
-        request: &RetrainRequested,
-    ) -> Result<Option<Plan>, HandlerError> {
-        let db = &self.db;
-        if request.run_kind != RunKind::Sft {
-            return Err(HandlerError::permanent(format!(
-                "this trainer fine-tunes with sft; {:?} runs are not supported",
-                request.run_kind
-            )));
-        }
-        let base_id = match request.base_model_id {
-            Some(id) => id,
-            None => {
-                LINEAGE
-                    .champion_promotion(db)
-                    .await
-                    .map_err(HandlerError::transient)?
-                    .ok_or_else(|| not_yet("a champion".into()))?
-                    .model_id
-            }
-        };
-        let base = LINEAGE
-            .model(db, base_id)
-            .await
-            .map_err(HandlerError::transient)?
-            .ok_or_else(|| not_yet(format!("model {base_id}")))?;
-        let mut datasets = Vec::new();
-        for id in &request.dataset_ids {
-            datasets.push(
-                LINEAGE
-                    .dataset(db, *id)
-                    .await
-                    .map_err(HandlerError::transient)?
-                    .ok_or_else(|| not_yet(format!("dataset {id}")))?,
-            );
-        }
-        datasets.retain(|d| d.kind == DatasetKind::Sft);
-        if datasets.is_empty() {
-            return Err(HandlerError::permanent("no SFT dataset to fine-tune on"));
-        }
-        let skip = self.learnt_from(&base).await?;
-        let records = self.fresh_records(&datasets, &skip)?;
-        if records.train.is_empty() {
-            info!(base = %base.model_id, request = %request.header.event_id, "every correction named was trained on this base already: nothing to train");
-            return Ok(None);
-        }
-        let rehearsal = LINEAGE
-            .datasets_of_kind(db, DatasetKind::Pretrain)
-            .await
-            .map_err(HandlerError::transient)?;
-        Ok(Some(Plan::Finetune {
-            base: Box::new(base),
-            datasets,
-            rehearsal,
-            records,
-        }))
-    }
-
     fn shape(&self, device: tch::Device, vocab_size: i64) -> GptConfig {
         let s = &self.settings;
         let gpu = device.is_cuda();
@@ -236,7 +128,8 @@ impl TrainerService {
         };
         GptConfig {
             vocab_size,
-            block_size: or(s.block_size, 128, 256),
+            // Long enough on the CPU for retrieved passages beside a question.
+            block_size: or(s.block_size, 512, 256),
             n_layer: or(s.n_layer, 4, 6),
             n_head: or(s.n_head, 4, 6),
             n_embd: or(s.n_embd, 128, 384),
@@ -244,7 +137,17 @@ impl TrainerService {
         }
     }
 
-    fn train_config(&self, device: tch::Device, finetune: bool) -> TrainConfig {
+    /// Rows of `block` tokens in one optimizer step: `trainer.batch_size`, or for 0 as many as
+    /// make the device's tokens per step (2,048 on a CPU, 4,096 on CUDA).
+    fn rows(&self, device: tch::Device, block: i64) -> usize {
+        let tokens = if device.is_cuda() { 4096 } else { 2048 };
+        match self.settings.batch_size {
+            0 => (tokens / block.max(1)).max(1) as usize,
+            n => n,
+        }
+    }
+
+    fn train_config(&self, device: tch::Device, finetune: bool, block: i64) -> TrainConfig {
         let s = &self.settings;
         let steps = match (finetune, s.pretrain_steps) {
             (true, _) => s.finetune_steps,
@@ -254,7 +157,7 @@ impl TrainerService {
         };
         let lr = if finetune { s.finetune_lr } else { s.lr };
         TrainConfig {
-            batch_size: s.batch_size,
+            batch_size: self.rows(device, block),
             grad_accum: 1,
             max_steps: steps,
             schedule: Schedule {
@@ -302,6 +205,7 @@ impl TrainerService {
                 dataset,
                 tokenizer_id,
                 tokenizer,
+                forgotten,
             } => {
                 let trainer = if resuming {
                     resume()?
@@ -312,13 +216,13 @@ impl TrainerService {
                         .map_err(HandlerError::transient)?;
                     let tokenizer = tokenizer::load(&path).map_err(HandlerError::permanent)?;
                     let shape = self.shape(device, tokenizer.get_vocab_size(true) as i64);
+                    let config = self.train_config(device, false, shape.block_size);
                     let model = Gpt::new(shape, device, self.settings.seed)
                         .map_err(HandlerError::permanent)?;
-                    let config = self.train_config(device, false);
                     Trainer::start(model, tokenizer, config, None, &run_dir)
                         .map_err(HandlerError::permanent)?
                 };
-                let data = self.pretrain_data(&dataset, &trainer, dir)?;
+                let data = self.pretrain_data(&dataset, &trainer, dir, &forgotten)?;
                 Ok(Job {
                     run_kind: RunKind::Pretrain,
                     parent: None,
@@ -334,6 +238,7 @@ impl TrainerService {
                 datasets,
                 rehearsal,
                 records,
+                forgotten,
             } => {
                 let base_dir = self
                     .store
@@ -346,11 +251,11 @@ impl TrainerService {
                 } else {
                     let (mut model, tokenizer) = load()?;
                     tuning::adapt(&mut model, &self.settings)?;
-                    let config = self.train_config(device, true);
+                    let config = self.train_config(device, true, model.config.block_size);
                     Trainer::start(model, tokenizer, config, Some(base_dir.clone()), &run_dir)
                         .map_err(HandlerError::permanent)?
                 };
-                let data = self.sft_data(&records, &rehearsal, &trainer, dir)?;
+                let data = self.sft_data(&records, &rehearsal, &trainer, dir, &forgotten)?;
                 // Without adapters the base is a second copy: the selector's baseline (the
                 // model in training may be a resumed one) and the KL term's teacher.
                 let frozen = match trainer.model.adapters() {
@@ -533,6 +438,11 @@ impl TrainerService {
             ("weight_decay".to_string(), c.adamw.weight_decay.to_string()),
             ("seed".to_string(), c.seed.to_string()),
         ]);
+        // What a retrain after `quark forget` left out, for the audit.
+        if job.data.forgotten_left_out > 0 {
+            let left_out = job.data.forgotten_left_out.to_string();
+            h.insert("forgotten_documents_left_out".into(), left_out);
+        }
         if job.run_kind == RunKind::Sft {
             h.insert("kl_weight".into(), c.kl_weight.to_string());
             h.insert(

@@ -33,6 +33,7 @@ pub async fn list(settings: &Settings) -> anyhow::Result<Value> {
         }
     }
     let evaluations = quark_registry::evaluations(&database).await?;
+    let flags = quark_registry::forgotten(&database).await?;
     let models: Vec<Value> = quark_registry::models(&database)
         .await?
         .into_iter()
@@ -42,8 +43,16 @@ pub async fn list(settings: &Settings) -> anyhow::Result<Value> {
                 .filter(|e| e.model_id == m.model_id.to_string())
                 .map(|e| json!({"evaluation_id": e.evaluation_id, "passed": e.passed, "source": e.source, "at": e.evaluated_at, "failed": failed_checks(&e.event), "learnt": learnt(&e.event), "report": report_uri(&e.event)}))
                 .collect();
+            // Documents it learnt from that were forgotten since (`quark forget`).
+            let forgotten: Vec<&str> = flags
+                .iter()
+                .filter(|f| f.model_id == m.model_id.to_string())
+                .map(|f| f.document_id.as_str())
+                .collect();
             json!({
                 "model_id": m.model_id.to_string(),
+                "flagged": !forgotten.is_empty(),
+                "forgotten_documents": forgotten,
                 "run_kind": m.run_kind,
                 "parent_model_id": m.parent_model_id.map(|p| p.to_string()),
                 "dataset_ids": m.dataset_ids.iter().map(Id::to_string).collect::<Vec<_>>(),
@@ -163,6 +172,18 @@ pub fn render(listing: &Value) -> String {
         ));
         if let Some(line) = learning_line(model) {
             out.push_str(&line);
+        }
+        let forgotten: Vec<&str> = model["forgotten_documents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !forgotten.is_empty() {
+            out.push_str(&format!(
+                "    flagged: learnt from forgotten {}\n",
+                forgotten.join(", ")
+            ));
         }
         for evaluation in model["evaluations"].as_array().into_iter().flatten() {
             let failed: Vec<String> = evaluation["failed"]

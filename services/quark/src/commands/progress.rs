@@ -76,6 +76,12 @@ pub fn describe(event: &Event) -> String {
             e.latency_ms,
             e.completion_tokens
         ),
+        Event::ForgetRequested(e) => format!("forgetting document {:?}", e.document_id),
+        Event::DocumentForgotten(e) => format!(
+            "document {:?} forgotten: it was in {} dataset(s)",
+            e.document_id,
+            e.dataset_ids.len()
+        ),
     }
 }
 

@@ -37,7 +37,11 @@ pub async fn retriever(settings: &Settings) -> anyhow::Result<Retriever> {
         .encoder_dir(venv.as_deref())
         .map_err(anyhow::Error::msg)?;
     let uri = retrieval.uri(&settings.data_dir);
-    Ok(Retriever::open(&uri, &encoder_dir, StoreConfig::default()).await?)
+    let config = StoreConfig {
+        vector_index_min_rows: retrieval.vector_index_min_rows,
+        ..StoreConfig::default()
+    };
+    Ok(Retriever::open(&uri, &encoder_dir, config, retrieval.batch_size).await?)
 }
 
 /// What the gateway answers chat from: the settings' index, `top_k` and `mode`.

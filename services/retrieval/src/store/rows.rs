@@ -10,8 +10,9 @@ use arrow_array::{
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use std::sync::Arc;
 
-/// One passage as stored: its text, where it came from and its embedding.
-#[derive(Clone, Debug, PartialEq)]
+/// A passage of a document: its text and where it came from. What is stored beside the
+/// vector and what a search gives back.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Passage {
     /// Stable across redeliveries (the indexer derives it from the document and the range),
     /// so appending the same passage twice adds one row.
@@ -24,19 +25,20 @@ pub struct Passage {
     /// The passage's byte range in its document.
     pub start: u64,
     pub end: u64,
+}
+
+/// A passage with its embedding, as appended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedded {
+    pub passage: Passage,
     pub vector: Vec<f32>,
 }
 
 /// A passage found by a search, with the search's score (higher is better).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Hit {
-    pub id: String,
-    pub text: String,
-    pub source: String,
-    pub document_id: String,
-    pub dataset_id: String,
-    pub start: u64,
-    pub end: u64,
+    #[serde(flatten)]
+    pub passage: Passage,
     pub score: f64,
 }
 
@@ -66,17 +68,20 @@ pub(super) fn dimensions(schema: &Schema) -> usize {
     }
 }
 
-pub(super) fn batch(passages: &[Passage], dimensions: usize) -> Result<RecordBatch> {
+pub(super) fn batch(rows: &[&Embedded], dimensions: usize) -> Result<RecordBatch> {
     let strings = |field: fn(&Passage) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(passages.iter().map(field)))
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|row| field(&row.passage)),
+        ))
     };
     let numbers = |field: fn(&Passage) -> u64| -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(passages.iter().map(field)))
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|row| field(&row.passage)),
+        ))
     };
     let vectors = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
-        passages
-            .iter()
-            .map(|p| Some(p.vector.iter().copied().map(Some))),
+        rows.iter()
+            .map(|row| Some(row.vector.iter().copied().map(Some))),
         dimensions as i32,
     );
     let columns = vec![
@@ -126,7 +131,7 @@ pub(super) fn hits(
         let (documents, datasets) = (text("document_id")?, text("dataset_id")?);
         let (starts, ends) = (number("start")?, number("end")?);
         for row in 0..batch.num_rows() {
-            hits.push(Hit {
+            let passage = Passage {
                 id: ids.value(row).to_string(),
                 text: texts.value(row).to_string(),
                 source: sources.value(row).to_string(),
@@ -134,8 +139,9 @@ pub(super) fn hits(
                 dataset_id: datasets.value(row).to_string(),
                 start: starts.value(row),
                 end: ends.value(row),
-                score: score(f64::from(scores.value(row))),
-            });
+            };
+            let score = score(f64::from(scores.value(row)));
+            hits.push(Hit { passage, score });
         }
     }
     Ok(hits)

@@ -12,8 +12,8 @@ fn axis_vector(i: usize) -> Vec<f32> {
     v
 }
 
-fn passage(document: &str, i: usize, text: &str) -> Passage {
-    Passage {
+fn passage(document: &str, i: usize, text: &str) -> Embedded {
+    let passage = Passage {
         id: format!("{document}:{i}"),
         text: text.to_string(),
         source: format!("{document}.txt"),
@@ -21,11 +21,14 @@ fn passage(document: &str, i: usize, text: &str) -> Passage {
         dataset_id: "d1".to_string(),
         start: (i * 100) as u64,
         end: (i * 100 + text.len()) as u64,
+    };
+    Embedded {
+        passage,
         vector: axis_vector(i),
     }
 }
 
-fn plays() -> Vec<Passage> {
+fn plays() -> Vec<Embedded> {
     [
         "The quality of mercy is not strained; it droppeth as the gentle rain from heaven.",
         "Now is the winter of our discontent made glorious summer by this sun of York.",
@@ -54,7 +57,7 @@ fn search<'a>(text: &'a str, vector: &'a [f32], k: usize, mode: SearchMode) -> S
 }
 
 fn ids(hits: &[Hit]) -> Vec<&str> {
-    hits.iter().map(|h| h.id.as_str()).collect()
+    hits.iter().map(|h| h.passage.id.as_str()).collect()
 }
 
 #[tokio::test]
@@ -75,8 +78,8 @@ async fn an_append_is_searchable_by_meaning_and_by_words() {
         .unwrap();
     assert_eq!(ids(&hits), ["plays:2", "plays:1"]);
     assert!((hits[0].score - 1.0).abs() < 1e-6, "{}", hits[0].score);
-    assert_eq!(hits[0].source, "plays.txt");
-    assert_eq!((hits[0].start, hits[0].end), (200, 266));
+    assert_eq!(hits[0].passage.source, "plays.txt");
+    assert_eq!((hits[0].passage.start, hits[0].passage.end), (200, 266));
 
     let words = search("Caesar ears", &near_two, 3, SearchMode::FullText);
     let hits = store.search("plays", &words).await.unwrap();
@@ -141,7 +144,7 @@ async fn a_large_table_gets_a_vector_index_and_appends_are_compacted() {
         ..StoreConfig::default()
     };
     let store = store(&dir, config).await;
-    let batch = |from: usize| -> Vec<Passage> {
+    let batch = |from: usize| -> Vec<Embedded> {
         (from..from + 100)
             .map(|i| {
                 let mut p = passage("many", i, &format!("passage number {i} of many"));
@@ -233,10 +236,12 @@ async fn bad_requests_are_clear_errors() {
         .search("nowhere", &search("x", &v, 1, SearchMode::Hybrid))
         .await;
     assert!(matches!(unknown, Err(StoreError::UnknownIndex(ref n)) if n == "nowhere"));
+    assert!(!store.exists("nowhere").await.unwrap());
     let bad_name = store.append("../escape", &plays()).await;
     assert!(matches!(bad_name, Err(StoreError::InvalidName(_))));
 
     store.append("plays", &plays()).await.unwrap();
+    assert!(store.exists("plays").await.unwrap());
     let long = "word ".repeat(500);
     let too_long = store
         .search("plays", &search(&long, &v, 1, SearchMode::Hybrid))

@@ -1,0 +1,169 @@
+//! What an event asks the trainer to train: a first pre-training, a full retrain from
+//! scratch (after a document was forgotten), or a fine-tuning of a base on SFT datasets. Every
+//! plan carries the documents forgotten so far, which no training set may hold.
+
+use crate::data::{Forgotten, Records};
+use crate::{LINEAGE, TrainerService, not_yet};
+use quark_events::bus::HandlerError;
+use quark_events::{Artifact, DatasetKind, DatasetPrepared, Event, Id, RetrainRequested, RunKind};
+use quark_lineage::Model;
+use tracing::info;
+
+/// What a job trains on.
+pub(crate) enum Plan {
+    Pretrain {
+        dataset: Box<DatasetPrepared>,
+        tokenizer_id: Id,
+        tokenizer: Artifact,
+        forgotten: Forgotten,
+    },
+    Finetune {
+        base: Box<Model>,
+        datasets: Vec<DatasetPrepared>,
+        /// Pre-training data mixed into the fine-tuning, so the model learns the new examples
+        /// without forgetting the rest.
+        rehearsal: Vec<DatasetPrepared>,
+        /// The datasets' records not trained on this base already.
+        records: Records,
+        forgotten: Forgotten,
+    },
+}
+
+impl TrainerService {
+    pub(crate) async fn plan(&self, event: &Event) -> Result<Option<Plan>, HandlerError> {
+        match event {
+            Event::DatasetPrepared(d) if d.kind == DatasetKind::Pretrain => {
+                let champion = LINEAGE
+                    .champion_promotion(&self.db)
+                    .await
+                    .map_err(HandlerError::transient)?;
+                if champion.is_some() {
+                    info!(dataset = %d.dataset_id, "a champion exists: new pre-training data waits for a full retrain");
+                    return Ok(None);
+                }
+                self.pretrain_plan(d.clone()).await
+            }
+            Event::RetrainRequested(r) if r.is_for_policy() => Ok(None),
+            Event::RetrainRequested(r) if r.run_kind == RunKind::Pretrain => {
+                self.retrain_plan(r).await
+            }
+            Event::RetrainRequested(r) => self.finetune_plan(r).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn forgotten(&self) -> Result<Forgotten, HandlerError> {
+        let ids = LINEAGE
+            .forgotten(&self.db)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(Forgotten::new(ids))
+    }
+
+    /// A model from scratch on `dataset`, with the tokenizer the curator trained on it.
+    async fn pretrain_plan(&self, d: DatasetPrepared) -> Result<Option<Plan>, HandlerError> {
+        if d.train_examples == 0 {
+            info!(dataset = %d.dataset_id, "nothing was kept: nothing to pre-train on");
+            return Ok(None);
+        }
+        let tokenizer = LINEAGE
+            .tokenizer_for(&self.db, d.dataset_id)
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| not_yet(format!("the tokenizer of dataset {}", d.dataset_id)))?;
+        Ok(Some(Plan::Pretrain {
+            dataset: Box::new(d),
+            tokenizer_id: tokenizer.tokenizer_id,
+            tokenizer: tokenizer.artifact,
+            forgotten: self.forgotten().await?,
+        }))
+    }
+
+    /// A full retrain: pre-training from scratch on the first pre-training dataset named.
+    /// One caused by an event (the registry's, after a document.forgotten) waits until that
+    /// forgetting is folded here, so that the document is already left out.
+    async fn retrain_plan(&self, request: &RetrainRequested) -> Result<Option<Plan>, HandlerError> {
+        if let Some(cause) = request.header.causation_id {
+            LINEAGE
+                .forgetting(&self.db, cause)
+                .await
+                .map_err(HandlerError::transient)?
+                .ok_or_else(|| not_yet(format!("the document.forgotten {cause}")))?;
+        }
+        for id in &request.dataset_ids {
+            let dataset = LINEAGE
+                .dataset(&self.db, *id)
+                .await
+                .map_err(HandlerError::transient)?
+                .ok_or_else(|| not_yet(format!("dataset {id}")))?;
+            if dataset.kind == DatasetKind::Pretrain {
+                info!(dataset = %id, reason = %request.reason, "retraining from scratch");
+                return self.pretrain_plan(dataset).await;
+            }
+        }
+        Err(HandlerError::permanent(
+            "a pretrain retrain.requested must name a pre-training dataset",
+        ))
+    }
+
+    async fn finetune_plan(
+        &self,
+        request: &RetrainRequested,
+    ) -> Result<Option<Plan>, HandlerError> {
+        let db = &self.db;
+        if request.run_kind != RunKind::Sft {
+            return Err(HandlerError::permanent(format!(
+                "this trainer fine-tunes with sft and retrains with pretrain; {:?} runs are not supported",
+                request.run_kind
+            )));
+        }
+        let base_id = match request.base_model_id {
+            Some(id) => id,
+            None => {
+                LINEAGE
+                    .champion_promotion(db)
+                    .await
+                    .map_err(HandlerError::transient)?
+                    .ok_or_else(|| not_yet("a champion".into()))?
+                    .model_id
+            }
+        };
+        let base = LINEAGE
+            .model(db, base_id)
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| not_yet(format!("model {base_id}")))?;
+        let mut datasets = Vec::new();
+        for id in &request.dataset_ids {
+            datasets.push(
+                LINEAGE
+                    .dataset(db, *id)
+                    .await
+                    .map_err(HandlerError::transient)?
+                    .ok_or_else(|| not_yet(format!("dataset {id}")))?,
+            );
+        }
+        datasets.retain(|d| d.kind == DatasetKind::Sft);
+        if datasets.is_empty() {
+            return Err(HandlerError::permanent("no SFT dataset to fine-tune on"));
+        }
+        let skip = self.learnt_from(&base).await?;
+        let forgotten = self.forgotten().await?;
+        let records = self.fresh_records(&datasets, &skip, &forgotten)?;
+        if records.train.is_empty() {
+            info!(base = %base.model_id, request = %request.header.event_id, "every correction named was trained on this base already: nothing to train");
+            return Ok(None);
+        }
+        let rehearsal = LINEAGE
+            .datasets_of_kind(db, DatasetKind::Pretrain)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(Some(Plan::Finetune {
+            base: Box::new(base),
+            datasets,
+            rehearsal,
+            records,
+            forgotten,
+        }))
+    }
+}
