@@ -1,6 +1,6 @@
 //! `quark-bench-retrieval`: retrieval quality and speed on a labelled set of the plays.
 //!
-//!   quark-bench-retrieval passages MODEL DIR OUT.jsonl   the .txt plays under DIR cut as the
+//!   quark-bench-retrieval passages MODEL DIR OUT.jsonl   the plays under DIR (`*_gut.txt`) cut as the
 //!                                                        indexer cuts them (its default 128
 //!                                                        encoder tokens, overlap 32)
 //!   quark-bench-retrieval queries PASSAGES N SEED OUT    N known-item queries (below)
@@ -11,7 +11,9 @@
 //!
 //! A known-item query is five words of one passage, none of them among the corpus's 300
 //! commonest words nor in the passages before and after it (which overlap it), in the order
-//! they appear: the passage it was drawn from is the one answer. The threads are libtorch's,
+//! they appear: the passage it was drawn from is the one answer. Hybrid search asks each
+//! ranker for `candidates_per_hit` × k candidates (the store's default, 4, or
+//! `QUARK_CANDIDATES_PER_HIT`). The threads are libtorch's,
 //! from `QUARK_THREADS` (default 2). Timers: the embedding of every passage; the append (the
 //! write, the BM25 index and the compaction); each query from its text to its hits.
 
@@ -58,6 +60,9 @@ fn passages(model: &Path, dir: &Path, out: &Path) {
     let mut files = Vec::new();
     quark_e2e::text_files(dir, &mut files);
     let mut rows = Vec::new();
+    // One edition of each play (the package also holds the folio's, `*_gut_f.txt`, whose
+    // passages would be near twins of these and blur which one a query was drawn from).
+    files.retain(|f| f.to_string_lossy().ends_with("_gut.txt"));
     for file in files {
         let document = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&file).unwrap();
@@ -139,11 +144,17 @@ async fn run(model: &Path, passages: &Path, queries: &Path, dir: &Path) {
     tch::set_num_threads(threads);
     let rows = read_lines(passages);
     let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
-    // Exact vector search, as the Python side's table without a vector index does.
+    // Exact vector search, as the Python side's table without a vector index does; hybrid
+    // search's candidates per ranker from `QUARK_CANDIDATES_PER_HIT` (LanceDB's Python
+    // hybrid search asks each ranker for k: 1).
+    let defaults = StoreConfig::default();
     let config = StoreConfig {
         vector_index_min_rows: usize::MAX,
-        ..StoreConfig::default()
+        candidates_per_hit: std::env::var("QUARK_CANDIDATES_PER_HIT")
+            .map_or(defaults.candidates_per_hit, |n| n.parse().unwrap()),
+        ..defaults
     };
+    let candidates_per_hit = config.candidates_per_hit;
     let retriever = Retriever::open(dir.to_str().unwrap(), model, config, 32)
         .await
         .unwrap();
@@ -208,7 +219,7 @@ async fn run(model: &Path, passages: &Path, queries: &Path, dir: &Path) {
         "{}",
         json!({"side": "quark", "passages": rows.len(), "queries": queries.len(), "threads": threads,
         "embed_s": embed_s, "chunks_per_s": rows.len() as f64 / embed_s, "append_s": append_s,
-        "modes": modes})
+        "candidates_per_hit": candidates_per_hit, "modes": modes})
     );
 }
 
