@@ -20,7 +20,8 @@ use lancedb::{Connection, DistanceType, Table};
 pub use rows::{Embedded, Hit, Passage};
 use std::time::Duration;
 
-/// Columns a search returns (the vector stays in the table).
+/// Columns a search returns (the vector stays in the table), and last the ranker's score,
+/// named so that LanceDB does not add it on its own (a behaviour it warns will go).
 const HIT_COLUMNS: [&str; 7] = [
     "id",
     "text",
@@ -30,6 +31,10 @@ const HIT_COLUMNS: [&str; 7] = [
     "start",
     "end",
 ];
+
+fn hit_columns(score: &'static str) -> Vec<&'static str> {
+    HIT_COLUMNS.iter().copied().chain([score]).collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -383,7 +388,7 @@ async fn by_vector(table: &Table, search: &Search<'_>, limit: usize) -> Result<V
         .query()
         .nearest_to(search.vector)?
         .distance_type(DistanceType::Cosine)
-        .select(Select::columns(&HIT_COLUMNS))
+        .select(Select::columns(&hit_columns("_distance")))
         .limit(limit)
         .execute()
         .await?;
@@ -402,7 +407,7 @@ async fn by_words(table: &Table, text: &str, limit: usize) -> Result<Vec<Hit>> {
     let stream = table
         .query()
         .full_text_search(query)
-        .select(Select::columns(&HIT_COLUMNS))
+        .select(Select::columns(&hit_columns("_score")))
         .limit(limit)
         .execute()
         .await?;
