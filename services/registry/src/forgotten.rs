@@ -5,19 +5,27 @@
 //! trainer then reads without the document.
 
 use crate::tables::forgotten;
-use crate::{NAME, RegistrySettings, alias_of, dataset, models};
+use crate::{NAME, RegistrySettings, alias_of, dataset, insert_new, models};
 use quark_events::{
     Alias, DatasetKind, DocumentForgotten, EventHeader, Id, ModelTrained, RetrainRequested,
     RetrainTrigger, RunKind,
 };
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
 use std::collections::HashMap;
 
+/// Every model by id, for walking lineages.
+async fn all_models<C: ConnectionTrait>(db: &C) -> Result<HashMap<Id, ModelTrained>, DbErr> {
+    Ok(models(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.model_id, m))
+        .collect())
+}
+
 /// The datasets `model` learnt from, its own first, then each ancestor's.
-fn lineage(model: &ModelTrained, by_id: &HashMap<Id, &ModelTrained>) -> Vec<Id> {
+fn lineage(model: &ModelTrained, by_id: &HashMap<Id, ModelTrained>) -> Vec<Id> {
     let mut datasets: Vec<Id> = Vec::new();
     let mut visited = vec![model.model_id];
     let mut next = Some(model);
@@ -31,7 +39,7 @@ fn lineage(model: &ModelTrained, by_id: &HashMap<Id, &ModelTrained>) -> Vec<Id> 
         next = m
             .parent_model_id
             .filter(|p| !visited.contains(p))
-            .and_then(|p| by_id.get(&p).copied());
+            .and_then(|p| by_id.get(&p));
         visited.extend(next.map(|m| m.model_id));
     }
     datasets
@@ -46,9 +54,8 @@ pub(crate) async fn flag<C: ConnectionTrait>(
     db: &C,
     forgotten: &DocumentForgotten,
 ) -> Result<(), DbErr> {
-    let models = models(db).await?;
-    let by_id: HashMap<Id, &ModelTrained> = models.iter().map(|m| (m.model_id, m)).collect();
-    for model in &models {
+    let by_id = all_models(db).await?;
+    for model in by_id.values() {
         if held_it(forgotten, &lineage(model, &by_id)) {
             let document = &forgotten.document_id;
             insert(db, model.model_id, document, &forgotten.header).await?;
@@ -84,14 +91,7 @@ async fn insert<C: ConnectionTrait>(
         cause: Set(cause.event_id.to_string()),
     };
     let key = [forgotten::Column::ModelId, forgotten::Column::DocumentId];
-    let result = forgotten::Entity::insert(row)
-        .on_conflict(OnConflict::columns(key).do_nothing().to_owned())
-        .exec_without_returning(db)
-        .await;
-    match result {
-        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
-        Err(e) => Err(e),
-    }
+    insert_new(db, row, key).await
 }
 
 /// Every flag, by model then document.
@@ -124,8 +124,7 @@ pub(crate) async fn retrain<C: ConnectionTrait>(
     let Some(champion) = alias_of(db, Alias::Champion).await? else {
         return Ok(None);
     };
-    let models = models(db).await?;
-    let by_id: HashMap<Id, &ModelTrained> = models.iter().map(|m| (m.model_id, m)).collect();
+    let by_id = all_models(db).await?;
     let Some(model) = by_id.get(&champion) else {
         return Ok(None);
     };

@@ -231,7 +231,7 @@ pub async fn project<C: ConnectionTrait>(
                     prepared_at: Set(d.header.occurred_at.0),
                     event: Set(json(d)),
                 },
-                dataset::Column::DatasetId,
+                [dataset::Column::DatasetId],
             )
             .await?
         }
@@ -243,7 +243,7 @@ pub async fn project<C: ConnectionTrait>(
                     dataset_id: Set(t.dataset_id.to_string()),
                     event: Set(json(t)),
                 },
-                tokenizer::Column::TokenizerId,
+                [tokenizer::Column::TokenizerId],
             )
             .await?
         }
@@ -257,7 +257,7 @@ pub async fn project<C: ConnectionTrait>(
                     trained_at: Set(m.header.occurred_at.0),
                     event: Set(json(m)),
                 },
-                model::Column::ModelId,
+                [model::Column::ModelId],
             )
             .await?;
             set_alias(db, Alias::Challenger, m.model_id, m.header.occurred_at.0).await?;
@@ -327,17 +327,19 @@ pub async fn project<C: ConnectionTrait>(
     Ok(())
 }
 
-async fn insert_new<C, A>(
+/// Inserts `row` unless a row with the same `key` columns exists (a replayed event).
+pub(crate) async fn insert_new<C, A, K>(
     db: &C,
     row: A,
-    key: impl sea_orm::sea_query::IntoIden,
+    key: impl IntoIterator<Item = K>,
 ) -> Result<(), DbErr>
 where
     C: ConnectionTrait,
     A: sea_orm::ActiveModelTrait,
+    K: sea_orm::sea_query::IntoIden,
 {
     let result = <A::Entity as EntityTrait>::insert(row)
-        .on_conflict(OnConflict::column(key).do_nothing().to_owned())
+        .on_conflict(OnConflict::columns(key).do_nothing().to_owned())
         .exec_without_returning(db)
         .await;
     match result {
@@ -365,7 +367,7 @@ async fn record_evaluation<C: ConnectionTrait>(
             evaluated_at: Set(header.occurred_at.0),
             event: Set(event),
         },
-        evaluation::Column::EvaluationId,
+        [evaluation::Column::EvaluationId],
     )
     .await?;
     // A decided candidate is no longer the challenger.
@@ -391,7 +393,7 @@ async fn count<C: ConnectionTrait, const N: usize>(
         requests: Set(0),
         errors: Set(0),
     };
-    insert_new(db, zero, feedback::Column::ModelId).await?;
+    insert_new(db, zero, [feedback::Column::ModelId]).await?;
     let mut update = feedback::Entity::update_many().filter(feedback::Column::ModelId.eq(model_id));
     for (column, by) in increments {
         update = update.col_expr(

@@ -3,6 +3,7 @@
 
 use crate::store::{Hit, KnowledgeStore, Search, SearchMode, StoreConfig, StoreError};
 use quark_ml::encoder::SentenceEncoder;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +20,9 @@ pub struct Retriever {
     model: String,
     batch_size: usize,
     store: KnowledgeStore,
+    /// Indexes seen to exist: an index is never dropped, so each is looked for once, not on
+    /// every search.
+    existing: Mutex<HashSet<String>>,
 }
 
 impl Retriever {
@@ -46,6 +50,7 @@ impl Retriever {
             model: model_name(encoder_dir),
             batch_size: batch_size.max(1),
             store,
+            existing: Mutex::default(),
         })
     }
 
@@ -99,9 +104,7 @@ impl Retriever {
     ) -> Result<Vec<Hit>, RetrieveError> {
         // Refused or absent before anything is embedded.
         self.store.check_query(query, k)?;
-        if !self.store.exists(index).await? {
-            return Err(StoreError::UnknownIndex(index.to_string()).into());
-        }
+        self.check_exists(index).await?;
         let vector = match mode {
             // BM25 alone reads no vector.
             SearchMode::FullText => vec![],
@@ -114,6 +117,25 @@ impl Retriever {
             mode,
         };
         Ok(self.store.search(index, &search).await?)
+    }
+
+    /// Refuses an index that does not exist; one found once is not looked for again.
+    async fn check_exists(&self, index: &str) -> Result<(), RetrieveError> {
+        let known = |existing: &Mutex<HashSet<String>>| {
+            existing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(index)
+        };
+        if known(&self.existing) {
+            return Ok(());
+        }
+        if !self.store.exists(index).await? {
+            return Err(StoreError::UnknownIndex(index.to_string()).into());
+        }
+        let mut existing = self.existing.lock().unwrap_or_else(|e| e.into_inner());
+        existing.insert(index.to_string());
+        Ok(())
     }
 }
 
