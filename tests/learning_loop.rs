@@ -137,7 +137,7 @@ fn the_loop_starts_cold_learns_from_feedback_holds_the_gate_and_survives_a_crash
     );
     let (status, body) = quark.post(
         "/v1/completions",
-        json!({"model": first.to_string(), "prompt": "To be, or not", "max_tokens": 8}),
+        json!({"model": first.to_string(), "prompt": "To be, or not", "max_tokens": 8, "seed": 1}),
         None,
     );
     assert_eq!(status, 200, "{body}");
