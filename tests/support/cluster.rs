@@ -65,13 +65,19 @@ pub async fn promotion_with_context(
     let gpt = Gpt::new(config, tch::Device::Cpu, 7).unwrap();
     let path = dir.join("model");
     checkpoint::save(&path, &gpt, &tok, None, &json!({})).unwrap();
+    promotion_of(store, &path).await
+}
+
+/// The checkpoint at `path` in the artifact store, and its promotion to champion as the
+/// registry sends it.
+pub async fn promotion_of(store: &ArtifactStore, path: &Path) -> ModelPromoted {
     let files = [
         checkpoint::CONFIG,
         checkpoint::WEIGHTS,
         checkpoint::TOKENIZER,
         checkpoint::STATE,
     ];
-    let artifact = store.put_dir(&path, &files).await.unwrap();
+    let artifact = store.put_dir(path, &files).await.unwrap();
     ModelPromoted {
         header: EventHeader::root("registry"),
         model_id: Id::random(),

