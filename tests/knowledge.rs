@@ -8,8 +8,9 @@ use quark_events::bus::{LedgerMigration, Publisher};
 use quark_events::{Event, EventKind};
 use quark_gateway::knowledge::Knowledge;
 use quark_retrieval::retriever::Retriever;
-use quark_retrieval::store::{SearchMode, StoreConfig};
+use quark_retrieval::store::{Embedded, Passage, SearchMode, StoreConfig};
 use quark_runtime::Settings;
+use quark_runtime::artifacts::testing::S3Server;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -252,4 +253,73 @@ async fn search_refuses_an_unknown_index_and_an_over_long_query() {
     let bad_mode = run(&["search", "oil", "--mode", "fuzzy"]);
     let stderr = String::from_utf8_lossy(&bad_mode.stderr);
     assert!(stderr.contains("unknown search mode \"fuzzy\""), "{stderr}");
+}
+
+/// An index on S3-compatible storage (moto's server), written by one host and searched by
+/// `quark search` on another that knows it only from its settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quark_search_reads_an_index_on_s3_compatible_storage() {
+    let s3 = S3Server::start();
+    s3.create_bucket("knowledge");
+    let uri = "s3://knowledge/indexes";
+    let config = StoreConfig {
+        storage_options: s3.storage_options(),
+        ..StoreConfig::default()
+    };
+    let writer = Retriever::open(uri, &encoder_dir(), config, 32)
+        .await
+        .unwrap();
+    let documents = [("skerry", LIGHTHOUSE), ("orchard", ORCHARD)];
+    let vectors = writer
+        .embed(documents.iter().map(|(_, text)| text.to_string()).collect())
+        .await
+        .unwrap();
+    let rows: Vec<Embedded> = documents
+        .iter()
+        .zip(vectors)
+        .map(|((name, text), vector)| Embedded {
+            passage: Passage {
+                id: name.to_string(),
+                text: text.to_string(),
+                source: format!("{name}.txt"),
+                document_id: name.to_string(),
+                dataset_id: "d1".into(),
+                start: 0,
+                end: text.len() as u64,
+            },
+            vector,
+        })
+        .collect();
+    writer.store().append("knowledge", &rows).await.unwrap();
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut search = Command::new(bin("quark"));
+    search
+        .args([
+            "search",
+            "When did the lamp stop burning colza oil?",
+            "-k",
+            "1",
+        ])
+        .env("QUARK__DATA_DIR", elsewhere.path())
+        .env("QUARK__RETRIEVAL__URI", uri)
+        .env("QUARK__TELEMETRY__LOG", "warn");
+    for (key, value) in s3.storage_options() {
+        let name = format!("QUARK__RETRIEVAL__STORAGE_OPTIONS__{}", key.to_uppercase());
+        search.env(name, value);
+    }
+    let output = search.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let found = String::from_utf8_lossy(&output.stdout);
+    let hits: Vec<Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 1, "{found}");
+    assert_eq!(hits[0]["document_id"], "skerry", "{found}");
+    assert!(
+        !elsewhere.path().join("knowledge").exists(),
+        "nothing local"
+    );
 }

@@ -29,6 +29,15 @@ pub const NAME: &str = "indexer";
 /// Passages embedded and appended at a time: memory is bounded by this, not the dataset.
 const APPEND_PASSAGES: usize = 4096;
 
+/// How the settings' indexes are opened and searched.
+pub fn store_config(settings: &RetrievalSettings) -> StoreConfig {
+    StoreConfig {
+        vector_index_min_rows: settings.vector_index_min_rows,
+        storage_options: settings.storage_options.0.clone(),
+        ..StoreConfig::default()
+    }
+}
+
 pub struct IndexerService {
     artifacts: Arc<ArtifactStore>,
     settings: RetrievalSettings,
@@ -60,10 +69,7 @@ impl IndexerService {
 
     async fn retriever(&self) -> Result<&Retriever, HandlerError> {
         let dir = self.encoder_dir.clone().map_err(HandlerError::Permanent)?;
-        let config = StoreConfig {
-            vector_index_min_rows: self.settings.vector_index_min_rows,
-            ..StoreConfig::default()
-        };
+        let config = store_config(&self.settings);
         self.retriever
             .get_or_try_init(|| async move {
                 Retriever::open(&self.uri, &dir, config, self.settings.batch_size)
@@ -127,7 +133,7 @@ impl IndexerService {
     async fn forget(&self, request: &ForgetRequested) -> Result<Vec<Event>, HandlerError> {
         let _one_at_a_time = self.one_at_a_time.lock().await;
         // No encoder needed: the store alone.
-        let store = KnowledgeStore::open(&self.uri, StoreConfig::default())
+        let store = KnowledgeStore::open(&self.uri, store_config(&self.settings))
             .await
             .map_err(HandlerError::transient)?;
         let removed = store

@@ -3,7 +3,8 @@
 //! index once the table is large enough to train one, compaction after every append, and
 //! deletion by document that also drops the table versions still holding the text.
 //!
-//! The URI is LanceDB's: a local directory, or an object store the build supports.
+//! The URI is LanceDB's: a local directory, or `s3://bucket/prefix` on S3 or an S3-compatible
+//! server, with its options in [`StoreConfig::storage_options`].
 
 mod rows;
 #[cfg(test)]
@@ -18,6 +19,7 @@ use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::table::{Duration as VersionAge, OptimizeAction};
 use lancedb::{Connection, DistanceType, Table};
 pub use rows::{Embedded, Hit, Passage};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Columns a search returns (the vector stays in the table), and last the ranker's score,
@@ -102,6 +104,10 @@ pub struct StoreConfig {
     pub max_query_chars: usize,
     /// Most hits one search may ask for.
     pub max_k: usize,
+    /// The object store's options for a URI such as `s3://bucket/prefix` (`aws_endpoint`,
+    /// `aws_region`, `aws_access_key_id`, `aws_secret_access_key`, `allow_http`); what is
+    /// not given comes from the environment (`AWS_*`).
+    pub storage_options: BTreeMap<String, String>,
 }
 
 impl Default for StoreConfig {
@@ -111,6 +117,7 @@ impl Default for StoreConfig {
             candidates_per_hit: 4,
             max_query_chars: 2_000,
             max_k: 100,
+            storage_options: BTreeMap::new(),
         }
     }
 }
@@ -144,6 +151,7 @@ pub struct KnowledgeStore {
 impl KnowledgeStore {
     pub async fn open(uri: &str, config: StoreConfig) -> Result<KnowledgeStore> {
         let db = lancedb::connect(uri)
+            .storage_options(config.storage_options.clone())
             // Another process (the indexer) writes: every read looks for its latest version.
             .read_consistency_interval(Duration::ZERO)
             .execute()

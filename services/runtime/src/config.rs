@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 mod retrieval;
-pub use retrieval::RetrievalSettings;
+pub use retrieval::{RetrievalSettings, StorageOptions};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -533,6 +533,34 @@ mod tests {
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn a_knowledge_index_on_object_storage_takes_its_options_from_the_environment() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("QUARK__RETRIEVAL__URI", "s3://knowledge/indexes"),
+                (
+                    "QUARK__RETRIEVAL__STORAGE_OPTIONS__AWS_ENDPOINT",
+                    "http://minio:9000",
+                ),
+                ("QUARK__RETRIEVAL__STORAGE_OPTIONS__ALLOW_HTTP", "true"),
+                (
+                    "QUARK__RETRIEVAL__STORAGE_OPTIONS__AWS_SECRET_ACCESS_KEY",
+                    "hunter2",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.retrieval.uri, "s3://knowledge/indexes");
+        let options = &settings.retrieval.storage_options.0;
+        assert_eq!(options["aws_endpoint"], "http://minio:9000");
+        assert_eq!(options["allow_http"], "true");
+        assert_eq!(options["aws_secret_access_key"], "hunter2");
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("http://minio:9000"), "{shown}");
     }
 
     #[test]

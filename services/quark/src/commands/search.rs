@@ -3,7 +3,7 @@
 
 use quark_gateway::knowledge::Knowledge;
 use quark_retrieval::retriever::Retriever;
-use quark_retrieval::store::{Hit, SearchMode, StoreConfig};
+use quark_retrieval::store::{Hit, SearchMode};
 use quark_runtime::Settings;
 use std::path::PathBuf;
 
@@ -37,10 +37,7 @@ pub async fn retriever(settings: &Settings) -> anyhow::Result<Retriever> {
         .encoder_dir(venv.as_deref())
         .map_err(anyhow::Error::msg)?;
     let uri = retrieval.uri(&settings.data_dir);
-    let config = StoreConfig {
-        vector_index_min_rows: retrieval.vector_index_min_rows,
-        ..StoreConfig::default()
-    };
+    let config = quark_indexer::store_config(retrieval);
     Ok(Retriever::open(&uri, &encoder_dir, config, retrieval.batch_size).await?)
 }
 

@@ -315,3 +315,49 @@ fn search_modes_parse_from_their_names() {
         "unknown search mode \"fuzzy\": vector, full_text or hybrid"
     );
 }
+
+/// The same store on S3-compatible object storage (moto's server, a real S3 protocol):
+/// appends, the three searches and forgetting behave as in a directory, and a second
+/// connection (another host) reads what the first wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_on_s3_compatible_storage_appends_searches_and_forgets() {
+    let s3 = quark_runtime::artifacts::testing::S3Server::start();
+    s3.create_bucket("knowledge");
+    let config = StoreConfig {
+        storage_options: s3.storage_options(),
+        ..StoreConfig::default()
+    };
+    let uri = "s3://knowledge/indexes";
+    let writer = KnowledgeStore::open(uri, config.clone()).await.unwrap();
+    let appended = writer.append("plays", &plays()).await.unwrap();
+    assert_eq!((appended.rows_added, appended.rows_total), (4, 4));
+    assert_eq!(
+        writer.append("plays", &plays()).await.unwrap().rows_added,
+        0
+    );
+    let other = vec![passage("notes", 5, "Caesar was ambitious, said Brutus.")];
+    writer.append("plays", &other).await.unwrap();
+
+    let reader = KnowledgeStore::open(uri, config).await.unwrap();
+    assert_eq!(reader.indexes().await.unwrap(), ["plays"]);
+    let mercy = axis_vector(0);
+    for mode in [SearchMode::Vector, SearchMode::FullText, SearchMode::Hybrid] {
+        let hits = reader
+            .search("plays", &search("mercy rain", &mercy, 1, mode))
+            .await
+            .unwrap();
+        assert_eq!(ids(&hits), ["plays:0"], "{mode:?}");
+    }
+
+    assert_eq!(
+        writer.forget("notes").await.unwrap(),
+        [("plays".to_string(), 1)]
+    );
+    let caesar = search("Caesar", &[0.0; DIMENSIONS], 5, SearchMode::FullText);
+    assert_eq!(
+        ids(&reader.search("plays", &caesar).await.unwrap()),
+        ["plays:3"]
+    );
+    let table = reader.table("plays").await.unwrap();
+    assert_eq!(table.list_versions().await.unwrap().len(), 1);
+}

@@ -4,6 +4,7 @@
 
 use crate::config::ArtifactSettings;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,21 @@ impl S3Server {
             cache_dir: cache_dir.display().to_string(),
             ..ArtifactSettings::default()
         }
+    }
+
+    /// Object-store options naming this server, in the keys LanceDB and `object_store`
+    /// read.
+    pub fn storage_options(&self) -> BTreeMap<String, String> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_region", REGION),
+            ("aws_access_key_id", KEY),
+            ("aws_secret_access_key", KEY),
+            ("allow_http", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     /// A plain S3 client of `bucket`, to reach behind a store's back.

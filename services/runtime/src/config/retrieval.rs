@@ -1,13 +1,19 @@
 //! Step 6: where the knowledge indexes live, what goes into them and how passages are cut.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrievalSettings {
-    /// LanceDB URI of the indexes; empty: `<data_dir>/knowledge`.
+    /// LanceDB URI of the indexes: a directory, or `s3://bucket/prefix` (S3 or an
+    /// S3-compatible server); empty: `<data_dir>/knowledge`.
     pub uri: String,
+    /// Object-store options for an `s3://` URI, as LanceDB names them (`aws_endpoint`,
+    /// `aws_region`, `aws_access_key_id`, `aws_secret_access_key`, `allow_http`); what is not
+    /// given comes from the environment (`AWS_*`).
+    pub storage_options: StorageOptions,
     /// The index (LanceDB table) datasets are added to.
     pub index: String,
     /// Dataset kinds the indexer embeds (`knowledge`, and `pretrain` to search the corpus).
@@ -28,10 +34,28 @@ pub struct RetrievalSettings {
     pub mode: String,
 }
 
+/// Object-store options by name, shown without their secrets.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StorageOptions(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.0.iter().map(|(key, value)| {
+            let secret = ["secret", "token", "password"]
+                .iter()
+                .any(|s| key.contains(s));
+            (key, if secret { "<redacted>" } else { value.as_str() })
+        });
+        f.debug_map().entries(shown).finish()
+    }
+}
+
 impl Default for RetrievalSettings {
     fn default() -> Self {
         RetrievalSettings {
             uri: String::new(),
+            storage_options: StorageOptions::default(),
             index: "knowledge".into(),
             kinds: vec!["knowledge".into()],
             encoder_dir: String::new(),
