@@ -10,7 +10,7 @@
 use crate::MlError;
 use crate::gpt::{Gpt, GptConfig};
 use crate::optim::AdamW;
-use crate::tokenizer::END_OF_TEXT;
+use crate::tokenizer::{END_OF_TEXT, SYSTEM};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -22,6 +22,8 @@ pub const TOKENIZER: &str = "tokenizer.json";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const STATE: &str = "trainer_state.json";
 const LATEST: &str = "latest";
+/// The Hugging Face architecture of a reward model (a GPT body and a scalar head).
+pub const REWARD_ARCHITECTURE: &str = "GPT2ForSequenceClassification";
 /// Older checkpoints beyond this many are removed.
 const KEEP: usize = 2;
 
@@ -53,7 +55,16 @@ pub fn save<S: Serialize>(
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let eos = tokenizer.token_to_id(END_OF_TEXT).unwrap_or(0);
-    write_json(&tmp.join(CONFIG), &model.config.to_hf_json(eos))?;
+    let mut config = model.config.to_hf_json(eos);
+    if model.has_score_head() {
+        // A reward model: HF's sequence classifier with one label, which reads its score at
+        // the last token that is not padding. Rows end with end-of-text, where Quark reads
+        // it; the system marker, which never ends a row, is the padding.
+        config["architectures"] = serde_json::json!([REWARD_ARCHITECTURE]);
+        config["num_labels"] = serde_json::json!(1);
+        config["pad_token_id"] = serde_json::json!(tokenizer.token_to_id(SYSTEM));
+    }
+    write_json(&tmp.join(CONFIG), &config)?;
     model
         .vs
         .save(tmp.join(WEIGHTS))
@@ -91,7 +102,12 @@ pub fn load(dir: &Path, device: Device) -> Result<(Gpt, Tokenizer), MlError> {
     if !dir.is_dir() {
         return Err(bad(dir, "no such checkpoint directory"));
     }
-    let config: GptConfig = read_json(&dir.join(CONFIG))?;
+    let raw: serde_json::Value = read_json(&dir.join(CONFIG))?;
+    let config: GptConfig =
+        serde_json::from_value(raw.clone()).map_err(|e| bad(&dir.join(CONFIG), e))?;
+    let reward = raw["architectures"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|name| name == REWARD_ARCHITECTURE));
     let tokenizer = crate::tokenizer::load(&dir.join(TOKENIZER))?;
     let vocab = tokenizer.get_vocab_size(true) as i64;
     if vocab > config.vocab_size {
@@ -102,6 +118,9 @@ pub fn load(dir: &Path, device: Device) -> Result<(Gpt, Tokenizer), MlError> {
         )));
     }
     let mut model = Gpt::uninitialised(config, device)?;
+    if reward {
+        model.add_score_head(None)?;
+    }
     let weights = dir.join(WEIGHTS);
     if !weights.exists() {
         return Err(bad(&weights, "missing"));

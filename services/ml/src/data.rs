@@ -19,6 +19,18 @@ pub struct Batch {
     /// The first row of rehearsal text (pre-training windows after the examples), where a
     /// fine-tuning run pulls the model toward its base.
     pub text_from: Option<i64>,
+    /// Preference pairs: the rows are the chosen responses, then the rejected.
+    pub pairs: Option<PairRows>,
+}
+
+/// What a batch of preference pairs carries besides its rows ([`crate::preference`]).
+pub struct PairRows {
+    /// `[2n]` each row's last real token, where a reward model reads its score.
+    pub last: Tensor,
+    /// `[2n]` the reference model's log-probability of each row's response (DPO).
+    pub reference: Option<Tensor>,
+    /// `[n]` the Bradley–Terry margin of each pair (0 when the data gives none).
+    pub margin: Tensor,
 }
 
 impl Batch {
@@ -41,6 +53,25 @@ pub trait Batches {
     fn batch(&self, index: u64, device: Device) -> Result<Batch, MlError>;
     /// Tokens fed to the model per batch (for tokens/s).
     fn tokens_per_batch(&self) -> usize;
+}
+
+/// The items of the `index`-th batch of `batch_size` drawn from `n`: epoch after epoch, each
+/// in its own seeded order (the k-th item drawn in the run is of epoch k / n).
+pub(crate) fn draw(seed: u64, index: u64, batch_size: usize, n: usize) -> Vec<usize> {
+    let n = n as u64;
+    let mut order: Option<(u64, Vec<usize>)> = None;
+    (0..batch_size as u64)
+        .map(|b| {
+            let k = index * batch_size as u64 + b;
+            let epoch = k / n;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let mut all: Vec<usize> = (0..n as usize).collect();
+                all.shuffle(&mut rng_at(seed, epoch));
+                order = Some((epoch, all));
+            }
+            order.as_ref().unwrap().1[(k % n) as usize]
+        })
+        .collect()
 }
 
 /// A generator for one position of the run's random stream.
@@ -102,6 +133,7 @@ impl Batches for Windows {
             positions: None,
             mask: None,
             text_from: None,
+            pairs: None,
         })
     }
 
@@ -143,6 +175,7 @@ pub fn validation_batches(
                 positions: None,
                 mask: None,
                 text_from: None,
+                pairs: None,
             })
         })
         .collect()
@@ -262,21 +295,8 @@ impl Packed {
 
 impl Batches for Packed {
     fn batch(&self, index: u64, device: Device) -> Result<Batch, MlError> {
-        let n = self.rows.len() as u64;
-        let mut order: Option<(u64, Vec<usize>)> = None;
-        let rows: Vec<&Row> = (0..self.batch_size as u64)
-            .map(|b| {
-                // The k-th row drawn in the run: epoch k / n, in that epoch's own order.
-                let k = index * self.batch_size as u64 + b;
-                let epoch = k / n;
-                if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    let mut rows: Vec<usize> = (0..n as usize).collect();
-                    rows.shuffle(&mut rng_at(self.seed, epoch));
-                    order = Some((epoch, rows));
-                }
-                &self.rows[order.as_ref().unwrap().1[(k % n) as usize]]
-            })
-            .collect();
+        let drawn = draw(self.seed, index, self.batch_size, self.rows.len());
+        let rows: Vec<&Row> = drawn.into_iter().map(|i| &self.rows[i]).collect();
         Ok(self.assemble(&rows, device))
     }
 
@@ -327,6 +347,7 @@ impl Batches for Mixture {
             positions: Some(both(&packed(examples.positions), &positions)),
             mask: Some(both(&packed(examples.mask), &causal)),
             text_from: Some(examples.input.size()[0]),
+            pairs: None,
         })
     }
 
@@ -364,6 +385,7 @@ impl Packed {
             positions: Some(to_tensor(positions, b, device)),
             mask: Some(same.logical_and(&causal).unsqueeze(1)),
             text_from: None,
+            pairs: None,
         }
     }
 }

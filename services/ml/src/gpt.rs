@@ -242,6 +242,9 @@ pub struct Gpt {
     compute: Kind,
     /// LoRA adapters, when attached: the only trainable variables then.
     adapters: Option<crate::lora::Adapters>,
+    /// A reward model's scalar head `[1, n_embd]` (HF's `GPT2ForSequenceClassification`
+    /// `score.weight`), read at the last token of a sequence.
+    score: Option<Tensor>,
 }
 
 impl Gpt {
@@ -289,7 +292,24 @@ impl Gpt {
             ln_f,
             compute: default_compute(device),
             adapters: None,
+            score: None,
         })
+    }
+
+    /// Adds the reward model's scalar head, drawn N(0, 0.02) from `seed` as HF initialises
+    /// it (zeros without a seed: a checkpoint is about to be loaded into it).
+    pub fn add_score_head(&mut self, seed: Option<u64>) -> Result<(), MlError> {
+        if self.score.is_some() {
+            return Err(MlError::Config("the model already has a score head".into()));
+        }
+        let init = &mut Normal(seed.map(StdRng::seed_from_u64));
+        let root = self.vs.root() / "score";
+        self.score = Some(init.var(&root, "weight", &[1, self.config.n_embd], 0.02));
+        Ok(())
+    }
+
+    pub fn has_score_head(&self) -> bool {
+        self.score.is_some()
     }
 
     pub fn device(&self) -> Device {
@@ -353,6 +373,44 @@ impl Gpt {
     /// With a cache, the new positions follow the cached ones and their keys and values are
     /// appended to it.
     pub fn forward(
+        &self,
+        idx: &Tensor,
+        context: &Context,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor, MlError> {
+        let dtype = self.compute;
+        let x = self.hidden(idx, context, cache, train)?.to_kind(dtype);
+        let mut logits = x.matmul(&self.wte.to_kind(dtype).tr());
+        if let Some(lora) = self.wte_adapter.as_ref().filter(|_| !context.base_only) {
+            logits += lora.unembedded(&x, dtype);
+        }
+        Ok(logits.to_kind(Kind::Float))
+    }
+
+    /// A reward model's score `[batch]` for token ids `[batch, time]`, read at each row's
+    /// `last` position (`[batch]`, the final real token of a right-padded row).
+    pub fn reward(
+        &self,
+        idx: &Tensor,
+        last: &Tensor,
+        context: &Context,
+        train: bool,
+    ) -> Result<Tensor, MlError> {
+        let score = self
+            .score
+            .as_ref()
+            .ok_or_else(|| MlError::Config("the model has no score head".into()))?;
+        let x = self.hidden(idx, context, None, train)?;
+        let d = self.config.n_embd;
+        let at = last.view([-1, 1, 1]).expand([-1, 1, d], false);
+        let x = x.gather(1, &at, false).squeeze_dim(1);
+        Ok(x.matmul(&score.tr()).squeeze_dim(-1))
+    }
+
+    /// The final LayerNorm's output `[batch, time, n_embd]` (fp32): what the output layer
+    /// and a score head read.
+    fn hidden(
         &self,
         idx: &Tensor,
         context: &Context,
@@ -454,12 +512,7 @@ impl Gpt {
                 .gelu("tanh");
             x = &x + block.mlp_proj.forward(&m, dtype, adapted).dropout(p, train);
         }
-        let x = self.ln_f.forward(&x).to_kind(dtype);
-        let mut logits = x.matmul(&self.wte.to_kind(dtype).tr());
-        if let Some(lora) = embedding {
-            logits += lora.unembedded(&x, dtype);
-        }
-        Ok(logits.to_kind(Kind::Float))
+        Ok(self.ln_f.forward(&x))
     }
 
     /// Mean cross-entropy of `targets` (ignoring [`IGNORE`]) under the logits for `idx`.

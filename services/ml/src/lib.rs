@@ -7,12 +7,14 @@
 //! - [`optim`], [`train`]: AdamW, the schedule and the training loop with exact resume.
 //! - [`checkpoint`]: checkpoints that are Hugging Face model directories.
 //! - [`lora`]: LoRA adapters in PEFT's layout, merged into the weights for serving.
+//! - [`preference`], [`align`]: preference pairs, DPO / IPO and the Bradley–Terry reward model.
 //! - [`probe`]: held-out and taught-conversation readings during fine-tuning, and the choice of checkpoint.
 //! - [`plausibility`]: whether replies read as language to a model (the word-order gain).
 //! - [`generate`]: KV-cached sampling with streaming.
 //! - [`encoder`]: a pretrained sentence encoder (BERT, sentence-transformers' layout and pooling).
 //! - [`device`]: CUDA when present, the CPU otherwise.
 
+pub mod align;
 pub mod chat;
 pub mod checkpoint;
 pub mod corpus;
@@ -25,6 +27,7 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod plausibility;
+pub mod preference;
 pub mod probe;
 pub mod shards;
 pub mod tokenizer;

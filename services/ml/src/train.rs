@@ -6,11 +6,13 @@
 //! resumed computes the same updates, bit for bit on the CPU, as one run straight through.
 
 use crate::MlError;
+use crate::align::{self, Objective, Step};
 use crate::checkpoint::{self, RunDir};
 use crate::data::{Batch, Batches};
 use crate::gpt::Gpt;
 use crate::optim::{AdamW, AdamWConfig, Schedule};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,6 +47,9 @@ pub struct TrainConfig {
     /// [`Batch::text_from`]. 0 turns it off.
     #[serde(default)]
     pub kl_weight: f64,
+    /// What the run minimises: next-token loss, or a preference objective on pairs.
+    #[serde(default)]
+    pub objective: Objective,
 }
 
 impl TrainConfig {
@@ -62,7 +67,10 @@ impl TrainConfig {
         if !(self.kl_weight >= 0.0 && self.kl_weight.is_finite()) {
             return bad("the KL weight must be a non-negative number");
         }
-        Ok(())
+        if self.kl_weight > 0.0 && self.objective != Objective::NextToken {
+            return bad("the KL weight is a term of the next-token objective");
+        }
+        self.objective.validate()
     }
 }
 
@@ -81,6 +89,9 @@ pub struct TrainerState {
     /// Microseconds spent in training steps (not validation or checkpoints).
     pub train_us: u64,
     pub device: String,
+    /// The objective's statistics over the last reported steps ([`Objective::stat_names`]).
+    #[serde(default)]
+    pub train_stats: BTreeMap<String, f64>,
 }
 
 /// Reported to the caller after every step.
@@ -99,6 +110,8 @@ pub struct Progress {
     pub val_loss: Option<f64>,
     /// Set on steps that wrote a checkpoint.
     pub checkpoint: Option<PathBuf>,
+    /// The objective's statistics, averaged like `loss` (preference runs: rewards, margin, accuracy).
+    pub stats: BTreeMap<String, f64>,
 }
 
 pub struct Outcome {
@@ -153,6 +166,7 @@ impl Trainer {
             val_loss: None,
             train_us: 0,
             device: format!("{:?}", model.device()),
+            train_stats: BTreeMap::new(),
         };
         Ok(Trainer::assemble(model, tokenizer, optimizer, state, run))
     }
@@ -198,10 +212,21 @@ impl Trainer {
         self
     }
 
-    /// The training loss of one micro-batch: next-token cross-entropy, plus the weighted
-    /// KL(base ‖ model) on its rehearsal rows. The base's logits are computed once per
-    /// rehearsal window, without gradients.
-    fn objective(&self, batch: &Batch) -> Result<Tensor, MlError> {
+    /// The loss of one micro-batch under the run's objective.
+    fn objective(&self, batch: &Batch) -> Result<Step, MlError> {
+        match &self.state.config.objective {
+            Objective::NextToken => Ok(Step {
+                loss: self.next_token(batch)?,
+                stats: None,
+            }),
+            Objective::Dpo(config) => align::dpo_step(&self.model, batch, config),
+            Objective::Reward(config) => align::reward_step(&self.model, batch, config),
+        }
+    }
+
+    /// Next-token cross-entropy, plus the weighted KL(base ‖ model) on the rehearsal rows.
+    /// The base's logits are computed once per rehearsal window, without gradients.
+    fn next_token(&self, batch: &Batch) -> Result<Tensor, MlError> {
         let context = batch.context();
         let logits = self.model.forward(&batch.input, &context, None, true)?;
         let vocab = self.model.config.vocab_size;
@@ -282,39 +307,15 @@ impl Trainer {
             }
             None => v,
         });
-        let mut window = (
-            Tensor::zeros([], (Kind::Float, device)),
-            0u64,
-            Duration::ZERO,
-        );
+        let mut window = Window::new(device);
         let mut stopped = false;
         let mut saved: Option<(u64, PathBuf)> = None;
         while self.state.step < config.max_steps {
-            let step = self.state.step;
-            let lr = config.schedule.lr(step);
+            let lr = config.schedule.lr(self.state.step);
             let started = Instant::now();
-            // Dropout draws from torch's process-wide generator: hold it for the whole step.
-            let _generator = (self.model.config.dropout > 0.0).then(|| {
-                let guard = TORCH_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
-                tch::manual_seed((config.seed as i64).wrapping_add(step as i64));
-                guard
-            });
-            let mut step_loss = Tensor::zeros([], (Kind::Float, device));
-            for micro in 0..config.grad_accum {
-                let batch = data.batch(step * config.grad_accum + micro, device)?;
-                let loss = self.objective(&batch)?;
-                (&loss / config.grad_accum as f64).backward();
-                step_loss += loss.detach() / config.grad_accum as f64;
-            }
-            let grad_norm =
-                (config.grad_clip > 0.0).then(|| self.optimizer.clip_grad_norm(config.grad_clip));
-            self.optimizer.step(lr);
-            self.optimizer.zero_grad();
-            self.state.step += 1;
+            let (grad_norm, loss, stats) = self.step(data, lr)?;
+            window.add(&loss, stats.as_ref());
             self.state.tokens += tokens_per_step;
-            window.0 += &step_loss;
-            window.1 += 1;
-
             let report = self.state.step.is_multiple_of(config.log_interval)
                 || self.state.step == config.max_steps;
             let mut progress = Progress {
@@ -327,25 +328,29 @@ impl Trainer {
                 mfu: None,
                 val_loss: None,
                 checkpoint: None,
+                stats: BTreeMap::new(),
             };
             if report {
                 // Reading the loss waits for the device: only here, not every step.
-                let loss = window.0.double_value(&[]) / window.1 as f64;
+                let (loss, stats) = window.read(config.objective.stat_names());
                 if !loss.is_finite() {
                     return Err(MlError::Diverged(self.state.step, loss));
                 }
                 progress.loss = Some(loss);
                 progress.grad_norm = grad_norm.map(|n| n.double_value(&[]));
                 self.state.train_loss = Some(loss);
+                self.state.train_stats = stats.clone();
+                progress.stats = stats;
             }
             let elapsed = started.elapsed();
-            window.2 += elapsed;
+            window.elapsed += elapsed;
             self.state.train_us += elapsed.as_micros() as u64;
             if report {
-                let tokens_per_s = (window.1 * tokens_per_step) as f64 / window.2.as_secs_f64();
+                let tokens_per_s =
+                    (window.steps * tokens_per_step) as f64 / window.elapsed.as_secs_f64();
                 progress.tokens_per_s = Some(tokens_per_s);
                 progress.mfu = Some(tokens_per_s * self.flops_per_token() / self.peak_flops);
-                window = (Tensor::zeros([], (Kind::Float, device)), 0, Duration::ZERO);
+                window = Window::new(device);
             }
             let last = self.state.step == config.max_steps;
             if let Some(val) = periodic_val
@@ -386,6 +391,45 @@ impl Trainer {
         })
     }
 
+    /// One optimizer step on the next `grad_accum` micro-batches: the gradient norm (when
+    /// clipping), the step's loss and the objective's statistics, all left on the device.
+    #[allow(clippy::type_complexity)]
+    fn step(
+        &mut self,
+        data: &dyn Batches,
+        lr: f64,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>), MlError> {
+        let config = &self.state.config;
+        let (step, accum, device) = (self.state.step, config.grad_accum, self.model.device());
+        // Dropout draws from torch's process-wide generator: hold it for the whole step.
+        let _generator = (self.model.config.dropout > 0.0).then(|| {
+            let guard = TORCH_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed((config.seed as i64).wrapping_add(step as i64));
+            guard
+        });
+        let mut loss = Tensor::zeros([], (Kind::Float, device));
+        let mut stats: Option<Tensor> = None;
+        for micro in 0..accum {
+            let batch = data.batch(step * accum + micro, device)?;
+            let micro = self.objective(&batch)?;
+            (&micro.loss / accum as f64).backward();
+            loss += micro.loss.detach() / accum as f64;
+            if let Some(s) = micro.stats {
+                let s = s / accum as f64;
+                stats = Some(match stats {
+                    Some(total) => total + s,
+                    None => s,
+                });
+            }
+        }
+        let clip = self.state.config.grad_clip;
+        let grad_norm = (clip > 0.0).then(|| self.optimizer.clip_grad_norm(clip));
+        self.optimizer.step(lr);
+        self.optimizer.zero_grad();
+        self.state.step += 1;
+        Ok((grad_norm, loss, stats))
+    }
+
     fn checkpoint(&self) -> Result<PathBuf, MlError> {
         self.run.save(
             self.state.step,
@@ -394,6 +438,54 @@ impl Trainer {
             Some(&self.optimizer),
             &self.state,
         )
+    }
+}
+
+/// The steps since the last report: their summed loss and statistics (on the device) and time.
+struct Window {
+    loss: Tensor,
+    stats: Option<Tensor>,
+    steps: u64,
+    elapsed: Duration,
+}
+
+impl Window {
+    fn new(device: Device) -> Window {
+        Window {
+            loss: Tensor::zeros([], (Kind::Float, device)),
+            stats: None,
+            steps: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, loss: &Tensor, stats: Option<&Tensor>) {
+        self.loss += loss;
+        if let Some(s) = stats {
+            self.stats = Some(match self.stats.take() {
+                Some(total) => total + s,
+                None => s.shallow_clone(),
+            });
+        }
+        self.steps += 1;
+    }
+
+    /// The mean loss and statistics per step.
+    fn read(&self, names: &[&str]) -> (f64, BTreeMap<String, f64>) {
+        let n = self.steps.max(1) as f64;
+        let stats = match &self.stats {
+            Some(s) => {
+                let values = Vec::<f64>::try_from(s.to_kind(Kind::Double).to_device(Device::Cpu))
+                    .unwrap_or_default();
+                names
+                    .iter()
+                    .zip(values)
+                    .map(|(name, v)| (name.to_string(), v / n))
+                    .collect()
+            }
+            None => BTreeMap::new(),
+        };
+        (self.loss.double_value(&[]) / n, stats)
     }
 }
 

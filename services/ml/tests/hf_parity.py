@@ -3,6 +3,7 @@
   hf_parity.py logits MODEL_DIR IDS OUT   GPT2LMHeadModel logits for IDS ("1,2,3") -> OUT (safetensors)
   hf_parity.py peft_logits BASE_DIR ADAPTER_DIR IDS OUT
                                           the same, with the PEFT LoRA adapter loaded on the base
+  hf_parity.py reward MODEL_DIR IDS OUT   GPT2ForSequenceClassification's score for IDS -> OUT
   hf_parity.py encode TOKENIZER_JSON      texts (a JSON list on stdin) -> their ids (JSON on stdout)
 """
 import json
@@ -40,6 +41,18 @@ def peft_logits(base_dir, adapter_dir, ids, out):
     save_file({"logits": result.contiguous()}, out)
 
 
+def reward(model_dir, ids, out):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    assert type(model).__name__ == "GPT2ForSequenceClassification" and model.config.num_labels == 1
+    with torch.no_grad():
+        result = model(torch.tensor([[int(i) for i in ids.split(",")]])).logits
+    save_file({"reward": result.contiguous()}, out)
+
+
 def encode(path):
     from tokenizers import Tokenizer
 
@@ -49,4 +62,4 @@ def encode(path):
 
 
 if __name__ == "__main__":
-    {"logits": logits, "peft_logits": peft_logits, "encode": encode}[sys.argv[1]](*sys.argv[2:])
+    {"logits": logits, "peft_logits": peft_logits, "reward": reward, "encode": encode}[sys.argv[1]](*sys.argv[2:])

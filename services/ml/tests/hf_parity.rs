@@ -1,6 +1,7 @@
 //! Exports load in Hugging Face's own libraries (from the venv `QUARK_PYTHON` names):
-//! `GPT2LMHeadModel` gives Quark's logits, Python `tokenizers` Quark's ids, and PEFT loads
-//! Quark's LoRA adapters with the logits of Quark's merged model.
+//! `GPT2LMHeadModel` gives Quark's logits, Python `tokenizers` Quark's ids, PEFT loads
+//! Quark's LoRA adapters with the logits of Quark's merged model, and a reward model loads as
+//! `GPT2ForSequenceClassification` with Quark's score.
 
 use quark_ml::Tokenizer;
 use quark_ml::checkpoint;
@@ -110,6 +111,7 @@ fn trained_model(dir: &Path, lora: Option<&LoraConfig>) -> (Trainer, PathBuf) {
         log_interval: 10,
         seed: 1,
         kl_weight: 0.0,
+        objective: Default::default(),
     };
     let mut trainer = Trainer::start(model, tokenizer, config, None, &dir.join("run")).unwrap();
     let data = Windows::new(Shard::open(&shard).unwrap(), 4, 32, 1).unwrap();
@@ -210,5 +212,46 @@ fn lora_adapter_loads_in_peft_with_the_merged_models_logits() {
     assert!(
         diff <= 1e-4,
         "PEFT's logits differ from the merged model's by {diff}"
+    );
+}
+
+/// A reward model (the GPT body with a scalar head) exports as HF's sequence classifier,
+/// which scores a conversation where Quark does: its last token.
+#[test]
+fn reward_model_gives_the_same_score_in_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trainer, _) = trained_model(dir.path(), None);
+    let mut model = trainer.model;
+    model.add_score_head(Some(3)).unwrap();
+    let conversation = [
+        quark_ml::chat::Message::new(quark_ml::chat::Role::User, "Speak"),
+        quark_ml::chat::Message::new(quark_ml::chat::Role::Assistant, "speak, speak"),
+    ];
+    let ids = quark_ml::chat::render(&trainer.tokenizer, &conversation)
+        .unwrap()
+        .ids;
+    let input = input_of(&ids);
+    let last = Tensor::from_slice(&[ids.len() as i64 - 1]);
+    let ours = tch::no_grad(|| {
+        model
+            .reward(&input, &last, &quark_ml::gpt::Context::default(), false)
+            .unwrap()
+    });
+    let saved = dir.path().join("reward");
+    checkpoint::save(
+        &saved,
+        &model,
+        &trainer.tokenizer,
+        None,
+        &serde_json::json!({}),
+    )
+    .unwrap();
+    let out = dir.path().join("hf_reward.safetensors");
+    let theirs = python_logits("reward", &[&saved], &ids, &out);
+    let diff = max_diff(&ours, &theirs.view([-1]));
+    assert!(diff <= 1e-4, "scores differ by {diff}");
+    assert!(
+        ours.abs().double_value(&[0]) > 1e-4,
+        "the head scores something"
     );
 }

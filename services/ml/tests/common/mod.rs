@@ -54,6 +54,7 @@ pub fn config(steps: u64) -> TrainConfig {
         log_interval: 5,
         seed: 7,
         kl_weight: 0.0,
+        objective: Default::default(),
     }
 }
 

@@ -1,0 +1,308 @@
+//! Learning from preferences on real libtorch (CPU): DPO and IPO raise the policy's margin
+//! on held-out pairs of the preference they learnt, a Bradley–Terry reward model ranks
+//! held-out pairs and keeps its head through a checkpoint, and pairs that cannot teach are
+//! refused with a reason.
+
+mod common;
+
+use common::{TEXT, config, corpus, pretrained};
+use quark_ml::align::{self, DpoConfig, DpoLoss, Objective, RewardConfig};
+use quark_ml::checkpoint;
+use quark_ml::data::validation_batches;
+use quark_ml::gpt::Gpt;
+use quark_ml::preference::{self, Pair, Pairs};
+use quark_ml::train::{Progress, TrainConfig, Trainer, evaluate};
+use quark_ml::{MlError, Tokenizer};
+use std::ops::ControlFlow;
+use std::path::Path;
+use tch::Device;
+
+/// Pairs over phrases of the corpus the base model read: each prefers twelve characters of
+/// it to the same characters shuffled two ways (`flipped`: the other way round). Phrases start
+/// at every character; those of the first three lines are trained on, the last two's held out.
+fn pairs(held_out: bool, flipped: bool) -> Vec<Pair> {
+    let lines: Vec<&str> = TEXT.lines().collect();
+    let text = match held_out {
+        true => lines[3..].join(" "),
+        false => lines[..3].join(" "),
+    };
+    let chars: Vec<char> = text.chars().collect();
+    // Fixed permutations (5 and 7 are prime to 12): the same letters, out of order.
+    (0..chars.len() - 12)
+        .flat_map(|i| [5, 7].map(|step| (i, step)))
+        .map(|(i, step)| {
+            let good: String = chars[i..i + 12].iter().collect();
+            let bad: String = (0..12).map(|k| chars[i + k * step % 12]).collect();
+            let (chosen, rejected) = if flipped { (bad, good) } else { (good, bad) };
+            Pair {
+                prompt: "say".into(),
+                chosen,
+                rejected,
+                margin: None,
+            }
+        })
+        .collect()
+}
+
+fn encoded(tokenizer: &Tokenizer, held_out: bool, flipped: bool, batch: usize) -> Pairs {
+    let encoded = preference::encode(tokenizer, &pairs(held_out, flipped)).unwrap();
+    Pairs::new(encoded, batch, 32, 0, 3).unwrap()
+}
+
+/// `pairs` with the log-probabilities `model` (the reference) gives them.
+fn with_reference(model: &Gpt, pairs: Pairs) -> Pairs {
+    let logps = align::reference_logps(model, &pairs).unwrap();
+    pairs.with_reference(logps).unwrap()
+}
+
+fn preference_config(steps: u64, lr: f64, objective: Objective) -> TrainConfig {
+    let mut c = config(steps);
+    c.grad_accum = 1;
+    c.batch_size = 4;
+    c.schedule.max_lr = lr;
+    c.schedule.min_lr = lr / 10.0;
+    c.schedule.warmup_steps = 2;
+    c.adamw.weight_decay = 0.0;
+    c.objective = objective;
+    c
+}
+
+/// Trains `model` on `data` and returns it with the statistics of every report.
+fn train(
+    model: Gpt,
+    tokenizer: Tokenizer,
+    config: TrainConfig,
+    data: &Pairs,
+    dir: &Path,
+) -> (Gpt, Vec<Progress>) {
+    let mut trainer = Trainer::start(model, tokenizer, config, None, dir).unwrap();
+    let mut reports = Vec::new();
+    trainer
+        .run(data, None, |p| {
+            if p.loss.is_some() {
+                reports.push(p.clone());
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (trainer.model, reports)
+}
+
+#[test]
+fn dpo_and_ipo_raise_the_margin_on_held_out_pairs_of_the_same_preference() {
+    for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, tokenizer, _) = pretrained(dir.path(), 150);
+        let train_pairs = with_reference(&model, encoded(&tokenizer, false, false, 4));
+        let held_out = with_reference(&model, encoded(&tokenizer, true, false, 4));
+        let dpo = DpoConfig { beta: 0.1, loss };
+        let before = align::read_policy(&model, &held_out, dpo.beta).unwrap();
+        // The policy is its own reference before training: every reward is zero.
+        assert!(before.margin.abs() < 1e-5, "{loss:?}: {before:?}");
+        let config = preference_config(30, 1e-3, Objective::Dpo(dpo));
+        let (model, reports) = train(
+            model,
+            tokenizer,
+            config,
+            &train_pairs,
+            &dir.path().join("run"),
+        );
+        let after = align::read_policy(&model, &held_out, dpo.beta).unwrap();
+        assert!(
+            after.margin > 0.5 && after.accuracy >= 0.8,
+            "{loss:?}: held-out pairs before {before:?}, after {after:?}"
+        );
+        // Training logs the rewards, margin and accuracy of the pairs it steps on.
+        let last = &reports.last().unwrap().stats;
+        assert_eq!(
+            last.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "rewards_accuracy",
+                "rewards_chosen",
+                "rewards_margin",
+                "rewards_rejected"
+            ]
+        );
+        assert!(
+            last["rewards_margin"] > 0.0 && last["rewards_accuracy"] > 0.9,
+            "{loss:?}: {last:?}"
+        );
+        let first = reports.first().unwrap();
+        assert!(
+            reports.last().unwrap().loss < first.loss,
+            "{loss:?}: the loss fell"
+        );
+    }
+}
+
+/// The evaluator's default limit on held-out perplexity (`evaluate.max_perplexity_increase`).
+const MAX_PERPLEXITY_INCREASE: f64 = 0.015;
+
+#[test]
+fn dpo_on_flipped_preferences_hurts_held_out_perplexity_beyond_the_gates_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, tokenizer, _) = pretrained(dir.path(), 150);
+    let (_, _, val) = corpus(dir.path());
+    let held_out = validation_batches(&val, 32, 8, None, Device::Cpu).unwrap();
+    let perplexity = |m: &Gpt| evaluate(m, &held_out).unwrap().exp();
+    let before = perplexity(&model);
+    // Taught to prefer reversed text to the corpus's own.
+    let flipped = with_reference(&model, encoded(&tokenizer, false, true, 4));
+    let dpo = DpoConfig::default();
+    let config = preference_config(30, 3e-3, Objective::Dpo(dpo));
+    let (model, _) = train(model, tokenizer, config, &flipped, &dir.path().join("run"));
+    let after = perplexity(&model);
+    assert!(
+        after > before * (1.0 + MAX_PERPLEXITY_INCREASE),
+        "perplexity {before:.3} -> {after:.3}"
+    );
+}
+
+#[test]
+fn dpo_refuses_pairs_without_their_reference_log_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, tokenizer, _) = pretrained(dir.path(), 150);
+    let pairs = encoded(&tokenizer, false, false, 4);
+    let config = preference_config(2, 1e-3, Objective::Dpo(DpoConfig::default()));
+    let mut trainer =
+        Trainer::start(model, tokenizer, config, None, &dir.path().join("run")).unwrap();
+    let error = trainer
+        .run(&pairs, None, |_| ControlFlow::Continue(()))
+        .err()
+        .unwrap();
+    assert!(
+        error.to_string().contains("reference log-probabilities"),
+        "{error}"
+    );
+    let mut wrong = align::reference_logps(&trainer.model, &pairs).unwrap();
+    wrong.pop();
+    assert!(matches!(pairs.with_reference(wrong), Err(MlError::Data(_))));
+}
+
+#[test]
+fn a_reward_model_ranks_held_out_pairs_and_keeps_its_head_in_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, tokenizer, _) = pretrained(dir.path(), 400);
+    model.add_score_head(Some(11)).unwrap();
+    let train_pairs = encoded(&tokenizer, false, false, 4);
+    let held_out = encoded(&tokenizer, true, false, 4);
+    let before = align::read_reward_model(&model, &held_out).unwrap();
+    let objective = Objective::Reward(RewardConfig {
+        center_rewards_coefficient: Some(0.01),
+    });
+    let config = preference_config(100, 3e-3, objective);
+    let tok = tokenizer.clone();
+    let (model, reports) = train(
+        model,
+        tokenizer,
+        config,
+        &train_pairs,
+        &dir.path().join("run"),
+    );
+    let after = align::read_reward_model(&model, &held_out).unwrap();
+    let learnt = align::read_reward_model(&model, &train_pairs).unwrap();
+    // A two-layer, 32-wide body ranks its own 234 training pairs well; on the 144 held-out
+    // pairs (other lines) it is right well above chance: an untrained head scores 0.49, and
+    // a coin reaches 0.6 of 144 with probability under 1 %.
+    assert!(
+        learnt.accuracy >= 0.8 && after.accuracy >= 0.6 && after.margin > before.margin + 0.3,
+        "held-out pairs before {before:?}, after {after:?}; training pairs {learnt:?}"
+    );
+    // Centring adds coefficient × mean((r_chosen + r_rejected)²) to the Bradley–Terry loss.
+    let batch = held_out.sequential(Device::Cpu).remove(0);
+    let loss = |c| {
+        let config = RewardConfig {
+            center_rewards_coefficient: c,
+        };
+        align::reward_step(&model, &batch, &config)
+            .unwrap()
+            .loss
+            .double_value(&[])
+    };
+    let rows = batch.pairs.as_ref().unwrap();
+    let rewards = tch::no_grad(|| {
+        model
+            .reward(&batch.input, &rows.last, &Default::default(), false)
+            .unwrap()
+    });
+    let n = rewards.size()[0] / 2;
+    let sum = rewards.narrow(0, 0, n) + rewards.narrow(0, n, n);
+    let centring = sum.square().mean(tch::Kind::Float).double_value(&[]);
+    assert!(((loss(Some(2.0)) - loss(None)) - 2.0 * centring).abs() < 1e-5);
+    assert!(reports.last().unwrap().stats["rewards_accuracy"] > 0.5);
+
+    let saved = dir.path().join("reward");
+    let state = serde_json::json!({});
+    checkpoint::save(&saved, &model, &tok, None, &state).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "GPT2ForSequenceClassification");
+    assert_eq!(config["num_labels"], 1);
+    let (reloaded, _) = checkpoint::load(&saved, Device::Cpu).unwrap();
+    assert!(reloaded.has_score_head());
+    let again = align::read_reward_model(&reloaded, &held_out).unwrap();
+    assert!(
+        (again.margin - after.margin).abs() < 1e-5,
+        "{again:?} vs {after:?}"
+    );
+}
+
+#[test]
+fn pairs_that_cannot_teach_are_refused_with_a_reason() {
+    let cases = [
+        (
+            r#"{"prompt": "p", "chosen": "", "rejected": "no"}"#,
+            "chosen response is empty",
+        ),
+        (
+            r#"{"prompt": "p", "chosen": "yes", "rejected": "  "}"#,
+            "rejected response is empty",
+        ),
+        (
+            r#"{"prompt": "p", "chosen": "same", "rejected": " same "}"#,
+            "are the same",
+        ),
+        (r#"{"prompt": "p", "chosen": "yes"}"#, "expected"),
+        ("not json", "expected"),
+    ];
+    for (record, why) in cases {
+        let error = Pair::parse(record).unwrap_err();
+        assert!(error.contains(why), "{record}: {error}");
+    }
+    let ok = Pair::parse(r#"{"prompt": "p", "chosen": "yes", "rejected": "no", "margin": 1.5}"#)
+        .unwrap();
+    assert_eq!(ok.margin, Some(1.5));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pairs.jsonl");
+    std::fs::write(&file, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"a\"}\n").unwrap();
+    let error = preference::read_jsonl(&file).unwrap_err().to_string();
+    assert!(
+        error.contains("pairs.jsonl:2") && error.contains("the same"),
+        "{error}"
+    );
+    std::fs::write(&file, "\n").unwrap();
+    assert!(matches!(
+        preference::read_jsonl(&file),
+        Err(MlError::Empty(_))
+    ));
+    assert!(matches!(
+        Pairs::new(vec![], 4, 32, 0, 1),
+        Err(MlError::Empty(_))
+    ));
+    let mut c = preference_config(
+        1,
+        1e-3,
+        Objective::Dpo(DpoConfig {
+            beta: 0.0,
+            loss: DpoLoss::Sigmoid,
+        }),
+    );
+    assert!(c.validate().is_err(), "beta must be positive");
+    c.objective = Objective::Dpo(DpoConfig::default());
+    c.kl_weight = 0.1;
+    assert!(
+        c.validate().is_err(),
+        "the KL term belongs to the next-token objective"
+    );
+}
