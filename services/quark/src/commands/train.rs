@@ -1,14 +1,17 @@
 //! `quark train`: pre-train a GPT on text files, fine-tune a checkpoint on conversations
-//! (SFT), or resume either from its last checkpoint.
+//! (SFT), align it on preference pairs (DPO, or a Bradley–Terry reward model), or resume any
+//! of them from its last checkpoint.
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use quark_ml::align::{self, DpoConfig, DpoLoss, Objective, RewardConfig};
 use quark_ml::chat;
 use quark_ml::checkpoint;
 use quark_ml::corpus::{self, TokenizerSpec};
 use quark_ml::data::{Batches, Packed, Windows, validation_batches};
 use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
+use quark_ml::preference::{self, Pairs};
 use quark_ml::shards::Shard;
 use quark_ml::train::{Outcome, Progress, TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
@@ -27,6 +30,26 @@ pub struct TrainArgs {
     /// Conversations (JSON lines) to fine-tune on; needs --from.
     #[arg(long, requires = "from")]
     pub sft: Option<PathBuf>,
+    /// Preference pairs (JSON lines of prompt, chosen, rejected) to align --from on with DPO.
+    #[arg(long, requires = "from", conflicts_with_all = ["data", "sft", "reward"])]
+    #[serde(default)]
+    pub dpo: Option<PathBuf>,
+    /// Preference pairs to train a reward model on: --from's body with a scalar head.
+    #[arg(long, requires = "from", conflicts_with_all = ["data", "sft"])]
+    #[serde(default)]
+    pub reward: Option<PathBuf>,
+    /// DPO's β: how far the policy may move from the reference.
+    #[arg(long, default_value_t = 0.1)]
+    #[serde(default)]
+    pub beta: f64,
+    /// DPO's loss: `sigmoid` or `ipo`.
+    #[arg(long, default_value = "sigmoid", value_parser = parse_dpo_loss)]
+    #[serde(default = "sigmoid")]
+    pub dpo_loss: DpoLoss,
+    /// The reward model's centring coefficient (TRL's `center_rewards_coefficient`).
+    #[arg(long)]
+    #[serde(default)]
+    pub center_rewards: Option<f64>,
     /// The checkpoint to start from (a checkpoint or a run directory: its latest).
     #[arg(long)]
     pub from: Option<PathBuf>,
@@ -99,6 +122,20 @@ pub struct TrainArgs {
 }
 
 const RUN_FILE: &str = "run.json";
+/// DPO's reference log-probabilities, computed once by the starting model.
+const REFERENCE_FILE: &str = "reference.json";
+
+fn parse_dpo_loss(name: &str) -> Result<DpoLoss, String> {
+    match name {
+        "sigmoid" => Ok(DpoLoss::Sigmoid),
+        "ipo" => Ok(DpoLoss::Ipo),
+        _ => Err(format!("{name}: expected sigmoid or ipo")),
+    }
+}
+
+fn sigmoid() -> DpoLoss {
+    DpoLoss::Sigmoid
+}
 
 impl TrainArgs {
     fn train_config(&self) -> TrainConfig {
@@ -125,6 +162,22 @@ impl TrainArgs {
             log_interval: self.log_interval,
             seed: self.seed,
             kl_weight: 0.0,
+            objective: self.objective(),
+        }
+    }
+
+    fn objective(&self) -> Objective {
+        if self.dpo.is_some() {
+            Objective::Dpo(DpoConfig {
+                beta: self.beta,
+                loss: self.dpo_loss,
+            })
+        } else if self.reward.is_some() {
+            Objective::Reward(RewardConfig {
+                center_rewards_coefficient: self.center_rewards,
+            })
+        } else {
+            Objective::NextToken
         }
     }
 
@@ -216,13 +269,49 @@ fn pretrain_data(args: &TrainArgs, out: &Path, model: &Gpt) -> anyhow::Result<Da
     })
 }
 
+/// Every pair of the file, in rows of the run's block; a DPO run's reference log-probabilities
+/// are the starting model's, computed on the first start and read back on a resume.
+fn preference_data(
+    args: &TrainArgs,
+    out: &Path,
+    model: &Gpt,
+    tokenizer: &quark_ml::Tokenizer,
+) -> anyhow::Result<Data> {
+    let path = args.dpo.as_ref().or(args.reward.as_ref()).expect("pairs");
+    let pairs = preference::encode(tokenizer, &preference::read_jsonl(path)?)?;
+    let pad = tokenizer
+        .token_to_id(quark_ml::tokenizer::END_OF_TEXT)
+        .unwrap_or(0);
+    let block = args.block_size as usize;
+    let mut pairs = Pairs::new(pairs, args.batch_size, block, pad, args.seed)?;
+    if args.dpo.is_some() {
+        let file = out.join(REFERENCE_FILE);
+        let logps: Vec<[f32; 2]> = match file.exists() {
+            true => checkpoint::read_json(&file)?,
+            false => {
+                let logps = align::reference_logps(model, &pairs)?;
+                std::fs::write(&file, serde_json::to_string(&logps)?)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                logps
+            }
+        };
+        pairs = pairs.with_reference(logps)?;
+    }
+    Ok(Data {
+        batches: Box::new(pairs),
+        validation: vec![],
+    })
+}
+
 fn data_for(
     args: &TrainArgs,
     out: &Path,
     model: &Gpt,
     tokenizer: &quark_ml::Tokenizer,
 ) -> anyhow::Result<Data> {
-    if args.sft.is_some() {
+    if args.dpo.is_some() || args.reward.is_some() {
+        preference_data(args, out, model, tokenizer)
+    } else if args.sft.is_some() {
         sft_data(args, model, tokenizer)
     } else {
         pretrain_data(args, out, model)
@@ -276,6 +365,9 @@ pub fn train(
                             targets: args.lora_targets.clone(),
                         };
                         quark_ml::lora::attach(&mut model, &lora, args.seed)?;
+                    }
+                    if args.reward.is_some() && !model.has_score_head() {
+                        model.add_score_head(Some(args.seed))?;
                     }
                     if !args.data.is_empty() {
                         // Continued pre-training keeps the checkpoint's tokenizer.
@@ -353,6 +445,7 @@ pub fn train(
                     tokens_per_s = tps,
                     mfu,
                     grad_norm = p.grad_norm,
+                    stats = ?p.stats,
                     "train"
                 );
             }
@@ -423,5 +516,18 @@ pub fn summary(outcome: &Outcome) -> String {
         outcome.tokens_per_s,
         100.0 * outcome.mfu,
         outcome.checkpoint.display()
-    )
+    ) + &stats_line(state)
+}
+
+/// A preference run's last reported rewards, margin and accuracy.
+fn stats_line(state: &quark_ml::train::TrainerState) -> String {
+    if state.train_stats.is_empty() {
+        return String::new();
+    }
+    let stats: Vec<String> = state
+        .train_stats
+        .iter()
+        .map(|(name, v)| format!("{name} {v:.4}"))
+        .collect();
+    format!("{}\n", stats.join(", "))
 }
