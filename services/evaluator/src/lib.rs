@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     Artifact, CheckpointChoice, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader,
-    EventKind, GateCheck, GateRule, Id, ModelTrained, RegressionSource,
+    EventKind, GateCheck, GateRule, Id, ModelTrained, RegressionSource, RunKind,
 };
 use quark_lineage::{Follower, Lineage};
 use quark_ml::checkpoint;
@@ -427,6 +427,11 @@ impl Handler for EvaluatorService {
         let Event::ModelTrained(candidate) = event else {
             return Ok(vec![]);
         };
+        if candidate.run_kind == RunKind::Reward {
+            // A reward model scores policies; it is not one, and never becomes the champion.
+            info!(model = %candidate.model_id, accuracy = ?candidate.metrics.get("heldout_rewards_accuracy"), "a reward model: not a candidate policy");
+            return Ok(vec![]);
+        }
         Ok(vec![self.evaluate(candidate).await?])
     }
 }

@@ -95,6 +95,26 @@ pub struct TrainerSettings {
     /// Share of the corrections reproduced exactly at greedy decoding, inside the limits, at
     /// which a fine-tuning run stops early.
     pub stop_when_learnt: f64,
+    /// DPO and reward-model runs on preference pairs.
+    pub align: AlignSettings,
+}
+
+/// Learning from preference pairs (every weight is trained; DPO against the base).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlignSettings {
+    /// Optimizer steps of a DPO or reward-model run.
+    pub steps: u64,
+    /// Peak learning rate (warm-up over a tenth of the steps, then cosine to a tenth).
+    pub lr: f64,
+    /// Pairs per optimizer step (each is two rows).
+    pub pairs_per_step: usize,
+    /// DPO's β: how far the policy may move from the champion it starts from.
+    pub beta: f64,
+    /// DPO's loss: `sigmoid` (DPO) or `ipo`.
+    pub loss: String,
+    /// The reward model's `center_rewards_coefficient` (TRL's; 0: no centring).
+    pub center_rewards_coefficient: f64,
 }
 
 /// LoRA on feedback: which projections and how strong (Hugging Face PEFT's terms).
@@ -367,6 +387,14 @@ impl Default for Settings {
                 probe_interval: 5,
                 gate_margin: 0.25,
                 stop_when_learnt: 1.0,
+                align: AlignSettings {
+                    steps: 40,
+                    lr: 5e-4,
+                    pairs_per_step: 8,
+                    beta: 0.1,
+                    loss: "sigmoid".into(),
+                    center_rewards_coefficient: 0.01,
+                },
             },
             evaluate: EvaluateSettings {
                 max_perplexity_increase: 0.02,

@@ -4,9 +4,9 @@
 use crate::{LINEAGE, TrainerService};
 use quark_curate::pipeline::Document;
 use quark_curate::store::read_documents;
-use quark_events::DatasetKind;
 use quark_events::bus::HandlerError;
 use quark_events::{Artifact, DatasetPrepared};
+use quark_events::{DatasetKind, RunKind};
 use quark_lineage::Model;
 use quark_ml::chat;
 use quark_ml::corpus;
@@ -66,15 +66,26 @@ pub(crate) struct Records {
 }
 
 impl TrainerService {
-    /// The records of every SFT dataset a model was trained on from `base`, or `base` itself
-    /// was: a correction is never trained twice on the same base, whatever asks for it.
-    pub(crate) async fn learnt_from(&self, base: &Model) -> Result<HashSet<String>, HandlerError> {
+    /// The records a model version has learnt from runs of `run_kind`: those of its own
+    /// datasets, and of the datasets its children of that kind were trained on. A correction or
+    /// a pair is never trained twice into the same base by the same kind of run.
+    pub(crate) async fn learnt_from(
+        &self,
+        base: &Model,
+        run_kind: RunKind,
+    ) -> Result<HashSet<String>, HandlerError> {
         let db = &self.db;
+        let kind = match run_kind {
+            RunKind::Dpo | RunKind::Reward | RunKind::Ppo => DatasetKind::Preference,
+            _ => DatasetKind::Sft,
+        };
         let mut ids = base.dataset_ids.clone();
         for child in LINEAGE
             .children(db, base.model_id)
             .await
             .map_err(HandlerError::transient)?
+            .into_iter()
+            .filter(|c| c.run_kind == Some(run_kind))
         {
             ids.extend(child.dataset_ids);
         }
@@ -87,7 +98,7 @@ impl TrainerService {
             else {
                 continue;
             };
-            if dataset.kind != DatasetKind::Sft {
+            if dataset.kind != kind {
                 continue;
             }
             for split in [Some(&dataset.train), dataset.validation.as_ref()]

@@ -9,6 +9,11 @@
 //!   ([`tuning`]). A correction is never trained twice on the same base. A request that
 //!   names none is for the augmenter, which answers it with one that does.
 //!
+//! - retrain.requested for a dpo or reward run → align the base (the champion unless named) on
+//!   the preference datasets it names: DPO against the base's own log-probabilities, or a
+//!   Bradley–Terry reward model on its body ([`align`]). A pair is never trained twice into
+//!   the same model version by the same kind of run.
+//!
 //! Each emits model.trained with the model's lineage. No job trains on a document forgotten
 //! (document.forgotten) before it was planned.
 //!
@@ -23,6 +28,7 @@
 //! A finished job keeps its model.trained in `outcome.json`, so a redelivery after the event
 //! was sent re-sends the same event (same id) instead of training again.
 
+mod align;
 mod data;
 mod plan;
 mod tuning;
@@ -33,6 +39,7 @@ use plan::Plan;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{Event, EventHeader, EventKind, Id, ModelShape, ModelTrained, RunKind};
 use quark_lineage::{Follower, Lineage};
+use quark_ml::align::Objective;
 use quark_ml::checkpoint;
 use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
@@ -96,6 +103,8 @@ struct Job {
     data: Data,
     /// Fine-tuning: measures the run's checkpoints and keeps the one to hand on.
     selector: Option<Selector>,
+    /// Alignment: the pairs the trained model is read on.
+    readings: Option<align::Readings>,
 }
 
 impl TrainerService {
@@ -184,6 +193,7 @@ impl TrainerService {
             log_interval: 10,
             seed: s.seed,
             kl_weight: if finetune { s.kl_weight } else { 0.0 },
+            objective: Default::default(),
         }
     }
 
@@ -231,7 +241,20 @@ impl TrainerService {
                     trainer,
                     data,
                     selector: None,
+                    readings: None,
                 })
+            }
+            Plan::Align {
+                run_kind,
+                base,
+                datasets,
+                records,
+                forgotten,
+            } => {
+                self.align_job(
+                    run_kind, &base, &datasets, &records, &forgotten, dir, device,
+                )
+                .await
             }
             Plan::Finetune {
                 base,
@@ -281,6 +304,7 @@ impl TrainerService {
                     trainer,
                     data,
                     selector: Some(selector),
+                    readings: None,
                 })
             }
         }
@@ -386,6 +410,10 @@ impl TrainerService {
                 (checkpoint, None, None)
             }
         };
+        if let Some(readings) = &job.readings {
+            let readings = tokio::task::block_in_place(|| align::metrics(&job.trainer, readings))?;
+            metrics.extend(readings);
+        }
         let state = &outcome.state;
         metrics.extend(state.train_loss.map(|l| ("train_loss".to_string(), l)));
         metrics.extend(state.val_loss.map(|l| ("val_loss".to_string(), l)));
@@ -450,6 +478,21 @@ impl TrainerService {
                 self.settings.probe_interval.to_string(),
             );
             h.insert("gate_margin".into(), self.settings.gate_margin.to_string());
+        }
+        match c.objective {
+            Objective::Dpo(dpo) => {
+                h.insert("beta".into(), dpo.beta.to_string());
+                h.insert("dpo_loss".into(), self.settings.align.loss.clone());
+            }
+            Objective::Reward(r) => {
+                let centring = r.center_rewards_coefficient.unwrap_or(0.0);
+                h.insert("center_rewards_coefficient".into(), centring.to_string());
+            }
+            Objective::NextToken => {}
+        }
+        if matches!(job.run_kind, RunKind::Dpo | RunKind::Reward) {
+            let pairs = self.settings.align.pairs_per_step.to_string();
+            h.insert("pairs_per_step".into(), pairs);
         }
         if let Some(adapters) = job.trainer.model.adapters() {
             h.insert("lora_rank".into(), adapters.config.rank.to_string());

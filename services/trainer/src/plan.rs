@@ -1,5 +1,6 @@
 //! What an event asks the trainer to train: a first pre-training, a full retrain from
-//! scratch (after a document was forgotten), or a fine-tuning of a base on SFT datasets. Every
+//! scratch (after a document was forgotten), a fine-tuning of a base on SFT datasets, or an
+//! alignment of a base on preference datasets (DPO, a reward model). Every
 //! plan carries the documents forgotten so far, which no training set may hold.
 
 use crate::data::{Forgotten, Records};
@@ -27,6 +28,14 @@ pub(crate) enum Plan {
         records: Records,
         forgotten: Forgotten,
     },
+    Align {
+        run_kind: RunKind,
+        base: Box<Model>,
+        datasets: Vec<DatasetPrepared>,
+        /// The datasets' pairs not learnt by this kind of run on this base already.
+        records: Records,
+        forgotten: Forgotten,
+    },
 }
 
 impl TrainerService {
@@ -46,6 +55,9 @@ impl TrainerService {
             Event::RetrainRequested(r) if r.is_for_policy() => Ok(None),
             Event::RetrainRequested(r) if r.run_kind == RunKind::Pretrain => {
                 self.retrain_plan(r).await
+            }
+            Event::RetrainRequested(r) if matches!(r.run_kind, RunKind::Dpo | RunKind::Reward) => {
+                self.align_plan(r).await
             }
             Event::RetrainRequested(r) => self.finetune_plan(r).await,
             _ => Ok(None),
@@ -106,17 +118,13 @@ impl TrainerService {
         ))
     }
 
-    async fn finetune_plan(
+    /// The base a request names (the champion unless it names one) and its datasets of `kind`.
+    async fn base_and_datasets(
         &self,
         request: &RetrainRequested,
-    ) -> Result<Option<Plan>, HandlerError> {
+        kind: DatasetKind,
+    ) -> Result<(Model, Vec<DatasetPrepared>), HandlerError> {
         let db = &self.db;
-        if request.run_kind != RunKind::Sft {
-            return Err(HandlerError::permanent(format!(
-                "this trainer fine-tunes with sft and retrains with pretrain; {:?} runs are not supported",
-                request.run_kind
-            )));
-        }
         let base_id = match request.base_model_id {
             Some(id) => id,
             None => {
@@ -143,11 +151,29 @@ impl TrainerService {
                     .ok_or_else(|| not_yet(format!("dataset {id}")))?,
             );
         }
-        datasets.retain(|d| d.kind == DatasetKind::Sft);
+        datasets.retain(|d| d.kind == kind);
         if datasets.is_empty() {
-            return Err(HandlerError::permanent("no SFT dataset to fine-tune on"));
+            return Err(HandlerError::permanent(format!(
+                "a {:?} run needs a {} dataset: the request names none",
+                request.run_kind,
+                kind.name()
+            )));
         }
-        let skip = self.learnt_from(&base).await?;
+        Ok((base, datasets))
+    }
+
+    async fn finetune_plan(
+        &self,
+        request: &RetrainRequested,
+    ) -> Result<Option<Plan>, HandlerError> {
+        if request.run_kind != RunKind::Sft {
+            return Err(HandlerError::permanent(format!(
+                "this trainer fine-tunes with sft, aligns with dpo and reward, and retrains with pretrain; {:?} runs are not supported",
+                request.run_kind
+            )));
+        }
+        let (base, datasets) = self.base_and_datasets(request, DatasetKind::Sft).await?;
+        let skip = self.learnt_from(&base, RunKind::Sft).await?;
         let forgotten = self.forgotten().await?;
         let records = self.fresh_records(&datasets, &skip, &forgotten)?;
         if records.train.is_empty() {
@@ -155,13 +181,42 @@ impl TrainerService {
             return Ok(None);
         }
         let rehearsal = LINEAGE
-            .datasets_of_kind(db, DatasetKind::Pretrain)
+            .datasets_of_kind(&self.db, DatasetKind::Pretrain)
             .await
             .map_err(HandlerError::transient)?;
         Ok(Some(Plan::Finetune {
             base: Box::new(base),
             datasets,
             rehearsal,
+            records,
+            forgotten,
+        }))
+    }
+
+    /// DPO or a reward model on the preference datasets named; a pair this kind of run taught
+    /// the base already is left out, and a request whose datasets hold no pair is refused.
+    async fn align_plan(&self, request: &RetrainRequested) -> Result<Option<Plan>, HandlerError> {
+        let (base, datasets) = self
+            .base_and_datasets(request, DatasetKind::Preference)
+            .await?;
+        let forgotten = self.forgotten().await?;
+        let all = self.fresh_records(&datasets, &Default::default(), &forgotten)?;
+        if all.train.is_empty() && all.validation.is_empty() {
+            return Err(HandlerError::permanent(format!(
+                "a {:?} run needs preference pairs: the datasets named hold none",
+                request.run_kind
+            )));
+        }
+        let skip = self.learnt_from(&base, request.run_kind).await?;
+        let records = self.fresh_records(&datasets, &skip, &forgotten)?;
+        if records.train.is_empty() {
+            info!(base = %base.model_id, request = %request.header.event_id, run_kind = ?request.run_kind, "every pair named was learnt by this kind of run on this base already: nothing to train");
+            return Ok(None);
+        }
+        Ok(Some(Plan::Align {
+            run_kind: request.run_kind,
+            base: Box::new(base),
+            datasets,
             records,
             forgotten,
         }))

@@ -1,0 +1,230 @@
+//! Alignment on preference pairs: DPO of the base (every weight, against the base's own
+//! log-probabilities, computed once and kept with the job) or a Bradley–Terry reward model
+//! (the base's body with a scalar head).
+//!
+//! A pair a model version learnt (its own datasets', or a sibling's of the same run kind) is
+//! not trained on it again; the datasets' pairs are split, when there is no validation split,
+//! every tenth held out (from ten pairs up), and the readings on both go into model.trained.
+
+use crate::data::{Data, Forgotten, Records};
+use crate::{Job, TrainerService};
+use quark_events::bus::HandlerError;
+use quark_events::{DatasetPrepared, Id, RunKind};
+use quark_lineage::Model;
+use quark_ml::align::{self, DpoConfig, DpoLoss, Objective, PairReading, RewardConfig};
+use quark_ml::checkpoint;
+use quark_ml::preference::{self, Pair, Pairs};
+use quark_ml::train::Trainer;
+use quark_ml::{Tokenizer, tokenizer};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The reference log-probabilities of a DPO job's pairs, in its directory.
+const REFERENCE: &str = "reference.json";
+
+/// What a job's model is read on once it is trained.
+pub(crate) struct Readings {
+    pub train: Pairs,
+    pub held_out: Option<Pairs>,
+    pub objective: Objective,
+}
+
+/// A training split and a held-out one: the validation records, or every tenth pair.
+pub(crate) fn split(records: &Records) -> Result<(Vec<Pair>, Vec<Pair>), HandlerError> {
+    let parse = |texts: &[String]| -> Result<Vec<Pair>, HandlerError> {
+        texts
+            .iter()
+            .map(|t| {
+                Pair::parse(t)
+                    .map_err(|why| HandlerError::permanent(format!("a preference record: {why}")))
+            })
+            .collect()
+    };
+    let (train, validation) = (parse(&records.train)?, parse(&records.validation)?);
+    if !validation.is_empty() || train.len() < 10 {
+        return Ok((train, validation));
+    }
+    let (held, kept): (Vec<_>, Vec<_>) = train
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 10 == 9);
+    let strip = |v: Vec<(usize, Pair)>| v.into_iter().map(|(_, p)| p).collect();
+    Ok((strip(kept), strip(held)))
+}
+
+impl TrainerService {
+    fn objective(&self, run_kind: RunKind) -> Result<Objective, HandlerError> {
+        let a = &self.settings.align;
+        Ok(match run_kind {
+            RunKind::Dpo => Objective::Dpo(DpoConfig {
+                beta: a.beta,
+                loss: match a.loss.as_str() {
+                    "sigmoid" => DpoLoss::Sigmoid,
+                    "ipo" => DpoLoss::Ipo,
+                    other => {
+                        return Err(HandlerError::permanent(format!(
+                            "trainer.align.loss {other}: expected sigmoid or ipo"
+                        )));
+                    }
+                },
+            }),
+            _ => Objective::Reward(RewardConfig {
+                center_rewards_coefficient: (a.center_rewards_coefficient > 0.0)
+                    .then_some(a.center_rewards_coefficient),
+            }),
+        })
+    }
+
+    fn pairs(
+        &self,
+        tokenizer: &Tokenizer,
+        pairs: &[Pair],
+        block: i64,
+    ) -> Result<Pairs, HandlerError> {
+        let encoded = preference::encode(tokenizer, pairs).map_err(HandlerError::permanent)?;
+        let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
+        Pairs::new(
+            encoded,
+            self.settings.align.pairs_per_step,
+            block as usize,
+            pad,
+            self.settings.seed,
+        )
+        .map_err(HandlerError::permanent)
+    }
+
+    /// The job of a DPO or reward run of `base` on `records`, new or resumed in `dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn align_job(
+        &self,
+        run_kind: RunKind,
+        base: &Model,
+        datasets: &[DatasetPrepared],
+        records: &Records,
+        forgotten: &Forgotten,
+        dir: &Path,
+        device: tch::Device,
+    ) -> Result<Job, HandlerError> {
+        let (train, held_out) = split(records)?;
+        let run_dir = dir.join("run");
+        let resuming = checkpoint::RunDir::new(&run_dir)
+            .latest()
+            .map_err(HandlerError::transient)?
+            .is_some();
+        let objective = self.objective(run_kind)?;
+        let trainer = if resuming {
+            Trainer::resume(&run_dir, device).map_err(HandlerError::transient)?
+        } else {
+            let base_dir = self
+                .store
+                .get_dir(&base.checkpoint, &dir.join("base"))
+                .await
+                .map_err(HandlerError::transient)?;
+            let (mut model, tokenizer) =
+                checkpoint::load(&base_dir, device).map_err(HandlerError::permanent)?;
+            if run_kind == RunKind::Reward {
+                model
+                    .add_score_head(Some(self.settings.seed))
+                    .map_err(HandlerError::permanent)?;
+            }
+            let mut config = self.train_config(device, true, model.config.block_size);
+            let a = &self.settings.align;
+            config.max_steps = a.steps;
+            config.schedule.max_lr = a.lr;
+            config.schedule.min_lr = a.lr / 10.0;
+            config.schedule.warmup_steps = a.steps / 10;
+            config.schedule.decay_steps = a.steps;
+            config.kl_weight = 0.0;
+            config.objective = objective;
+            Trainer::start(model, tokenizer, config, Some(base_dir), &run_dir)
+                .map_err(HandlerError::permanent)?
+        };
+        let block = trainer.model.config.block_size;
+        let with_reference = |pairs: Pairs, name: &str| -> Result<Pairs, HandlerError> {
+            if run_kind != RunKind::Dpo {
+                return Ok(pairs);
+            }
+            reference(&trainer, pairs, &dir.join(name), resuming)
+        };
+        let batches = with_reference(self.pairs(&trainer.tokenizer, &train, block)?, REFERENCE)?;
+        let readings = Readings {
+            train: with_reference(self.pairs(&trainer.tokenizer, &train, block)?, REFERENCE)?,
+            held_out: match held_out.is_empty() {
+                true => None,
+                false => Some(with_reference(
+                    self.pairs(&trainer.tokenizer, &held_out, block)?,
+                    "reference_held_out.json",
+                )?),
+            },
+            objective,
+        };
+        Ok(Job {
+            run_kind,
+            parent: Some(base.model_id),
+            dataset_ids: datasets.iter().map(|d| d.dataset_id).collect::<Vec<Id>>(),
+            tokenizer_id: base.tokenizer_id,
+            trainer,
+            data: Data {
+                batches: Box::new(batches),
+                validation: vec![],
+                taught: vec![],
+                held_out: vec![],
+                forgotten_left_out: forgotten.left_out(),
+            },
+            selector: None,
+            readings: Some(readings),
+        })
+    }
+}
+
+/// `pairs` with the reference log-probabilities: read from `file`, or computed by the
+/// starting model (a new job) and written there, so a resumed job uses the same ones.
+fn reference(
+    trainer: &Trainer,
+    pairs: Pairs,
+    file: &Path,
+    resuming: bool,
+) -> Result<Pairs, HandlerError> {
+    let logps: Vec<[f32; 2]> = match std::fs::read_to_string(file) {
+        Ok(text) => serde_json::from_str(&text).map_err(HandlerError::permanent)?,
+        Err(_) if resuming => {
+            return Err(HandlerError::permanent(format!(
+                "{} is missing: the reference of a resumed DPO job is lost",
+                file.display()
+            )));
+        }
+        Err(_) => {
+            let logps =
+                align::reference_logps(&trainer.model, &pairs).map_err(HandlerError::permanent)?;
+            let text = serde_json::to_string(&logps).map_err(HandlerError::permanent)?;
+            std::fs::write(file, text).map_err(HandlerError::transient)?;
+            logps
+        }
+    };
+    pairs.with_reference(logps).map_err(HandlerError::permanent)
+}
+
+/// model.trained's metrics of an aligned model: its readings on the pairs it trained on and
+/// on the held-out ones (`heldout_rewards_accuracy`, …).
+pub(crate) fn metrics(
+    trainer: &Trainer,
+    readings: &Readings,
+) -> Result<HashMap<String, f64>, HandlerError> {
+    let read = |pairs: &Pairs| -> Result<PairReading, HandlerError> {
+        match readings.objective {
+            Objective::Dpo(c) => align::read_policy(&trainer.model, pairs, c.beta),
+            _ => align::read_reward_model(&trainer.model, pairs),
+        }
+        .map_err(HandlerError::permanent)
+    };
+    let mut metrics: HashMap<String, f64> = read(&readings.train)?
+        .metrics("train_")
+        .into_iter()
+        .collect();
+    if let Some(held_out) = &readings.held_out {
+        metrics.extend(read(held_out)?.metrics("heldout_"));
+        metrics.insert("heldout_pairs".into(), held_out.len() as f64);
+    }
+    metrics.insert("train_pairs".into(), readings.train.len() as f64);
+    Ok(metrics)
+}
