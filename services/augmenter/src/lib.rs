@@ -7,7 +7,7 @@
 //! Text is PII-scrubbed; examples are keyed by their normalised content, so a replayed or
 //! repeated feedback never adds an example twice. Examples wait in the database until the
 //! policy releases them:
-//! - `min_examples` pending corrections;
+//! - `min_examples` pending corrections, or `min_examples` pending preference pairs;
 //! - a live regression of the champion (when a correction is pending);
 //! - a retrain.requested that names no dataset ([`RetrainRequested::to_policy`]): `quark
 //!   retrain` and the admin endpoint (manual), or [`schedule`] every `release_interval_secs`.
@@ -15,7 +15,8 @@
 //!   for a fine-tuning on every SFT dataset released so far.
 //!
 //! A release emits one dataset.prepared per kind (its `source_collections` are the feedback
-//! ids the examples came from) and a retrain.requested for the SFT dataset.
+//! ids the examples came from), a retrain.requested (sft) for the SFT dataset and one (dpo)
+//! for the preference dataset. `min_examples` pending preference pairs are due on their own.
 //!
 //! Feedback from the gateway names only its request id: the augmenter joins it to the
 //! response.served it folded ([`join`]); feedback that arrives before its response is parked
@@ -88,7 +89,12 @@ pub fn examples(feedback: &FeedbackReceived) -> Vec<(DatasetKind, serde_json::Va
             serde_json::json!({"prompt": prompt, "response": clean(correction)}),
         ));
     }
-    if let Some(preferred) = &feedback.preferred_response {
+    // A preferred response that is empty or the served one again prefers nothing.
+    if let Some(preferred) = feedback
+        .preferred_response
+        .as_deref()
+        .filter(|p| !p.trim().is_empty() && p.trim() != feedback.response.trim())
+    {
         out.push((
             DatasetKind::Preference,
             serde_json::json!({"prompt": prompt, "chosen": clean(preferred), "rejected": served}),
@@ -210,9 +216,11 @@ async fn decide<C: ConnectionTrait>(
         .all(db)
         .await?;
     pending.extend(new.iter().cloned());
-    let corrections = pending.iter().filter(|e| e.kind == "sft").count();
+    let count = |kind: DatasetKind| pending.iter().filter(|e| e.kind == kind.name()).count();
+    let (corrections, pairs) = (count(DatasetKind::Sft), count(DatasetKind::Preference));
+    let enough = settings.min_examples.max(1);
     let due = match trigger {
-        RetrainTrigger::FeedbackThreshold => corrections >= settings.min_examples.max(1),
+        RetrainTrigger::FeedbackThreshold => corrections >= enough || pairs >= enough,
         RetrainTrigger::Regression => corrections > 0,
         RetrainTrigger::Schedule | RetrainTrigger::Manual => !pending.is_empty(),
     };
@@ -359,16 +367,28 @@ impl AugmenterService {
                 let earlier = decision.earlier.clone();
                 (!earlier.is_empty()).then(|| (earlier, "every SFT dataset released so far".into()))
             });
-        if let Some((dataset_ids, reason)) = sft {
-            events.push(Event::RetrainRequested(RetrainRequested {
-                header: EventHeader::caused_by(cause, NAME, "retrain"),
-                request_id: Id::derived(cause.event_id, "retrain"),
-                run_kind: RunKind::Sft,
+        let request = |slot: &str, run_kind: RunKind, dataset_ids: Vec<Id>, reason: String| {
+            Event::RetrainRequested(RetrainRequested {
+                header: EventHeader::caused_by(cause, NAME, slot),
+                request_id: Id::derived(cause.event_id, slot),
+                run_kind,
                 base_model_id: None,
                 dataset_ids,
                 trigger: decision.trigger,
                 reason,
-            }));
+            })
+        };
+        if let Some((dataset_ids, reason)) = sft {
+            events.push(request("retrain", RunKind::Sft, dataset_ids, reason));
+        }
+        // Preference pairs released now teach the champion by DPO.
+        if let Some((_, id, pairs)) = decision
+            .release
+            .iter()
+            .find(|(kind, ..)| *kind == DatasetKind::Preference)
+        {
+            let reason = format!("{} preference pairs from feedback", pairs.len());
+            events.push(request("align", RunKind::Dpo, vec![*id], reason));
         }
         Ok(events)
     }
@@ -563,6 +583,9 @@ mod tests {
             [DatasetKind::Preference]
         );
         assert_eq!(kinds(feedback(1, None, None)), [DatasetKind::Eval]);
+        // Preferring the served response, or nothing, is no preference.
+        assert_eq!(kinds(feedback(5, None, Some(" no "))), []);
+        assert_eq!(kinds(feedback(2, None, Some("  "))), [DatasetKind::Eval]);
         assert!(kinds(feedback(4, None, None)).is_empty());
     }
 

@@ -58,6 +58,47 @@ fn retrain(events: &[Event]) -> Option<RetrainRequested> {
     })
 }
 
+fn requests(events: &[Event]) -> Vec<RetrainRequested> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RetrainRequested(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn preference_pairs_reach_the_threshold_on_their_own_and_ask_for_dpo() {
+    let policy = Policy::new(2).await;
+    let first = feedback(2, "Who is Hamlet?", None, Some("The prince of Denmark."));
+    assert!(policy.feed(&first).await.is_empty());
+    let second = feedback(4, "Who is Ophelia?", None, Some("Polonius's daughter."));
+    let out = policy.feed(&second).await;
+    let released = datasets(&out);
+    let pairs = &released[&DatasetKind::Preference];
+    assert_eq!(pairs.train_examples, 2);
+    let records = policy.lines(pairs).await;
+    let first_pair: serde_json::Value =
+        serde_json::from_str(records[0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (
+            first_pair["chosen"].as_str(),
+            first_pair["rejected"].as_str()
+        ),
+        (Some("The prince of Denmark."), Some("served"))
+    );
+    let asked = requests(&out);
+    assert_eq!(asked.len(), 1, "no correction, no SFT: {asked:?}");
+    assert_eq!(
+        (asked[0].run_kind, asked[0].dataset_ids.clone()),
+        (RunKind::Dpo, vec![pairs.dataset_id])
+    );
+    assert_eq!(asked[0].trigger, RetrainTrigger::FeedbackThreshold);
+    // Redelivered, the same feedback releases nothing again.
+    assert!(policy.feed(&second).await.is_empty());
+}
+
 #[tokio::test]
 async fn the_threshold_releases_every_kind_once_and_replays_add_nothing() {
     let policy = Policy::new(3).await;
@@ -108,6 +149,19 @@ async fn the_threshold_releases_every_kind_once_and_replays_add_nothing() {
     assert_eq!(request.trigger, RetrainTrigger::FeedbackThreshold);
     assert_eq!(request.dataset_ids, [sft.dataset_id]);
     assert_eq!(request.header.causation_id, Some(last.header().event_id));
+    // The preference pair released beside the corrections is asked of DPO.
+    let runs: Vec<(RunKind, Vec<Id>)> = requests(&out)
+        .into_iter()
+        .map(|r| (r.run_kind, r.dataset_ids))
+        .collect();
+    let preference = released[&DatasetKind::Preference].dataset_id;
+    assert_eq!(
+        runs,
+        [
+            (RunKind::Sft, vec![sft.dataset_id]),
+            (RunKind::Dpo, vec![preference])
+        ]
+    );
 
     // A replay of every feedback (same events) and a redelivery of the last: nothing new.
     for event in batch.iter().chain([&last]) {
