@@ -2,12 +2,15 @@
 //! log-probabilities, computed once and kept with the job) or a Bradley–Terry reward model
 //! (the base's body with a scalar head).
 //!
-//! A pair a model version learnt (its own datasets', or a sibling's of the same run kind) is
-//! not trained on it again; the datasets' pairs are split, when there is no validation split,
+//! A DPO run is held to the gate's held-out limits as a fine-tuning is ([`crate::tuning`]):
+//! it is probed every `probe_interval` steps and hands on the checkpoint inside the limits that
+//! gives the preferred responses the lowest loss (a small policy taught a few pairs for long
+//! soon forgets its corpus). A pair a model version learnt (its own datasets', or a child's of
+//! the same run kind) is not trained on it again; the datasets' pairs are split, when there is no validation split,
 //! every tenth held out (from ten pairs up), and the readings on both go into model.trained.
 
 use crate::data::{Data, Forgotten, Records};
-use crate::{Job, TrainerService};
+use crate::{Job, TrainerService, tuning};
 use quark_events::bus::HandlerError;
 use quark_events::{DatasetPrepared, Id, RunKind};
 use quark_lineage::Model;
@@ -21,6 +24,16 @@ use std::path::Path;
 
 /// The reference log-probabilities of a DPO job's pairs, in its directory.
 const REFERENCE: &str = "reference.json";
+
+/// What an alignment job is asked to do (the plan's parts).
+pub(crate) struct Inputs<'a> {
+    pub run_kind: RunKind,
+    pub base: &'a Model,
+    pub datasets: &'a [DatasetPrepared],
+    pub records: &'a Records,
+    pub pretraining: &'a [DatasetPrepared],
+    pub forgotten: &'a Forgotten,
+}
 
 /// What a job's model is read on once it is trained.
 pub(crate) struct Readings {
@@ -93,85 +106,123 @@ impl TrainerService {
         .map_err(HandlerError::permanent)
     }
 
-    /// The job of a DPO or reward run of `base` on `records`, new or resumed in `dir`.
-    #[allow(clippy::too_many_arguments)]
+    /// A new run of `inputs` in `run_dir`, from the base's checkpoint (unpacked into `base_dir`).
+    fn start(
+        &self,
+        inputs: &Inputs,
+        base_dir: &Path,
+        run_dir: &Path,
+        device: tch::Device,
+    ) -> Result<Trainer, HandlerError> {
+        let (mut model, tokenizer) =
+            checkpoint::load(base_dir, device).map_err(HandlerError::permanent)?;
+        if inputs.run_kind == RunKind::Reward {
+            model
+                .add_score_head(Some(self.settings.seed))
+                .map_err(HandlerError::permanent)?;
+        }
+        let mut config = self.train_config(device, true, model.config.block_size);
+        let a = &self.settings.align;
+        config.max_steps = a.steps;
+        config.schedule.max_lr = a.lr;
+        config.schedule.min_lr = a.lr / 10.0;
+        config.schedule.warmup_steps = a.steps / 10;
+        config.schedule.decay_steps = a.steps;
+        config.kl_weight = 0.0;
+        config.objective = self.objective(inputs.run_kind)?;
+        Trainer::start(
+            model,
+            tokenizer,
+            config,
+            Some(base_dir.to_path_buf()),
+            run_dir,
+        )
+        .map_err(HandlerError::permanent)
+    }
+
+    /// The job of a DPO or reward run, new or resumed in `dir`. A DPO run is probed as a
+    /// fine-tuning is: the checkpoint handed on is the one inside the gate's held-out limits
+    /// that gives the preferred responses the lowest loss.
     pub(crate) async fn align_job(
         &self,
-        run_kind: RunKind,
-        base: &Model,
-        datasets: &[DatasetPrepared],
-        records: &Records,
-        forgotten: &Forgotten,
+        inputs: Inputs<'_>,
         dir: &Path,
         device: tch::Device,
     ) -> Result<Job, HandlerError> {
-        let (train, held_out) = split(records)?;
+        let (train, held_out) = split(inputs.records)?;
         let run_dir = dir.join("run");
         let resuming = checkpoint::RunDir::new(&run_dir)
             .latest()
             .map_err(HandlerError::transient)?
             .is_some();
-        let objective = self.objective(run_kind)?;
-        let trainer = if resuming {
-            Trainer::resume(&run_dir, device).map_err(HandlerError::transient)?
-        } else {
-            let base_dir = self
-                .store
-                .get_dir(&base.checkpoint, &dir.join("base"))
-                .await
-                .map_err(HandlerError::transient)?;
-            let (mut model, tokenizer) =
-                checkpoint::load(&base_dir, device).map_err(HandlerError::permanent)?;
-            if run_kind == RunKind::Reward {
-                model
-                    .add_score_head(Some(self.settings.seed))
-                    .map_err(HandlerError::permanent)?;
-            }
-            let mut config = self.train_config(device, true, model.config.block_size);
-            let a = &self.settings.align;
-            config.max_steps = a.steps;
-            config.schedule.max_lr = a.lr;
-            config.schedule.min_lr = a.lr / 10.0;
-            config.schedule.warmup_steps = a.steps / 10;
-            config.schedule.decay_steps = a.steps;
-            config.kl_weight = 0.0;
-            config.objective = objective;
-            Trainer::start(model, tokenizer, config, Some(base_dir), &run_dir)
-                .map_err(HandlerError::permanent)?
+        let base_dir = self
+            .store
+            .get_dir(&inputs.base.checkpoint, &dir.join("base"))
+            .await
+            .map_err(HandlerError::transient)?;
+        let trainer = match resuming {
+            true => Trainer::resume(&run_dir, device).map_err(HandlerError::transient)?,
+            false => self.start(&inputs, &base_dir, &run_dir, device)?,
         };
-        let block = trainer.model.config.block_size;
-        let with_reference = |pairs: Pairs, name: &str| -> Result<Pairs, HandlerError> {
-            if run_kind != RunKind::Dpo {
-                return Ok(pairs);
+        let dpo = inputs.run_kind == RunKind::Dpo;
+        let (tokenizer, block) = (&trainer.tokenizer, trainer.model.config.block_size);
+        let pairs = |pairs: &[Pair], file: &str| -> Result<Pairs, HandlerError> {
+            let encoded = self.pairs(tokenizer, pairs, block)?;
+            match dpo {
+                true => reference(&trainer, encoded, &dir.join(file), resuming),
+                false => Ok(encoded),
             }
-            reference(&trainer, pairs, &dir.join(name), resuming)
         };
-        let batches = with_reference(self.pairs(&trainer.tokenizer, &train, block)?, REFERENCE)?;
         let readings = Readings {
-            train: with_reference(self.pairs(&trainer.tokenizer, &train, block)?, REFERENCE)?,
+            train: pairs(&train, REFERENCE)?,
             held_out: match held_out.is_empty() {
                 true => None,
-                false => Some(with_reference(
-                    self.pairs(&trainer.tokenizer, &held_out, block)?,
-                    "reference_held_out.json",
-                )?),
+                false => Some(pairs(&held_out, "reference_held_out.json")?),
             },
-            objective,
+            objective: trainer.state().config.objective,
+        };
+        let chosen = preference::encode(tokenizer, &train).map_err(HandlerError::permanent)?;
+        let data = Data {
+            batches: Box::new(pairs(&train, REFERENCE)?),
+            validation: vec![],
+            taught: chosen.into_iter().map(|p| p.chosen).collect(),
+            held_out: self.held_out_text(inputs.pretraining, inputs.forgotten)?,
+            forgotten_left_out: inputs.forgotten.left_out(),
+        };
+        let selector = match dpo {
+            // A resumed run's model is not the base any more: the base is read from its checkpoint.
+            true => {
+                let base = match resuming {
+                    true => Some(
+                        checkpoint::load(&base_dir, device)
+                            .map_err(HandlerError::permanent)?
+                            .0,
+                    ),
+                    false => None,
+                };
+                Some(tuning::selector(
+                    &trainer,
+                    &data,
+                    base.as_ref(),
+                    &self.settings,
+                    &self.gate,
+                    dir,
+                )?)
+            }
+            false => None,
         };
         Ok(Job {
-            run_kind,
-            parent: Some(base.model_id),
-            dataset_ids: datasets.iter().map(|d| d.dataset_id).collect::<Vec<Id>>(),
-            tokenizer_id: base.tokenizer_id,
+            run_kind: inputs.run_kind,
+            parent: Some(inputs.base.model_id),
+            dataset_ids: inputs
+                .datasets
+                .iter()
+                .map(|d| d.dataset_id)
+                .collect::<Vec<Id>>(),
+            tokenizer_id: inputs.base.tokenizer_id,
             trainer,
-            data: Data {
-                batches: Box::new(batches),
-                validation: vec![],
-                taught: vec![],
-                held_out: vec![],
-                forgotten_left_out: forgotten.left_out(),
-            },
-            selector: None,
+            data,
+            selector,
             readings: Some(readings),
         })
     }

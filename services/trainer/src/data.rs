@@ -247,10 +247,7 @@ impl TrainerService {
                 .map(|p| p.sequential(model.device()))
                 .unwrap_or_default(),
         };
-        let mut held_out = Vec::new();
-        for dataset in rehearsal {
-            held_out.extend(self.splits(dataset, forgotten)?.1);
-        }
+        let held_out = self.held_out_text(rehearsal, forgotten)?;
         Ok(Data {
             batches,
             validation,
@@ -258,6 +255,19 @@ impl TrainerService {
             held_out,
             forgotten_left_out: forgotten.left_out(),
         })
+    }
+
+    /// The held-out documents of the pre-training datasets, as the evaluator holds them out.
+    pub(crate) fn held_out_text(
+        &self,
+        pretraining: &[DatasetPrepared],
+        forgotten: &Forgotten,
+    ) -> Result<Vec<String>, HandlerError> {
+        let mut held_out = Vec::new();
+        for dataset in pretraining {
+            held_out.extend(self.splits(dataset, forgotten)?.1);
+        }
+        Ok(held_out)
     }
 
     /// The pre-training text (its training split, at most `REHEARSAL_BYTES`) as a token shard

@@ -249,12 +249,18 @@ impl TrainerService {
                 base,
                 datasets,
                 records,
+                pretraining,
                 forgotten,
             } => {
-                self.align_job(
-                    run_kind, &base, &datasets, &records, &forgotten, dir, device,
-                )
-                .await
+                let inputs = align::Inputs {
+                    run_kind,
+                    base: &base,
+                    datasets: &datasets,
+                    records: &records,
+                    pretraining: &pretraining,
+                    forgotten: &forgotten,
+                };
+                self.align_job(inputs, dir, device).await
             }
             Plan::Finetune {
                 base,
@@ -473,6 +479,8 @@ impl TrainerService {
         }
         if job.run_kind == RunKind::Sft {
             h.insert("kl_weight".into(), c.kl_weight.to_string());
+        }
+        if job.selector.is_some() {
             h.insert(
                 "probe_interval".into(),
                 self.settings.probe_interval.to_string(),

@@ -34,6 +34,8 @@ pub(crate) enum Plan {
         datasets: Vec<DatasetPrepared>,
         /// The datasets' pairs not learnt by this kind of run on this base already.
         records: Records,
+        /// Pre-training data, whose held-out text DPO is held to as the gate holds it.
+        pretraining: Vec<DatasetPrepared>,
         forgotten: Forgotten,
     },
 }
@@ -213,11 +215,16 @@ impl TrainerService {
             info!(base = %base.model_id, request = %request.header.event_id, run_kind = ?request.run_kind, "every pair named was learnt by this kind of run on this base already: nothing to train");
             return Ok(None);
         }
+        let pretraining = LINEAGE
+            .datasets_of_kind(&self.db, DatasetKind::Pretrain)
+            .await
+            .map_err(HandlerError::transient)?;
         Ok(Some(Plan::Align {
             run_kind: request.run_kind,
             base: Box::new(base),
             datasets,
             records,
+            pretraining,
             forgotten,
         }))
     }
