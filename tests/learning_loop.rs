@@ -46,23 +46,6 @@ fn loss_on(quark: &Stack, model: &ModelTrained, pairs: &[(&str, &str)]) -> f64 {
     quark_ml::train::evaluate(&gpt, &packed.sequential(tch::Device::Cpu)).unwrap()
 }
 
-fn promoted(event: &Event) -> Option<(Id, PromotionReason)> {
-    match event {
-        Event::ModelPromoted(p) => Some((p.model_id, p.reason)),
-        _ => None,
-    }
-}
-
-fn trained(events: &[Event]) -> Vec<ModelTrained> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::ModelTrained(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 const CORRECTIONS: &[(&str, &str)] = &[
     (
         "Who killed the king of Denmark?",

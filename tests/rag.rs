@@ -149,6 +149,7 @@ fn reader(taught: &[Fact], dir: &Path) -> PathBuf {
         log_interval: 50,
         seed: 7,
         kl_weight: 0.0,
+        objective: Default::default(),
     };
     let packed = Packed::new(&examples, config.batch_size, CONTEXT as usize, 0, 7).unwrap();
     assert_eq!(packed.truncated, 0, "every example fits the context");

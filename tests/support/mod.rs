@@ -11,7 +11,7 @@ pub use cluster::{
 pub use stack::{STACK_TIMEOUT, Stack};
 
 use quark_events::bus::BusConfig;
-use quark_events::{Event, LocalRegistry, decode};
+use quark_events::{Event, Id, LocalRegistry, ModelTrained, PromotionReason, decode};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -21,6 +21,25 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every `.txt` file under `dir`, depth first, in name order.
+/// The model a promotion promoted, and why.
+pub fn promoted(event: &Event) -> Option<(Id, PromotionReason)> {
+    match event {
+        Event::ModelPromoted(p) => Some((p.model_id, p.reason)),
+        _ => None,
+    }
+}
+
+/// The model.trained events among `events`.
+pub fn trained(events: &[Event]) -> Vec<ModelTrained> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelTrained(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()

@@ -219,13 +219,19 @@ impl Stack {
 
     /// Corrects the answers to `pairs`; returns the feedback ids.
     pub fn correct(&self, pairs: &[(&str, &str)]) -> Vec<String> {
+        self.rate(pairs, 1, "correction")
+    }
+
+    /// Asks each question of `pairs` and rates the answer `rating` with the other side of the
+    /// pair as feedback `field` (`correction`, `preferred_response`); returns the feedback ids.
+    pub fn rate(&self, pairs: &[(&str, &str)], rating: i32, field: &str) -> Vec<String> {
         pairs
             .iter()
             .map(|(question, answer)| {
                 let id = self.ask(question);
                 let (status, body) = self.post(
                     "/v1/feedback",
-                    json!({"request_id": id, "rating": 1, "correction": answer}),
+                    json!({"request_id": id, "rating": rating, field: answer}),
                     Some(KEY),
                 );
                 assert_eq!(status, 202, "{body}");

@@ -1,0 +1,278 @@
+//! Alignment in the loop, end to end over the real broker, SQLite, libtorch and HTTP:
+//! preference feedback sent to the gateway becomes a preference dataset, the augmenter asks
+//! for DPO, the trainer aligns the champion against its own log-probabilities, the evaluator
+//! gates the policy and the registry promotes it, with no one touching it. Redelivered
+//! feedback, a redelivered request and a new request for the same pairs train nothing twice;
+//! pairs that cannot teach and a reward-model job with no pairs go to the dead-letter topic
+//! with their reason.
+
+use quark_e2e::*;
+use quark_events::bus::{Publisher, dlq_topic, headers};
+use quark_events::{
+    DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelTrained, PromotionReason,
+    RetrainRequested, RetrainTrigger, RunKind,
+};
+use quark_runtime::ArtifactStore;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// Questions of the plays with the answers a user prefers to the champion's.
+const PREFERENCES: &[(&str, &str)] = &[
+    (
+        "Who killed the king of Denmark?",
+        "Claudius killed the king.",
+    ),
+    ("Where does Hamlet live?", "Hamlet lives at Elsinore."),
+    ("Who loves Desdemona?", "Othello loves Desdemona."),
+    (
+        "What did the witches tell Macbeth?",
+        "That he would be king.",
+    ),
+];
+
+fn aligned(events: &[Event]) -> Vec<ModelTrained> {
+    let mut models = trained(events);
+    models.retain(|m| m.run_kind == RunKind::Dpo);
+    models
+}
+
+fn publish(quark: &Stack, events: &[Event]) {
+    let publisher = Publisher::new(&quark.broker.bus(), "probe").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for event in events {
+        runtime.block_on(publisher.publish(event)).unwrap();
+    }
+}
+
+/// Whether the stack's log has a line with this message (and these fields).
+fn logged(quark: &Stack, message: &str, fields: &[(&str, &str)]) -> bool {
+    quark.log_fields("up").iter().any(|line| {
+        line["message"] == message
+            && fields
+                .iter()
+                .all(|(k, v)| line[*k].as_str().is_some_and(|s| s.contains(v)))
+    })
+}
+
+/// A preference dataset of `records` (the augmenter's document form), and a request of
+/// `run_kind` on it.
+fn job_on(quark: &Stack, records: &[&str], run_kind: RunKind) -> (DatasetPrepared, Event) {
+    let store = ArtifactStore::local(quark.data.path().join("quark").join("artifacts")).unwrap();
+    let jsonl: String = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({"id": format!("p{i}"), "text": r, "source": "probe"}).to_string() + "\n"
+        })
+        .collect();
+    let train = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.put(jsonl.as_bytes()))
+        .unwrap();
+    let dataset = DatasetPrepared {
+        header: EventHeader::root("probe"),
+        dataset_id: Id::random(),
+        name: "probe-preference".into(),
+        kind: DatasetKind::Preference,
+        train,
+        validation: None,
+        rejects: None,
+        train_examples: records.len() as i64,
+        validation_examples: 0,
+        stats: HashMap::new(),
+        source_collections: vec![],
+        parent_dataset_id: None,
+    };
+    let request = Event::RetrainRequested(RetrainRequested {
+        header: EventHeader::root("probe"),
+        request_id: Id::random(),
+        run_kind,
+        base_model_id: None,
+        dataset_ids: vec![dataset.dataset_id],
+        trigger: RetrainTrigger::Manual,
+        reason: "probe".into(),
+    });
+    (dataset, request)
+}
+
+#[test]
+fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
+    let mut quark = Stack::new();
+    quark.up();
+    let (first, _) = quark.wait(EventKind::ModelPromoted, promoted);
+    wait_for(
+        "the gateway to serve the first model",
+        Duration::from_secs(60),
+        || quark.served_model() == Some(first.to_string()),
+    );
+
+    // Preference feedback → preference dataset → DPO request → aligned policy.
+    // The answer served is poor (2 of 5); this one is preferred.
+    let feedback_ids = quark.rate(PREFERENCES, 2, "preferred_response");
+    let request = quark.wait(EventKind::RetrainRequested, |e| match e {
+        Event::RetrainRequested(r) if r.run_kind == RunKind::Dpo => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(request.trigger, RetrainTrigger::FeedbackThreshold);
+    let dataset = quark
+        .events(EventKind::DatasetPrepared)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::DatasetPrepared(d) if request.dataset_ids == [d.dataset_id] => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(dataset.kind, DatasetKind::Preference);
+    let sources: HashSet<String> = dataset
+        .source_collections
+        .iter()
+        .map(Id::to_string)
+        .collect();
+    assert_eq!(
+        sources,
+        feedback_ids.iter().cloned().collect::<HashSet<_>>()
+    );
+    let policy = quark.wait(EventKind::ModelTrained, |e| {
+        aligned(std::slice::from_ref(e)).pop()
+    });
+    assert_eq!(policy.parent_model_id, Some(first));
+    assert_eq!(policy.dataset_ids, request.dataset_ids);
+    assert_eq!(policy.header.causation_id, Some(request.header.event_id));
+    assert_eq!(policy.hyperparameters["beta"], "0.1");
+    let m = &policy.metrics;
+    // It learnt its pairs: the preferred answers now beat the served ones.
+    assert!(
+        m["train_rewards_accuracy"] >= 0.75 && m["train_rewards_margin"] > 0.0,
+        "{m:?}"
+    );
+    assert_eq!(m["train_pairs"], PREFERENCES.len() as f64);
+
+    // Evaluated against the champion and promoted.
+    let (champion, reason) = quark.wait(EventKind::ModelPromoted, |e| {
+        promoted(e).filter(|(id, _)| *id == policy.model_id)
+    });
+    assert_eq!(reason, PromotionReason::GatePassed, "{}", quark.log());
+    wait_for(
+        "the gateway to serve the aligned champion",
+        Duration::from_secs(60),
+        || quark.served_model() == Some(champion.to_string()),
+    );
+
+    // Redelivery: the same feedback and the same request again train nothing; a new request
+    // for the same pairs on the same base finds them learnt.
+    let mut again: Vec<Event> = quark
+        .events(EventKind::FeedbackReceived)
+        .into_iter()
+        .filter(|e| matches!(e, Event::FeedbackReceived(f) if feedback_ids.contains(&f.feedback_id.to_string())))
+        .collect();
+    assert_eq!(again.len(), PREFERENCES.len());
+    again.push(Event::RetrainRequested(request.clone()));
+    let mut anew = request.clone();
+    anew.header = EventHeader::caused_by(&request.header, "probe", "again");
+    anew.request_id = Id::random();
+    anew.base_model_id = Some(first);
+    again.push(Event::RetrainRequested(anew.clone()));
+    publish(&quark, &again);
+    // The new request shares the redelivered one's correlation, so its partition: it is
+    // handled after it, and finds every pair learnt by DPO on this base (the ledger is the
+    // lineage folded from the topics).
+    wait_for(
+        "the trainer to find the pairs learnt",
+        Duration::from_secs(120),
+        || {
+            logged(
+                &quark,
+                "every pair named was learnt by this kind of run on this base already: nothing to train",
+                &[("request", &anew.header.event_id.to_string())],
+            )
+        },
+    );
+    // The augmenter has read the redelivered feedback too: its lag on the topic is 0.
+    let total = (2 * PREFERENCES.len()).to_string();
+    wait_for(
+        "the augmenter to read the redelivered feedback",
+        Duration::from_secs(60),
+        || {
+            let out = quark.command(&["topics"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                fields.starts_with(&["feedback.received", &total]) && l.contains("augmenter=0")
+            })
+        },
+    );
+    let ids: HashSet<Id> = aligned(&quark.events(EventKind::ModelTrained))
+        .iter()
+        .map(|m| m.model_id)
+        .collect();
+    assert_eq!(
+        ids,
+        HashSet::from([policy.model_id]),
+        "one policy, trained once"
+    );
+    // The augmenter's one request (published again above, same id) is all there is.
+    let requests: HashSet<Id> = quark
+        .events(EventKind::RetrainRequested)
+        .iter()
+        .filter_map(|e| match e {
+            Event::RetrainRequested(r)
+                if r.run_kind == RunKind::Dpo && r.header.producer == "augmenter" =>
+            {
+                Some(r.header.event_id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        HashSet::from([request.header.event_id]),
+        "the redelivered feedback released nothing"
+    );
+
+    // Bad input: an identical pair, and a reward model with no pairs.
+    let (same, dpo) = job_on(
+        &quark,
+        &[r#"{"prompt": "p", "chosen": "same", "rejected": "same"}"#],
+        RunKind::Dpo,
+    );
+    let (empty, reward) = job_on(&quark, &[], RunKind::Reward);
+    publish(
+        &quark,
+        &[
+            Event::DatasetPrepared(same),
+            Event::DatasetPrepared(empty),
+            dpo,
+            reward,
+        ],
+    );
+    let topic = dlq_topic(EventKind::RetrainRequested.topic());
+    wait_for(
+        "both jobs in the dead-letter topic",
+        Duration::from_secs(180),
+        || {
+            quark_events::bus::inspect(&quark.broker.bus())
+                .unwrap()
+                .iter()
+                .any(|t| t.topic == topic && t.messages() >= 2)
+        },
+    );
+    let dead = read_topic(&quark.broker.bus(), &topic, 2);
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|m| header(m, headers::ERROR).unwrap_or_default())
+        .collect();
+    reasons.sort();
+    assert!(
+        reasons[0].contains("hold none") && reasons[1].contains("the same"),
+        "{reasons:?}"
+    );
+}
+
+fn header(message: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| String::from_utf8(h.value?.to_vec()).ok())
+}
