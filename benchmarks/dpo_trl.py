@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-from feedback_trl import step_timer
+from feedback_trl import pretrained_base, step_timer
 
 BLOCK, STEPS, LOG, PAIRS_PER_STEP = 128, 40, 10, 8
 LR, WARMUP, BETA, CENTER = 5e-4, 4, 0.1, 0.01
@@ -199,11 +199,7 @@ def main():
 
     torch.set_num_threads(2)
     work = tempfile.mkdtemp(prefix="quark-bench-dpo-")
-    base_run = os.path.join(work, "base")
-    subprocess.run([quark, "train", "--data", os.path.join(plays, "hamlet_gut.txt"), os.path.join(plays, "macbeth_gut.txt"),
-                    "--vocab-size", "4096", "--block-size", str(BLOCK), "--steps", "300", "--eval-interval", "0",
-                    "--checkpoint-interval", "0", "--out", base_run, "--device", "cpu"], check=True, capture_output=True)
-    base = os.path.join(base_run, open(os.path.join(base_run, "latest")).read().strip())
+    base = pretrained_base(quark, plays, work)
     train = pairs_from(os.path.join(plays, "hamlet_gut.txt"), TRAIN_PAIRS, 1)
     held_out = pairs_from(os.path.join(plays, "othello_gut.txt"), HELD_OUT_PAIRS, 2)
     pairs_file = os.path.join(work, "pairs.jsonl")

@@ -143,16 +143,21 @@ def trl_side(base, corrections, work, seed):
     return merged, timer.seconds
 
 
+def pretrained_base(quark, plays, work):
+    """The base both sides start from: `quark train` on Hamlet and Macbeth, 300 steps."""
+    base_run = os.path.join(work, "base")
+    subprocess.run([quark, "train", "--data", os.path.join(plays, "hamlet_gut.txt"), os.path.join(plays, "macbeth_gut.txt"),
+                    "--vocab-size", "4096", "--block-size", str(BLOCK), "--steps", "300", "--eval-interval", "0",
+                    "--checkpoint-interval", "0", "--out", base_run, "--device", "cpu"], check=True, capture_output=True)
+    return os.path.join(base_run, open(os.path.join(base_run, "latest")).read().strip())
+
+
 def main():
     quark, plays, sets_path, *names = sys.argv[1:]
     sets = {s["name"]: s for s in json.load(open(sets_path))["sets"]}
     names = names or ["hamlet-facts", "macbeth-facts", "style-greeting", "refusal-harm"]
     work = tempfile.mkdtemp(prefix="quark-bench-trl-")
-    base_run = os.path.join(work, "base")
-    subprocess.run([quark, "train", "--data", os.path.join(plays, "hamlet_gut.txt"), os.path.join(plays, "macbeth_gut.txt"),
-                    "--vocab-size", "4096", "--block-size", str(BLOCK), "--steps", "300", "--eval-interval", "0",
-                    "--checkpoint-interval", "0", "--out", base_run, "--device", "cpu"], check=True, capture_output=True)
-    base = os.path.join(base_run, open(os.path.join(base_run, "latest")).read().strip())
+    base = pretrained_base(quark, plays, work)
     tok = tokenizer_of(base)
     held_out = tok(open(os.path.join(plays, "othello_gut.txt")).read()[:60000])["input_ids"]
     print(f"settings (both sides): LoRA rank {RANK}, alpha {ALPHA}, targets {TARGETS}, {STEPS} steps, lr {LR} cosine to 0 "

@@ -99,13 +99,7 @@ fn job_on(quark: &Stack, records: &[&str], run_kind: RunKind) -> (DatasetPrepare
 #[test]
 fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
     let mut quark = Stack::new();
-    quark.up();
-    let (first, _) = quark.wait(EventKind::ModelPromoted, promoted);
-    wait_for(
-        "the gateway to serve the first model",
-        Duration::from_secs(60),
-        || quark.served_model() == Some(first.to_string()),
-    );
+    let first = quark.serve_first_champion();
 
     // Preference feedback → preference dataset → DPO request → aligned policy.
     // The answer served is poor (2 of 5); this one is preferred.

@@ -668,13 +668,7 @@ fn chrono_now_ms() -> i64 {
 #[test]
 fn trainers_in_one_consumer_group_share_the_jobs_one_at_a_time() {
     let mut quark = Stack::new();
-    quark.up();
-    let (first, _) = quark.wait(EventKind::ModelPromoted, promoted);
-    wait_for(
-        "the gateway to serve the first model",
-        Duration::from_secs(60),
-        || quark.served_model() == Some(first.to_string()),
-    );
+    let first = quark.serve_first_champion();
     // A dataset of corrections to train on (its own retraining runs in `quark up`).
     quark.correct(CORRECTIONS);
     let dataset = quark.wait(EventKind::RetrainRequested, |e| match e {

@@ -124,6 +124,18 @@ impl Stack {
         )
     }
 
+    /// Starts `quark up` cold and waits until its first champion is served; returns its id.
+    pub fn serve_first_champion(&mut self) -> quark_events::Id {
+        self.up();
+        let (first, _) = self.wait(EventKind::ModelPromoted, crate::promoted);
+        wait_for(
+            "the gateway to serve the first model",
+            Duration::from_secs(60),
+            || self.served_model() == Some(first.to_string()),
+        );
+        first
+    }
+
     pub fn up(&mut self) {
         let corpus = self.corpus.to_str().unwrap().to_string();
         self.process = Some(self.spawn(&["up", "--quiet", "--verbose", "--ingest", &corpus], "up"));
