@@ -2,7 +2,9 @@
 //!
 //! - a correction → an SFT pair (prompt, correction);
 //! - a preferred response → a preference pair (prompt, chosen = preferred, rejected = served);
-//! - a negative rating without a correction → an evaluation case (prompt, rejected = served).
+//! - a negative rating without a correction → an evaluation case (prompt, rejected = served);
+//! - a rating up and one down of two responses to the same prompt → a preference pair
+//!   ([`ratings`]).
 //!
 //! Text is PII-scrubbed; examples are keyed by their normalised content, so a replayed or
 //! repeated feedback never adds an example twice. Examples wait in the database until the
@@ -28,6 +30,7 @@
 //! exactly once.
 
 pub mod join;
+pub mod ratings;
 
 use async_trait::async_trait;
 use quark_curate::normalize::{exact_key, normalize};
@@ -129,6 +132,8 @@ struct Decision {
     cause: EventHeader,
     /// Feedback whose response has not arrived: to park.
     park: Option<FeedbackReceived>,
+    /// Feedback completed now (with its prompt and response): its plain ratings are kept.
+    completed: Vec<FeedbackReceived>,
 }
 
 impl Decision {
@@ -140,6 +145,7 @@ impl Decision {
             trigger: RetrainTrigger::Manual,
             cause: event.header().clone(),
             park: None,
+            completed: vec![],
         }
     }
 }
@@ -151,7 +157,13 @@ async fn new_examples<C: ConnectionTrait>(
 ) -> Result<Vec<example::Model>, DbErr> {
     let mut new: Vec<example::Model> = Vec::new();
     for f in feedback {
-        for (kind, record) in examples(f) {
+        let mut candidates = examples(f);
+        for (prompt, chosen, rejected) in ratings::pairs(db, f).await? {
+            let record =
+                serde_json::json!({"prompt": prompt, "chosen": chosen, "rejected": rejected});
+            candidates.push((DatasetKind::Preference, record));
+        }
+        for (kind, record) in candidates {
             let key = key(kind, &record);
             let seen = new.iter().any(|e| e.key == key)
                 || example::Entity::find_by_id(key.clone())
@@ -179,12 +191,16 @@ async fn decide<C: ConnectionTrait>(
     settings: &AugmentSettings,
 ) -> Result<Decision, DbErr> {
     let mut cause = event.header().clone();
+    let mut completed = vec![];
     let (new, trigger) = match event {
         Event::FeedbackReceived(f) => match join::complete(db, f).await? {
-            Some(full) => (
-                new_examples(db, &[full]).await?,
-                RetrainTrigger::FeedbackThreshold,
-            ),
+            Some(full) => {
+                completed.push(full);
+                (
+                    new_examples(db, &completed).await?,
+                    RetrainTrigger::FeedbackThreshold,
+                )
+            }
             None if examples(f).is_empty() => return Ok(Decision::nothing(event)),
             None => {
                 let mut decision = Decision::nothing(event);
@@ -193,15 +209,14 @@ async fn decide<C: ConnectionTrait>(
             }
         },
         Event::ResponseServed(r) => {
-            let completed = join::completed_by(db, r).await?;
-            let Some(last) = completed.last() else {
+            let parked = join::completed_by(db, r).await?;
+            let Some(last) = parked.last() else {
                 return Ok(Decision::nothing(event));
             };
             cause = last.header.clone();
-            (
-                new_examples(db, &completed).await?,
-                RetrainTrigger::FeedbackThreshold,
-            )
+            let new = new_examples(db, &parked).await?;
+            completed = parked;
+            (new, RetrainTrigger::FeedbackThreshold)
         }
         Event::EvalRegressed(r) if r.source == RegressionSource::LiveTelemetry => {
             (vec![], RetrainTrigger::Regression)
@@ -251,6 +266,7 @@ async fn decide<C: ConnectionTrait>(
         trigger,
         cause,
         park: None,
+        completed,
     })
 }
 
@@ -432,6 +448,9 @@ impl Handler for AugmenterService {
         }
         if let Event::ResponseServed(r) = event {
             join::record_response(txn, r).await?;
+        }
+        for f in &decision.completed {
+            ratings::record(txn, f).await?;
         }
         for row in decision.new {
             let result = example::Entity::insert(example::ActiveModel {

@@ -99,6 +99,66 @@ async fn preference_pairs_reach_the_threshold_on_their_own_and_ask_for_dpo() {
     assert!(policy.feed(&second).await.is_empty());
 }
 
+/// A plain rating of `response` to `prompt`.
+fn rated(rating: i32, prompt: &str, response: &str) -> Event {
+    let Event::FeedbackReceived(mut f) = feedback(rating, prompt, None, None) else {
+        unreachable!()
+    };
+    f.response = response.into();
+    Event::FeedbackReceived(f)
+}
+
+#[tokio::test]
+async fn thumbs_up_and_down_on_two_answers_to_one_prompt_make_a_preference_pair() {
+    let policy = Policy::new(1).await;
+    // Up on one answer; a 3 teaches nothing; down on the same answer (spaced and cased
+    // otherwise) prefers nothing.
+    assert!(
+        policy
+            .feed(&rated(5, "Who is Hamlet?", "The prince."))
+            .await
+            .is_empty()
+    );
+    assert!(
+        policy
+            .feed(&rated(3, "Who is Hamlet?", "A Dane."))
+            .await
+            .is_empty()
+    );
+    let same = policy
+        .feed(&rated(1, "who is  hamlet?", "the prince."))
+        .await;
+    assert!(
+        !datasets(&same).contains_key(&DatasetKind::Preference),
+        "{same:?}"
+    );
+    // Down on another answer to the same prompt: the answer rated up is chosen over it.
+    let second = rated(2, "who is  Hamlet?", "Ophelia's brother.");
+    let out = policy.feed(&second).await;
+    let pairs = &datasets(&out)[&DatasetKind::Preference];
+    let records: Vec<serde_json::Value> = policy
+        .lines(pairs)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l["text"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        records,
+        [
+            serde_json::json!({"prompt": "Who is Hamlet?", "chosen": "The prince.", "rejected": "Ophelia's brother."})
+        ]
+    );
+    assert_eq!(
+        requests(&out)
+            .iter()
+            .map(|r| r.run_kind)
+            .collect::<Vec<_>>(),
+        [RunKind::Dpo]
+    );
+    // The same ratings again: nothing new.
+    assert!(policy.feed(&second).await.is_empty());
+}
+
 #[tokio::test]
 async fn the_threshold_releases_every_kind_once_and_replays_add_nothing() {
     let policy = Policy::new(3).await;

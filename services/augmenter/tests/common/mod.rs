@@ -1,6 +1,7 @@
 //! An augmenter over real SQLite and a real artifact store, fed events the way the consumer
 //! runner feeds them.
 
+use quark_augmenter::ratings::RatingsMigration;
 use quark_augmenter::{AugmenterMigration, AugmenterService, JoinMigration, example};
 use quark_events::Event;
 use quark_events::bus::Handler;
@@ -14,7 +15,11 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(AugmenterMigration), Box::new(JoinMigration)]
+        vec![
+            Box::new(AugmenterMigration),
+            Box::new(JoinMigration),
+            Box::new(RatingsMigration),
+        ]
     }
 }
 
