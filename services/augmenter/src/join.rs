@@ -11,8 +11,8 @@
 //! logged when it is parked.
 
 use quark_events::{FeedbackReceived, ResponseServed};
+use quark_runtime::db::insert_new;
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, QueryOrder};
 
 pub mod response {
@@ -136,24 +136,14 @@ pub(crate) async fn record_response<C: ConnectionTrait>(
     served: &ResponseServed,
 ) -> Result<(), DbErr> {
     let r = row(served);
-    let result = response::Entity::insert(response::ActiveModel {
+    let row = response::ActiveModel {
         request_id: Set(r.request_id),
         model_id: Set(r.model_id),
         prompt: Set(r.prompt),
         response: Set(r.response),
         served_at: Set(r.served_at),
-    })
-    .on_conflict(
-        OnConflict::column(response::Column::RequestId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(db)
-    .await;
-    match result {
-        Ok(_) | Err(DbErr::RecordNotInserted) => {}
-        Err(e) => return Err(e),
-    }
+    };
+    insert_new(db, row, [response::Column::RequestId]).await?;
     parked::Entity::delete_many()
         .filter(parked::Column::RequestId.eq(served.request_id.clone()))
         .exec(db)
@@ -166,21 +156,11 @@ pub(crate) async fn park<C: ConnectionTrait>(
     feedback: &FeedbackReceived,
 ) -> Result<(), DbErr> {
     let event = serde_json::to_string(feedback).map_err(|e| DbErr::Json(e.to_string()))?;
-    let result = parked::Entity::insert(parked::ActiveModel {
+    let row = parked::ActiveModel {
         event_id: Set(feedback.header.event_id.to_string()),
         request_id: Set(feedback.request_id.clone()),
         received_at: Set(feedback.header.occurred_at.0),
         event: Set(event),
-    })
-    .on_conflict(
-        OnConflict::column(parked::Column::EventId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(db)
-    .await;
-    match result {
-        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
-        Err(e) => Err(e),
-    }
+    };
+    insert_new(db, row, [parked::Column::EventId]).await
 }

@@ -42,8 +42,8 @@ use quark_events::{
 };
 use quark_runtime::ArtifactStore;
 use quark_runtime::config::AugmentSettings;
+use quark_runtime::db::insert_new;
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, DatabaseTransaction, QueryOrder, Schema};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use std::collections::HashMap;
@@ -453,25 +453,15 @@ impl Handler for AugmenterService {
             ratings::record(txn, f).await?;
         }
         for row in decision.new {
-            let result = example::Entity::insert(example::ActiveModel {
+            let example = example::ActiveModel {
                 key: Set(row.key),
                 kind: Set(row.kind),
                 record: Set(row.record),
                 feedback_id: Set(row.feedback_id),
                 received_at: Set(row.received_at),
                 dataset_id: Set(None),
-            })
-            .on_conflict(
-                OnConflict::column(example::Column::Key)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await;
-            match result {
-                Ok(_) | Err(DbErr::RecordNotInserted) => {}
-                Err(e) => return Err(e),
-            }
+            };
+            insert_new(txn, example, [example::Column::Key]).await?;
         }
         for (_, dataset_id, examples) in decision.release {
             let keys: Vec<String> = examples.into_iter().map(|e| e.key).collect();

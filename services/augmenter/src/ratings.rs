@@ -7,8 +7,8 @@
 use async_trait::async_trait;
 use quark_curate::normalize::{exact_key, normalize};
 use quark_events::FeedbackReceived;
+use quark_runtime::db::insert_new;
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, QueryOrder, Schema};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 
@@ -95,25 +95,15 @@ pub(crate) async fn record<C: ConnectionTrait>(
         return Ok(());
     };
     let prompt = clean(&feedback.prompt);
-    let result = rating::Entity::insert(rating::ActiveModel {
+    let row = rating::ActiveModel {
         feedback_id: Set(feedback.feedback_id.to_string()),
         prompt_key: Set(key(&prompt)),
         prompt: Set(prompt),
         response: Set(clean(&feedback.response)),
         up: Set(up),
         received_at: Set(feedback.header.occurred_at.0),
-    })
-    .on_conflict(
-        OnConflict::column(rating::Column::FeedbackId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(db)
-    .await;
-    match result {
-        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
-        Err(e) => Err(e),
-    }
+    };
+    insert_new(db, row, [rating::Column::FeedbackId]).await
 }
 
 /// Creates the table of ratings waiting to be paired.

@@ -15,6 +15,7 @@ use crate::data::{Batch, PairRows};
 use crate::gpt::{Context, Gpt, IGNORE};
 use crate::preference::Pairs;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::{Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +148,34 @@ pub fn reference_logps(model: &Gpt, pairs: &Pairs) -> Result<Vec<[f32; 2]>, MlEr
         }
         Ok(out)
     })
+}
+
+/// `pairs` with their reference log-probabilities kept in `file`: read back when it exists,
+/// else computed by `model` and written there. Only the starting model is the reference: with
+/// `started` (a resumed run, whose model has moved on) a missing file is an error.
+pub fn kept_reference(
+    model: &Gpt,
+    pairs: Pairs,
+    file: &Path,
+    started: bool,
+) -> Result<Pairs, MlError> {
+    let logps: Vec<[f32; 2]> = match std::fs::read_to_string(file) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| MlError::Data(format!("{}: {e}", file.display())))?,
+        Err(_) if started => {
+            return Err(MlError::Data(format!(
+                "{} is missing: a resumed run cannot recompute its reference",
+                file.display()
+            )));
+        }
+        Err(_) => {
+            let logps = reference_logps(model, &pairs)?;
+            let text = serde_json::to_string(&logps).map_err(|e| MlError::Data(e.to_string()))?;
+            std::fs::write(file, text).map_err(MlError::io(file))?;
+            logps
+        }
+    };
+    pairs.with_reference(logps)
 }
 
 /// The four [`PAIR_STATS`] of per-pair chosen and rejected rewards.

@@ -182,6 +182,7 @@ pub fn validation_batches(
 }
 
 /// One tokenised example: ids and whether each id is a scored target.
+#[derive(Clone)]
 pub struct Example {
     pub ids: Vec<u32>,
     pub scored: Vec<bool>,

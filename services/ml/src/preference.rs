@@ -77,6 +77,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Pair>, MlError> {
 }
 
 /// A pair as two rendered conversations.
+#[derive(Clone)]
 pub struct Encoded {
     pub chosen: Example,
     pub rejected: Example,
@@ -97,6 +98,7 @@ pub fn encode(tokenizer: &Tokenizer, pairs: &[Pair]) -> Result<Vec<Encoded>, MlE
 }
 
 /// Encoded pairs drawn `batch_size` at a time, each epoch in its own seeded order.
+#[derive(Clone)]
 pub struct Pairs {
     pairs: Vec<Encoded>,
     /// The reference model's log-probabilities of each pair's (chosen, rejected) response.
@@ -145,6 +147,11 @@ impl Pairs {
             pad,
             seed,
         })
+    }
+
+    /// The chosen side of every pair, as a conversation.
+    pub fn chosen(&self) -> Vec<Example> {
+        self.pairs.iter().map(|p| p.chosen.clone()).collect()
     }
 
     pub fn len(&self) -> usize {

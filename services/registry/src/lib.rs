@@ -327,26 +327,7 @@ pub async fn project<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Inserts `row` unless a row with the same `key` columns exists (a replayed event).
-pub(crate) async fn insert_new<C, A, K>(
-    db: &C,
-    row: A,
-    key: impl IntoIterator<Item = K>,
-) -> Result<(), DbErr>
-where
-    C: ConnectionTrait,
-    A: sea_orm::ActiveModelTrait,
-    K: sea_orm::sea_query::IntoIden,
-{
-    let result = <A::Entity as EntityTrait>::insert(row)
-        .on_conflict(OnConflict::columns(key).do_nothing().to_owned())
-        .exec_without_returning(db)
-        .await;
-    match result {
-        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
+pub(crate) use quark_runtime::db::insert_new;
 
 async fn record_evaluation<C: ConnectionTrait>(
     db: &C,

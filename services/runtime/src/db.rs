@@ -32,3 +32,28 @@ pub async fn open<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbE
     M::up(&db, None).await?;
     Ok(db)
 }
+
+/// Inserts `row` unless a row with the same `key` columns exists (a replayed event).
+pub async fn insert_new<C, A, K>(
+    db: &C,
+    row: A,
+    key: impl IntoIterator<Item = K>,
+) -> Result<(), DbErr>
+where
+    C: ConnectionTrait,
+    A: sea_orm::ActiveModelTrait,
+    K: sea_orm::sea_query::IntoIden,
+{
+    let result = <A::Entity as sea_orm::EntityTrait>::insert(row)
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::columns(key)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await;
+    match result {
+        Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

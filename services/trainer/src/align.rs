@@ -169,25 +169,26 @@ impl TrainerService {
         let pairs = |pairs: &[Pair], file: &str| -> Result<Pairs, HandlerError> {
             let encoded = self.pairs(tokenizer, pairs, block)?;
             match dpo {
-                true => reference(&trainer, encoded, &dir.join(file), resuming),
+                true => align::kept_reference(&trainer.model, encoded, &dir.join(file), resuming)
+                    .map_err(HandlerError::permanent),
                 false => Ok(encoded),
             }
         };
+        let train = pairs(&train, REFERENCE)?;
+        let data = Data {
+            batches: Box::new(train.clone()),
+            validation: vec![],
+            taught: train.chosen(),
+            held_out: self.held_out_text(inputs.pretraining, inputs.forgotten)?,
+            forgotten_left_out: inputs.forgotten.left_out(),
+        };
         let readings = Readings {
-            train: pairs(&train, REFERENCE)?,
+            train,
             held_out: match held_out.is_empty() {
                 true => None,
                 false => Some(pairs(&held_out, "reference_held_out.json")?),
             },
             objective: trainer.state().config.objective,
-        };
-        let chosen = preference::encode(tokenizer, &train).map_err(HandlerError::permanent)?;
-        let data = Data {
-            batches: Box::new(pairs(&train, REFERENCE)?),
-            validation: vec![],
-            taught: chosen.into_iter().map(|p| p.chosen).collect(),
-            held_out: self.held_out_text(inputs.pretraining, inputs.forgotten)?,
-            forgotten_left_out: inputs.forgotten.left_out(),
         };
         let selector = match dpo {
             // A resumed run's model is not the base any more: the base is read from its checkpoint.
@@ -226,33 +227,6 @@ impl TrainerService {
             readings: Some(readings),
         })
     }
-}
-
-/// `pairs` with the reference log-probabilities: read from `file`, or computed by the
-/// starting model (a new job) and written there, so a resumed job uses the same ones.
-fn reference(
-    trainer: &Trainer,
-    pairs: Pairs,
-    file: &Path,
-    resuming: bool,
-) -> Result<Pairs, HandlerError> {
-    let logps: Vec<[f32; 2]> = match std::fs::read_to_string(file) {
-        Ok(text) => serde_json::from_str(&text).map_err(HandlerError::permanent)?,
-        Err(_) if resuming => {
-            return Err(HandlerError::permanent(format!(
-                "{} is missing: the reference of a resumed DPO job is lost",
-                file.display()
-            )));
-        }
-        Err(_) => {
-            let logps =
-                align::reference_logps(&trainer.model, &pairs).map_err(HandlerError::permanent)?;
-            let text = serde_json::to_string(&logps).map_err(HandlerError::permanent)?;
-            std::fs::write(file, text).map_err(HandlerError::transient)?;
-            logps
-        }
-    };
-    pairs.with_reference(logps).map_err(HandlerError::permanent)
 }
 
 /// model.trained's metrics of an aligned model: its readings on the pairs it trained on and

@@ -276,6 +276,7 @@ fn preference_data(
     out: &Path,
     model: &Gpt,
     tokenizer: &quark_ml::Tokenizer,
+    resuming: bool,
 ) -> anyhow::Result<Data> {
     let path = args.dpo.as_ref().or(args.reward.as_ref()).expect("pairs");
     let pairs = preference::encode(tokenizer, &preference::read_jsonl(path)?)?;
@@ -285,17 +286,7 @@ fn preference_data(
     let block = args.block_size as usize;
     let mut pairs = Pairs::new(pairs, args.batch_size, block, pad, args.seed)?;
     if args.dpo.is_some() {
-        let file = out.join(REFERENCE_FILE);
-        let logps: Vec<[f32; 2]> = match file.exists() {
-            true => checkpoint::read_json(&file)?,
-            false => {
-                let logps = align::reference_logps(model, &pairs)?;
-                std::fs::write(&file, serde_json::to_string(&logps)?)
-                    .with_context(|| format!("cannot write {}", file.display()))?;
-                logps
-            }
-        };
-        pairs = pairs.with_reference(logps)?;
+        pairs = align::kept_reference(model, pairs, &out.join(REFERENCE_FILE), resuming)?;
     }
     Ok(Data {
         batches: Box::new(pairs),
@@ -308,9 +299,10 @@ fn data_for(
     out: &Path,
     model: &Gpt,
     tokenizer: &quark_ml::Tokenizer,
+    resuming: bool,
 ) -> anyhow::Result<Data> {
     if args.dpo.is_some() || args.reward.is_some() {
-        preference_data(args, out, model, tokenizer)
+        preference_data(args, out, model, tokenizer, resuming)
     } else if args.sft.is_some() {
         sft_data(args, model, tokenizer)
     } else {
@@ -410,7 +402,7 @@ pub fn train(
             (args, trainer)
         }
     };
-    let data = data_for(&args, out, &trainer.model, &trainer.tokenizer)?;
+    let data = data_for(&args, out, &trainer.model, &trainer.tokenizer, resuming)?;
     eprintln!(
         "{} {} parameters on {:?}, from step {}",
         if resuming { "resuming" } else { "training" },
