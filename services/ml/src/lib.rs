@@ -12,11 +12,13 @@
 //! - [`plausibility`]: whether replies read as language to a model (the word-order gain).
 //! - [`generate`]: KV-cached sampling with streaming.
 //! - [`encoder`]: a pretrained sentence encoder (BERT, sentence-transformers' layout and pooling).
+//! - [`classifier`]: a multi-label linear classifier over embeddings (moderation, intents).
 //! - [`device`]: CUDA when present, the CPU otherwise.
 
 pub mod align;
 pub mod chat;
 pub mod checkpoint;
+pub mod classifier;
 pub mod corpus;
 pub mod data;
 pub mod device;
