@@ -297,6 +297,14 @@ pub struct TelemetryReported {
     pub tokens_generated: i64,
     pub feedback: i64,
     pub negative_feedback: i64,
+    /// Requests the safety filter refused (prompt or answer blocked).
+    #[avro(default = "0")]
+    #[serde(default)]
+    pub blocked: i64,
+    /// Requests in which it found anything (blocked, redacted or flagged).
+    #[avro(default = "0")]
+    #[serde(default)]
+    pub flagged: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]

@@ -178,6 +178,8 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             tokens_generated: 64_000,
             feedback: 30,
             negative_feedback: 4,
+            blocked: 3,
+            flagged: 5,
         }
         .into(),
         EventKind::RetrainRequested => RetrainRequested {

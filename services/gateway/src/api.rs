@@ -145,3 +145,32 @@ pub fn finish_reason(finish: quark_ml::generate::FinishReason) -> &'static str {
         quark_ml::generate::FinishReason::Length => "length",
     }
 }
+
+/// `input` as OpenAI's embeddings and moderations take it: a string or an array of strings.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum TextInput {
+    One(String),
+    Many(Vec<String>),
+    // Token arrays, image parts: anything that is not text.
+    Other(serde::de::IgnoredAny),
+}
+
+impl TextInput {
+    /// The texts, 1 to `max` of them, none empty; `not_text` says why anything else is
+    /// refused.
+    pub(crate) fn texts(self, max: usize, not_text: &str) -> Result<Vec<String>, ApiError> {
+        let texts = match self {
+            TextInput::One(text) => vec![text],
+            TextInput::Many(texts) => texts,
+            TextInput::Other(_) => return Err(ApiError::invalid("input", not_text)),
+        };
+        if texts.is_empty() || texts.len() > max || texts.iter().any(|t| t.is_empty()) {
+            return Err(ApiError::invalid(
+                "input",
+                format!("input must be 1 to {max} non-empty strings"),
+            ));
+        }
+        Ok(texts)
+    }
+}

@@ -3,7 +3,7 @@
 //! client asks for by default).
 
 use crate::Gateway;
-use crate::api::ApiError;
+use crate::api::{ApiError, TextInput};
 use crate::routes::body;
 use axum::Json;
 use axum::extract::State;
@@ -18,18 +18,9 @@ use std::sync::Arc;
 const MAX_INPUTS: usize = 2048;
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Input {
-    One(String),
-    Many(Vec<String>),
-    // Token arrays, or anything else that is not text.
-    Other(serde::de::IgnoredAny),
-}
-
-#[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
     model: String,
-    input: Input,
+    input: TextInput,
     encoding_format: Option<String>,
     dimensions: Option<usize>,
 }
@@ -61,7 +52,9 @@ async fn embed(
             ),
         ));
     }
-    let texts = texts(request.input)?;
+    let texts = request
+        .input
+        .texts(MAX_INPUTS, "token arrays are not accepted: send text")?;
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -115,25 +108,4 @@ async fn embed(
         "model": knowledge.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
-}
-
-/// The request's texts: one string or a list of 1 to `MAX_INPUTS` non-empty ones.
-fn texts(input: Input) -> Result<Vec<String>, ApiError> {
-    let texts = match input {
-        Input::One(text) => vec![text],
-        Input::Many(texts) => texts,
-        Input::Other(_) => {
-            return Err(ApiError::invalid(
-                "input",
-                "token arrays are not accepted: send text",
-            ));
-        }
-    };
-    if texts.is_empty() || texts.len() > MAX_INPUTS || texts.iter().any(|t| t.is_empty()) {
-        return Err(ApiError::invalid(
-            "input",
-            format!("input must be 1 to {MAX_INPUTS} non-empty strings"),
-        ));
-    }
-    Ok(texts)
 }

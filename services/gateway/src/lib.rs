@@ -14,13 +14,16 @@
 //!   it; requests in flight finish on the model they started with. The promotion carries the
 //!   checkpoint; the gateway keeps the champion in its own table (`gateway_lineage`), so a
 //!   restarted gateway serves it at start without asking any other service.
-//! - Telemetry: per window and model, requests, errors, latency percentiles, tokens and
-//!   feedback → telemetry.reported.
+//! - Moderation (`moderation`): prompts and answers read by the learnt safety classifier,
+//!   blocked, redacted or flagged per category; `POST /v1/moderations` in OpenAI's shape.
+//! - Telemetry: per window and model, requests, errors, latency percentiles, tokens,
+//!   requests blocked and flagged by moderation, and feedback → telemetry.reported.
 
 pub mod api;
 mod embeddings;
 mod feedback;
 pub mod knowledge;
+pub mod moderation;
 mod routes;
 pub mod served;
 
@@ -63,6 +66,8 @@ struct Counts {
     errors: i64,
     latencies_ms: Vec<f64>,
     tokens: i64,
+    blocked: i64,
+    flagged: i64,
     feedback: i64,
     negative: i64,
 }
@@ -75,6 +80,7 @@ pub struct Gateway {
     publisher: Publisher,
     served: RwLock<Option<Arc<Served>>>,
     knowledge: std::sync::OnceLock<knowledge::Knowledge>,
+    screen: std::sync::OnceLock<Arc<moderation::Screen>>,
     window: Mutex<(Timestamp, HashMap<Id, Counts>)>,
 }
 
@@ -94,6 +100,7 @@ impl Gateway {
             publisher,
             served: RwLock::new(None),
             knowledge: std::sync::OnceLock::new(),
+            screen: std::sync::OnceLock::new(),
             window: Mutex::new((Timestamp::now(), HashMap::new())),
         })
     }
@@ -106,6 +113,15 @@ impl Gateway {
 
     pub fn knowledge(&self) -> Option<&knowledge::Knowledge> {
         self.knowledge.get()
+    }
+
+    /// Reads prompts and answers with `screen` from now on (once: a second call is ignored).
+    pub fn attach_screen(&self, screen: moderation::Screen) {
+        let _ = self.screen.set(Arc::new(screen));
+    }
+
+    pub fn screen(&self) -> Option<Arc<moderation::Screen>> {
+        self.screen.get().cloned()
     }
 
     pub fn served(&self) -> Option<Arc<Served>> {
@@ -194,6 +210,8 @@ impl Gateway {
                     latency_p95_ms: p(0.95),
                     latency_p99_ms: p(0.99),
                     tokens_generated: c.tokens,
+                    blocked: c.blocked,
+                    flagged: c.flagged,
                     feedback: c.feedback,
                     negative_feedback: c.negative,
                 })

@@ -1,6 +1,7 @@
 //! The HTTP routes.
 
-use crate::api::{self, ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
+use crate::api::{ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
+use crate::moderation::{Answered, generate_screened};
 use crate::served::{self, Exchange, new_request_id};
 use crate::{Gateway, NAME, Served, knowledge};
 use axum::extract::rejection::JsonRejection;
@@ -13,7 +14,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use quark_events::{Event, RetrainRequested, RetrainTrigger};
 use quark_ml::chat::{self, Message, Role};
-use quark_ml::generate::{GenerateOptions, Generation, generate};
+use quark_ml::generate::GenerateOptions;
 use quark_ml::tokenizer::END_OF_TEXT;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
+        .route("/v1/moderations", post(crate::moderation::moderations))
         .route("/v1/feedback", post(crate::feedback::feedback))
         .route("/v1/admin/status", get(status))
         .route("/v1/admin/retrain", post(retrain))
@@ -167,14 +169,15 @@ struct Job {
     exchange: Exchange,
 }
 
-/// Runs a generation off the async workers; pieces of text go to `pieces` as they come (a
-/// closed receiver, i.e. a client that went away, cancels it). Publishes the response
-/// (response.served, acknowledged before the reply ends) and counts the request for telemetry.
+/// Runs a generation off the async workers, through the safety filter; pieces of text go to
+/// `pieces` as they are cleared (a closed receiver, i.e. a client that went away, cancels
+/// it). Publishes the response (response.served, acknowledged before the reply ends) and
+/// counts the request for telemetry.
 async fn run(
     gateway: Arc<Gateway>,
     job: Job,
     pieces: Option<mpsc::Sender<String>>,
-) -> Result<Generation, ApiError> {
+) -> Result<Answered, ApiError> {
     let started = Instant::now();
     let Job {
         served,
@@ -183,13 +186,18 @@ async fn run(
         exchange,
     } = job;
     let model_id = served.model_id;
+    let screen = gateway.screen();
+    let prompt = exchange.prompt.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let model = served.model.lock().unwrap_or_else(|e| e.into_inner());
-        generate(
+        let streaming = pieces.is_some();
+        generate_screened(
             &model,
             &served.tokenizer,
             &ids,
             &options,
+            screen.as_ref(),
+            (&prompt, streaming),
             |text| match &pieces {
                 Some(tx) if tx.blocking_send(text.to_string()).is_err() => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),
@@ -197,29 +205,25 @@ async fn run(
         )
     })
     .await;
-    let result = match outcome {
-        Ok(Ok(generation)) => Ok(generation),
-        Ok(Err(e @ quark_ml::MlError::Config(_))) => {
-            Err(ApiError::invalid("prompt", e.to_string()))
-        }
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-        )),
-        Err(e) => Err(ApiError::new(
+    let result = outcome.unwrap_or_else(|e| {
+        Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("generation failed: {e}"),
-        )),
-    };
+        ))
+    });
     let latency = started.elapsed().as_secs_f64() * 1e3;
-    if let Ok(generation) = &result {
-        served::publish(&gateway, &exchange, model_id, generation, latency).await;
+    if let Ok(answered) = &result {
+        served::publish(&gateway, &exchange, model_id, answered, latency).await;
     }
     gateway.count(model_id, |c| {
         c.requests += 1;
         c.latencies_ms.push(latency);
         match &result {
-            Ok(g) => c.tokens += g.tokens.len() as i64,
+            Ok(a) => {
+                c.tokens += a.generation.tokens.len() as i64;
+                c.blocked += a.blocked() as i64;
+                c.flagged += !a.filtered.is_empty() as i64;
+            }
             Err(e) if e.status.is_server_error() => c.errors += 1,
             Err(_) => {}
         }
@@ -269,17 +273,28 @@ struct Reply {
 }
 
 impl Reply {
-    fn body(&self, text: &str, finish: Option<&str>, usage: Option<Usage>) -> serde_json::Value {
+    fn body(&self, text: &str, end: Option<(&Answered, Usage)>) -> serde_json::Value {
+        let finish = end.as_ref().map(|(a, _)| a.finish_reason());
         let mut body = serde_json::json!({
             "id": self.id,
             "object": self.shape.object(self.stream),
             "created": self.created,
             "model": self.model,
             "choices": [self.shape.choice(text, finish, self.stream)],
-            "usage": usage,
+            "usage": end.as_ref().map(|(_, usage)| usage),
         });
-        if let Some(sources) = self.sources.as_ref().filter(|_| finish.is_some()) {
-            body["quark"] = sources.clone();
+        let Some((answered, _)) = end else {
+            return body;
+        };
+        let mut quark = self
+            .sources
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({}));
+        if !answered.filtered.is_empty() {
+            quark["moderation"] = serde_json::json!(answered.filtered);
+        }
+        if quark.as_object().is_some_and(|o| !o.is_empty()) {
+            body["quark"] = quark;
         }
         body
     }
@@ -302,10 +317,10 @@ async fn respond(
     });
     if !stream {
         return match run(gateway, job, None).await {
-            Ok(g) => {
+            Ok(a) => {
+                let g = &a.generation;
                 let usage = Usage::new(g.prompt_tokens, g.tokens.len());
-                Json(reply.body(&g.text, Some(api::finish_reason(g.finish)), Some(usage)))
-                    .into_response()
+                Json(reply.body(&g.text, Some((&a, usage)))).into_response()
             }
             Err(e) => e.into_response(),
         };
@@ -319,16 +334,16 @@ async fn respond(
         let reply = reply.clone();
         tokio_stream::wrappers::ReceiverStream::new(rx).map(move |text| {
             Ok::<_, std::convert::Infallible>(
-                SseEvent::default().data(reply.body(&text, None, None).to_string()),
+                SseEvent::default().data(reply.body(&text, None).to_string()),
             )
         })
     };
     // The last chunk carries the finish reason and usage (or the error), then [DONE].
     let end = futures::stream::once(async move {
         let last = match done_rx.await {
-            Ok(Ok(g)) => {
-                let usage = Usage::new(g.prompt_tokens, g.tokens.len());
-                reply.body("", Some(api::finish_reason(g.finish)), Some(usage))
+            Ok(Ok(a)) => {
+                let usage = Usage::new(a.generation.prompt_tokens, a.generation.tokens.len());
+                reply.body("", Some((&a, usage)))
             }
             Ok(Err(e)) => serde_json::json!({"error": {"message": e.message, "type": "server_error", "param": e.param, "code": null}}),
             Err(_) => serde_json::json!({"error": {"message": "generation stopped", "type": "server_error", "param": null, "code": null}}),

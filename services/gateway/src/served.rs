@@ -6,10 +6,10 @@
 //! seen it: feedback and response share a partition key, and one consumer sees both in order.
 
 use crate::Gateway;
+use crate::moderation::Answered;
 use quark_curate::pii;
 use quark_events::{EventHeader, Id, ResponseServed, ServedMessage, Timestamp};
 use quark_ml::chat::Message;
-use quark_ml::generate::Generation;
 use std::time::Instant;
 use tracing::{debug, warn};
 
@@ -72,10 +72,11 @@ fn scrub(text: &str) -> String {
 pub(crate) fn event(
     exchange: &Exchange,
     model_id: Id,
-    generation: &Generation,
+    answered: &Answered,
     latency_ms: f64,
     instance: &str,
 ) -> ResponseServed {
+    let generation = &answered.generation;
     let messages = exchange
         .messages
         .iter()
@@ -96,7 +97,7 @@ pub(crate) fn event(
         prompt: scrub(&exchange.prompt),
         messages,
         response: scrub(&generation.text),
-        finish_reason: crate::api::finish_reason(generation.finish).to_string(),
+        finish_reason: answered.finish_reason().to_string(),
         prompt_tokens: generation.prompt_tokens as i64,
         completion_tokens: generation.tokens.len() as i64,
         latency_ms,
@@ -113,13 +114,13 @@ pub(crate) async fn publish(
     gateway: &Gateway,
     exchange: &Exchange,
     model_id: Id,
-    generation: &Generation,
+    answered: &Answered,
     latency_ms: f64,
 ) {
     let served = event(
         exchange,
         model_id,
-        generation,
+        answered,
         latency_ms,
         &gateway.settings.instance,
     );

@@ -115,6 +115,8 @@ fn telemetry(at: i64, model: Id, requests: i64, errors: i64) -> Event {
         tokens_generated: 0,
         feedback: 0,
         negative_feedback: 0,
+        blocked: 0,
+        flagged: 0,
     })
 }
 

@@ -1,0 +1,398 @@
+//! The safety filter and `POST /v1/moderations` (OpenAI's shape).
+//!
+//! A prompt is read before the model answers: a blocked one gets the refusal and no
+//! generation. An answer is read before it is sent: whole when it is sent whole, sentence by
+//! sentence when it is streamed (a sentence goes out only once read). Blocked: the refusal
+//! instead (a stream stops). Redacted: the flagged sentences replaced. Flagged: sent as it
+//! is. Every filtered request ends with `finish_reason: "content_filter"` when its text was
+//! changed, says what was found under `"quark": {"moderation"}` and is counted in telemetry.
+
+use crate::Gateway;
+use crate::api::{ApiError, TextInput};
+use crate::routes::body;
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use quark_ml::generate::{FinishReason, GenerateOptions, Generation, generate};
+use quark_ml::gpt::Gpt;
+use quark_ml::{MlError, Tokenizer};
+use quark_moderation::policy::{Action, Verdict, sentence_ends};
+use quark_moderation::{ModerationError, Moderator};
+use quark_runtime::config::ModerationSettings;
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+/// Texts one `/v1/moderations` request may carry.
+const MAX_INPUTS: usize = 256;
+
+/// A moderator and what the settings make of its findings.
+pub struct Screen {
+    pub moderator: Arc<dyn Moderator>,
+    settings: ModerationSettings,
+}
+
+/// What the filter did to one request.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Filtered {
+    /// `input` (the prompt) or `output` (the answer).
+    pub stage: &'static str,
+    /// The strictest action taken.
+    pub action: Action,
+    pub categories: Vec<String>,
+}
+
+impl Filtered {
+    /// Whether the text sent differs from what was asked or generated.
+    pub fn changed(&self) -> bool {
+        self.action != Action::Flag
+    }
+
+    fn of(stage: &'static str, verdict: &Verdict) -> Option<Filtered> {
+        let action = match verdict {
+            Verdict::Pass => return None,
+            Verdict::Flag { .. } => Action::Flag,
+            Verdict::Redact { .. } => Action::Redact,
+            Verdict::Block { .. } => Action::Block,
+        };
+        Some(Filtered {
+            stage,
+            action,
+            categories: verdict.categories().to_vec(),
+        })
+    }
+
+    /// `self` joined with a later finding of the same stage: the stricter action, every
+    /// category.
+    fn merge(self, other: Option<Filtered>) -> Filtered {
+        let Some(other) = other else { return self };
+        let mut categories = self.categories;
+        for c in other.categories {
+            if !categories.contains(&c) {
+                categories.push(c);
+            }
+        }
+        Filtered {
+            stage: self.stage,
+            action: self.action.max(other.action),
+            categories,
+        }
+    }
+}
+
+fn unavailable(e: ModerationError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("moderation failed: {e}"),
+    )
+}
+
+impl Screen {
+    pub fn new(
+        moderator: Arc<dyn Moderator>,
+        settings: ModerationSettings,
+    ) -> Result<Screen, ModerationError> {
+        settings.policy.validate()?;
+        Ok(Screen {
+            moderator,
+            settings,
+        })
+    }
+
+    pub fn refusal(&self) -> &str {
+        &self.settings.refusal
+    }
+
+    /// What reading the prompt found: `Some` with `Block` means refuse. Redaction applies to
+    /// answers only: a prompt in a redacted category is flagged.
+    pub fn prompt(&self, text: &str) -> Result<Option<Filtered>, ApiError> {
+        if !self.settings.input || text.trim().is_empty() {
+            return Ok(None);
+        }
+        let verdict = self
+            .settings
+            .policy
+            .apply(self.moderator.as_ref(), text)
+            .map_err(unavailable)?;
+        Ok(Filtered::of("input", &verdict).map(|mut f| {
+            if f.action != Action::Block {
+                f.action = Action::Flag;
+            }
+            f
+        }))
+    }
+
+    /// The answer as it may be sent, and what was found in it.
+    pub fn answer(&self, text: &str) -> Result<(String, Option<Filtered>), ApiError> {
+        if !self.settings.output {
+            return Ok((text.to_string(), None));
+        }
+        let verdict = self
+            .settings
+            .policy
+            .apply(self.moderator.as_ref(), text)
+            .map_err(unavailable)?;
+        let sent = match &verdict {
+            Verdict::Pass | Verdict::Flag { .. } => text.to_string(),
+            Verdict::Redact { text, .. } => text.clone(),
+            Verdict::Block { .. } => self.settings.refusal.clone(),
+        };
+        Ok((sent, Filtered::of("output", &verdict)))
+    }
+
+    /// A reader for a streamed answer (`None` when answers pass unread).
+    pub fn stream(self: &Arc<Self>) -> Option<Streamed> {
+        self.settings.output.then(|| Streamed {
+            screen: self.clone(),
+            pending: String::new(),
+            sent: String::new(),
+            filtered: None,
+        })
+    }
+}
+
+/// A streamed answer, read a sentence at a time.
+pub struct Streamed {
+    screen: Arc<Screen>,
+    /// Generated, not yet read (an unfinished sentence).
+    pending: String,
+    /// What went out.
+    pub sent: String,
+    pub filtered: Option<Filtered>,
+}
+
+impl Streamed {
+    /// Takes a generated piece; returns the text cleared to go out, or `None` once the answer
+    /// is blocked (generation should stop).
+    pub fn push(&mut self, piece: &str) -> Result<Option<String>, ApiError> {
+        self.pending.push_str(piece);
+        match sentence_ends(&self.pending).last().copied() {
+            Some(end) => {
+                let rest = self.pending.split_off(end);
+                let whole = std::mem::replace(&mut self.pending, rest);
+                self.read(&whole)
+            }
+            None => Ok(Some(String::new())),
+        }
+    }
+
+    /// Reads what is left when generation ends.
+    pub fn finish(&mut self) -> Result<Option<String>, ApiError> {
+        let rest = std::mem::take(&mut self.pending);
+        if rest.is_empty() || self.is_blocked() {
+            return Ok(Some(String::new()));
+        }
+        self.read(&rest)
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.filtered
+            .as_ref()
+            .is_some_and(|f| f.action == Action::Block)
+    }
+
+    fn read(&mut self, text: &str) -> Result<Option<String>, ApiError> {
+        if text.trim().is_empty() {
+            self.sent.push_str(text);
+            return Ok(Some(text.to_string()));
+        }
+        let (cleared, found) = self.screen.answer(text)?;
+        self.filtered = match self.filtered.take() {
+            Some(before) => Some(before.merge(found)),
+            None => found,
+        };
+        if self.is_blocked() {
+            return Ok(None);
+        }
+        // Keep the whitespace the sentence began with (the tokenizer puts it there).
+        let lead = &text[..text.len() - text.trim_start().len()];
+        let out = if cleared == text {
+            cleared
+        } else {
+            format!("{lead}{cleared}")
+        };
+        self.sent.push_str(&out);
+        Ok(Some(out))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModerationRequest {
+    input: TextInput,
+    model: Option<String>,
+}
+
+/// `POST /v1/moderations`: `{"input": "..." | ["...", ...], "model"?}` → `{"id", "model",
+/// "results": [{"flagged", "categories", "category_scores"}]}`, with the categories the
+/// classifier has learnt (OpenAI's names).
+pub async fn moderations(
+    State(gateway): State<Arc<Gateway>>,
+    parsed: Result<Json<ModerationRequest>, JsonRejection>,
+) -> Response {
+    match moderate(&gateway, parsed).await {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn moderate(
+    gateway: &Gateway,
+    parsed: Result<Json<ModerationRequest>, JsonRejection>,
+) -> Result<serde_json::Value, ApiError> {
+    let request = body(parsed)?;
+    let screen = gateway.screen().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "moderation is off on this gateway (gateway.moderation)",
+        )
+    })?;
+    let texts = request.input.texts(
+        MAX_INPUTS,
+        "input must be a string or an array of strings (only text is moderated)",
+    )?;
+    let name = screen.moderator.name().to_string();
+    if let Some(model) = request.model.filter(|m| *m != name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no moderation model {model}: this gateway has {name}"),
+        ));
+    }
+    let moderator = screen.moderator.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        moderator.moderate(&refs)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(unavailable)?;
+    let results: Vec<serde_json::Value> = read
+        .iter()
+        .map(|m| {
+            let categories: serde_json::Map<String, serde_json::Value> = m
+                .scores
+                .keys()
+                .map(|c| (c.clone(), m.flagged.contains(c).into()))
+                .collect();
+            serde_json::json!({
+                "flagged": m.is_flagged(),
+                "categories": categories,
+                "category_scores": m.scores,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "id": format!("modr-{}", uuid::Uuid::new_v4().simple()),
+        "model": name,
+        "results": results,
+    }))
+}
+
+/// A generation as it was sent, and what the filter did on the way.
+pub(crate) struct Answered {
+    pub generation: Generation,
+    pub filtered: Vec<Filtered>,
+}
+
+impl Answered {
+    pub fn finish_reason(&self) -> &'static str {
+        if self.filtered.iter().any(Filtered::changed) {
+            "content_filter"
+        } else {
+            crate::api::finish_reason(self.generation.finish)
+        }
+    }
+
+    pub fn blocked(&self) -> bool {
+        self.filtered.iter().any(|f| f.action == Action::Block)
+    }
+}
+
+fn generation_error(e: MlError) -> ApiError {
+    match e {
+        MlError::Config(_) => ApiError::invalid("prompt", e.to_string()),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Generates from `ids` with the filter (if any) between the model and `send`: the prompt
+/// is read first, then the answer — whole, or sentence by sentence when `streaming`.
+pub(crate) fn generate_screened(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    ids: &[u32],
+    options: &GenerateOptions,
+    screen: Option<&Arc<Screen>>,
+    (prompt, streaming): (&str, bool),
+    mut send: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Answered, ApiError> {
+    let Some(screen) = screen else {
+        let generation =
+            generate(model, tokenizer, ids, options, send).map_err(generation_error)?;
+        return Ok(Answered {
+            generation,
+            filtered: vec![],
+        });
+    };
+    let mut filtered: Vec<Filtered> = screen.prompt(prompt)?.into_iter().collect();
+    if filtered.iter().any(|f| f.action == Action::Block) {
+        let _ = send(screen.refusal());
+        let generation = Generation {
+            text: screen.refusal().to_string(),
+            tokens: vec![],
+            prompt_tokens: ids.len(),
+            finish: FinishReason::Stop,
+        };
+        return Ok(Answered {
+            generation,
+            filtered,
+        });
+    }
+    let reader = if streaming { screen.stream() } else { None };
+    let Some(mut reader) = reader else {
+        let mut generation =
+            generate(model, tokenizer, ids, options, send).map_err(generation_error)?;
+        let (text, found) = screen.answer(&generation.text)?;
+        generation.text = text;
+        filtered.extend(found);
+        return Ok(Answered {
+            generation,
+            filtered,
+        });
+    };
+    let mut failure = None;
+    let generation = generate(model, tokenizer, ids, options, |piece| {
+        match reader.push(piece) {
+            Ok(Some(out)) if out.is_empty() => ControlFlow::Continue(()),
+            Ok(Some(out)) => send(&out),
+            Ok(None) => ControlFlow::Break(()),
+            Err(e) => {
+                failure = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })
+    .map_err(generation_error)?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(out) = reader.finish()?.filter(|o| !o.is_empty()) {
+        let _ = send(&out);
+    }
+    if reader.is_blocked() {
+        // What went out stays; the refusal ends it.
+        let refusal = format!(" {}", screen.refusal());
+        let _ = send(&refusal);
+        reader.sent.push_str(&refusal);
+    }
+    filtered.extend(reader.filtered.take());
+    let generation = Generation {
+        text: std::mem::take(&mut reader.sent),
+        ..generation
+    };
+    Ok(Answered {
+        generation,
+        filtered,
+    })
+}
