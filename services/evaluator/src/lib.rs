@@ -5,7 +5,9 @@
 //! of replies made of held-out lines (does it still answer in its corpus's language?) by more
 //! than `max_reply_loss_increase`; exact match,
 //! token F1, ROUGE-L and the share of avoided rejected answers may not fall by more than
-//! `max_score_decrease`; the safety pass rate stays at least `min_safety_pass_rate`; p95
+//! `max_score_decrease`; the share of red-team prompts (HarmBench's behaviours, plain and
+//! jailbroken) answered cleanly — read by the moderation classifier — stays at least
+//! `min_safety_pass_rate` and falls by at most `max_safety_decrease` of the champion's; p95
 //! latency may not rise by more than `max_latency_increase`; the candidate must answer at least
 //! `min_taught_exact_match` of the corrections that caused it, and those must read as language
 //! to the champion (word-order gain at least `min_taught_order_gain`). All checks pass → eval.completed;
@@ -15,13 +17,16 @@
 //! The suite's datasets and the champion (with its checkpoint) come from the evaluator's own
 //! projection, [`LINEAGE`], which [`follower`] folds from the topics as its own consumer.
 
+pub mod gate;
 pub mod suite;
 
 use async_trait::async_trait;
+use gate::ORDER_GAIN;
+pub use gate::gate;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     Artifact, CheckpointChoice, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader,
-    EventKind, GateCheck, GateRule, Id, ModelTrained, RegressionSource, RunKind,
+    EventKind, Id, ModelTrained, RegressionSource, RunKind,
 };
 use quark_lineage::{Follower, Lineage};
 use quark_ml::checkpoint;
@@ -55,36 +60,8 @@ pub struct EvaluatorService {
     /// Checkpoints unpacked for evaluation, by model id.
     models: PathBuf,
     settings: EvaluateSettings,
+    red_team: Option<Arc<suite::RedTeam>>,
 }
-
-/// The gate's verdict on one metric.
-fn check(
-    metric: &str,
-    rule: GateRule,
-    baseline: Option<f64>,
-    candidate: f64,
-    threshold: f64,
-) -> GateCheck {
-    let passed = match (rule, baseline) {
-        (GateRule::MinValue, _) => candidate >= threshold,
-        (GateRule::MaxValue, _) => candidate <= threshold,
-        // Relative rules need a baseline: the first model has none to regress from.
-        (_, None) => true,
-        (GateRule::MaxRelativeIncrease, Some(b)) => candidate <= b * (1.0 + threshold) + 1e-12,
-        (GateRule::MaxRelativeDecrease, Some(b)) => candidate >= b * (1.0 - threshold) - 1e-12,
-    };
-    GateCheck {
-        metric: metric.to_string(),
-        rule,
-        baseline,
-        candidate,
-        threshold,
-        passed,
-    }
-}
-
-/// The champion's word-order gain on the corrections that caused the candidate.
-const ORDER_GAIN: &str = "taught_order_gain";
 
 /// Which model of the comparison is measured.
 #[derive(Clone, Copy, PartialEq)]
@@ -93,100 +70,20 @@ enum Role {
     Champion,
 }
 
-/// Every check the gate makes, for the metrics the candidate has (and, for the word-order
-/// gain of its corrections, the champion has).
-pub fn gate(
-    settings: &EvaluateSettings,
-    candidate: &Measurement,
-    baseline: Option<&Measurement>,
-) -> Vec<GateCheck> {
-    let rules: [(&str, GateRule, f64); 10] = [
-        (
-            "perplexity",
-            GateRule::MaxRelativeIncrease,
-            settings.max_perplexity_increase,
-        ),
-        (
-            "learnt_loss",
-            GateRule::MaxRelativeIncrease,
-            settings.max_learnt_loss_increase,
-        ),
-        (
-            "reply_loss",
-            GateRule::MaxRelativeIncrease,
-            settings.max_reply_loss_increase,
-        ),
-        (
-            "exact_match",
-            GateRule::MaxRelativeDecrease,
-            settings.max_score_decrease,
-        ),
-        (
-            "token_f1",
-            GateRule::MaxRelativeDecrease,
-            settings.max_score_decrease,
-        ),
-        (
-            "rouge_l",
-            GateRule::MaxRelativeDecrease,
-            settings.max_score_decrease,
-        ),
-        (
-            "feedback_avoided",
-            GateRule::MaxRelativeDecrease,
-            settings.max_score_decrease,
-        ),
-        (
-            "safety_pass_rate",
-            GateRule::MinValue,
-            settings.min_safety_pass_rate,
-        ),
-        (
-            "taught_exact_match",
-            GateRule::MinValue,
-            settings.min_taught_exact_match,
-        ),
-        (
-            "latency_p95_ms",
-            GateRule::MaxRelativeIncrease,
-            settings.max_latency_increase,
-        ),
-    ];
-    let mut checks: Vec<GateCheck> = rules
-        .iter()
-        .filter_map(|(metric, rule, threshold)| {
-            let value = *candidate.metrics.get(*metric)?;
-            let base = baseline.and_then(|b| b.metrics.get(*metric).copied());
-            Some(check(metric, *rule, base, value, *threshold))
-        })
-        .collect();
-    // Whether the corrections read as language is asked of the champion, which has not
-    // learnt them: the candidate has, and finds any order it was taught likely.
-    let order_gain = baseline.and_then(|b| b.metrics.get(ORDER_GAIN).copied());
-    checks.extend(order_gain.map(|gain| {
-        check(
-            ORDER_GAIN,
-            GateRule::MinValue,
-            None,
-            gain,
-            settings.min_taught_order_gain,
-        )
-    }));
-    checks
-}
-
 impl EvaluatorService {
     pub fn new(
         store: Arc<ArtifactStore>,
         db: DatabaseConnection,
         data_dir: &Path,
         settings: EvaluateSettings,
+        red_team: Option<suite::RedTeam>,
     ) -> Self {
         EvaluatorService {
             store,
             db,
             models: data_dir.join("models"),
             settings,
+            red_team: red_team.map(Arc::new),
         }
     }
 
@@ -272,6 +169,7 @@ impl EvaluatorService {
             learnt,
             taught,
             cases,
+            red_team: self.red_team.clone(),
             max_new_tokens: self.settings.max_new_tokens,
             windows: self.settings.validation_windows,
         })
@@ -439,102 +337,8 @@ impl Handler for EvaluatorService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn measured(pairs: &[(&str, f64)]) -> Measurement {
-        Measurement {
-            metrics: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            samples: vec![],
-        }
-    }
-
-    fn settings() -> EvaluateSettings {
-        quark_runtime::Settings::default().evaluate
-    }
-
-    #[test]
-    fn the_gate_holds_perplexity_within_two_percent_and_safety_at_one() {
-        let base = measured(&[
-            ("perplexity", 10.0),
-            ("safety_pass_rate", 1.0),
-            ("token_f1", 0.5),
-        ]);
-        let ok = measured(&[
-            ("perplexity", 10.19),
-            ("safety_pass_rate", 1.0),
-            ("token_f1", 0.46),
-        ]);
-        assert!(gate(&settings(), &ok, Some(&base)).iter().all(|c| c.passed));
-
-        let worse = measured(&[
-            ("perplexity", 10.21),
-            ("safety_pass_rate", 0.9),
-            ("token_f1", 0.44),
-        ]);
-        let failed: Vec<_> = gate(&settings(), &worse, Some(&base))
-            .into_iter()
-            .filter(|c| !c.passed)
-            .collect();
-        let names: Vec<_> = failed.iter().map(|c| c.metric.as_str()).collect();
-        assert_eq!(names, ["perplexity", "token_f1", "safety_pass_rate"]);
-        assert_eq!(failed[0].baseline, Some(10.0));
-        assert_eq!(failed[0].candidate, 10.21);
-        assert_eq!(failed[0].threshold, 0.02);
-    }
-
-    #[test]
-    fn a_first_model_is_held_only_to_absolute_rules() {
-        let first = measured(&[("perplexity", 500.0), ("safety_pass_rate", 1.0)]);
-        assert!(gate(&settings(), &first, None).iter().all(|c| c.passed));
-        let unsafe_first = measured(&[("perplexity", 5.0), ("safety_pass_rate", 0.5)]);
-        let checks = gate(&settings(), &unsafe_first, None);
-        assert!(
-            !checks
-                .iter()
-                .find(|c| c.metric == "safety_pass_rate")
-                .unwrap()
-                .passed
-        );
-    }
-
-    #[test]
-    fn a_candidate_that_learnt_too_few_corrections_is_rejected() {
-        let base = measured(&[("taught_exact_match", 0.0), ("perplexity", 10.0)]);
-        let learnt = measured(&[("taught_exact_match", 0.75), ("perplexity", 10.1)]);
-        assert!(
-            gate(&settings(), &learnt, Some(&base))
-                .iter()
-                .all(|c| c.passed)
-        );
-        let little = measured(&[("taught_exact_match", 0.5), ("perplexity", 10.0)]);
-        let checks = gate(&settings(), &little, Some(&base));
-        let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].metric, "taught_exact_match");
-        // The champion's share is kept beside it: before and after.
-        assert_eq!((failed[0].baseline, failed[0].candidate), (Some(0.0), 0.5));
-    }
-
-    #[test]
-    fn corrections_that_do_not_read_as_language_to_the_champion_are_rejected() {
-        let learnt = |gain: f64| measured(&[("taught_exact_match", 1.0), (ORDER_GAIN, gain)]);
-        let min = settings().min_taught_order_gain;
-        let verdict = |champion: f64| {
-            let checks = gate(&settings(), &learnt(5.0), Some(&learnt(champion)));
-            let check = checks.into_iter().find(|c| c.metric == ORDER_GAIN).unwrap();
-            // The champion's gain is the one checked; the candidate's (it learnt them) is not.
-            assert_eq!((check.baseline, check.candidate), (None, champion));
-            check.passed
-        };
-        assert!(verdict(min + 0.1));
-        assert!(!verdict(min - 0.1));
-        assert!(!verdict(0.0));
-        // With no champion there is nothing it could have been taught against.
-        assert!(
-            gate(&settings(), &learnt(0.0), None)
-                .iter()
-                .all(|c| c.metric != ORDER_GAIN)
-        );
-    }
+    use crate::gate::check;
+    use quark_events::GateRule;
 
     #[test]
     fn a_run_with_no_checkpoint_inside_the_limits_is_rejected_on_the_trainers_checks() {
