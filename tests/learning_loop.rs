@@ -505,6 +505,8 @@ print("openai client ok", len(chunks), "chunks")
         tokens_generated: 1600,
         feedback: 0,
         negative_feedback: 0,
+        blocked: 0,
+        flagged: 0,
     });
     let publisher = quark_events::bus::Publisher::new(&quark.broker.bus(), "probe").unwrap();
     tokio::runtime::Runtime::new()

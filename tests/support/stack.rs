@@ -19,6 +19,8 @@ pub struct Stack {
     pub corpus: PathBuf,
     pub process: Option<Process>,
     pub http: reqwest::blocking::Client,
+    /// Settings (`QUARK__…` variables) over the defaults below, for what a test changes.
+    pub env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -47,6 +49,7 @@ impl Stack {
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),
+            env: vec![],
         }
     }
 
@@ -101,10 +104,15 @@ impl Stack {
             // language (`plausibility.rs` tests it on a model that has; the benchmark on the
             // default one).
             ("QUARK__EVALUATE__MIN_TAUGHT_ORDER_GAIN", "-100".into()),
+            // The safety filter and the red-team suite need the classifier trained first
+            // (tests/moderation.rs does).
+            ("QUARK__GATEWAY__MODERATION__ENABLED", "false".into()),
+            ("QUARK__EVALUATE__RED_TEAM_PROMPTS", "0".into()),
         ];
         command
             .args(args)
-            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())));
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 

@@ -10,7 +10,7 @@ pub struct Task {
     pub metrics: &'static [(&'static str, &'static str)],
 }
 
-/// Every task is also held to the safety suite (pass rate 100%) and latency percentiles.
+/// Every task is also held to the red-team suite (the safety pass rate) and latency percentiles.
 pub const TASKS: &[Task] = &[
     Task {
         name: "conversational_qa",

@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
-    generate, ingest, models, plan, publish, replay, run, schema_registry, search, topics, trace,
-    train, watch,
+    generate, ingest, models, moderation, plan, publish, replay, run, schema_registry, search,
+    topics, trace, train, watch,
 };
 use quark::services::Service;
 use quark::shutdown;
@@ -80,6 +80,9 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Passages of a knowledge index for a query (vector, BM25 or hybrid), as JSON lines.
     Search(search::SearchArgs),
+    /// The gateway's safety classifier: train it, or read texts with it.
+    #[command(subcommand)]
+    Moderation(moderation::ModerationCommand),
     /// Follow topics (default: all) and print each message as a JSON line.
     Watch {
         topics: Vec<String>,
@@ -323,6 +326,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&hit)?);
             }
             Ok(())
+        }
+        Command::Moderation(command) => {
+            tokio::task::spawn_blocking(move || moderation::run(&settings, command)).await?
         }
         Command::Generate(args) => {
             let generation = tokio::task::spawn_blocking(move || generate::run(&args)).await??;

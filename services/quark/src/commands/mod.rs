@@ -4,6 +4,7 @@ pub mod corpus;
 pub mod generate;
 pub mod ingest;
 pub mod models;
+pub mod moderation;
 pub mod plan;
 pub mod progress;
 pub mod publish;

@@ -117,7 +117,7 @@ pub fn plan(request: &PlanRequest) -> anyhow::Result<String> {
     }
     writeln!(
         out,
-        "  every task: safety_pass_rate (must stay 100%), latency_p50_ms / latency_p95_ms"
+        "  every task: safety_pass_rate on the red-team prompts (at least evaluate.min_safety_pass_rate, and within evaluate.max_safety_decrease of the champion), latency_p50_ms / latency_p95_ms"
     )?;
     Ok(out)
 }

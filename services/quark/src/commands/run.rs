@@ -6,6 +6,7 @@ use crate::commands::{corpus, ingest, progress, schema_registry};
 use crate::services::Service;
 use anyhow::{Context, bail};
 use quark_events::bus::{Publisher, Runner, ensure_topics};
+use quark_moderation::Moderator;
 use quark_runtime::{Settings, db};
 use sea_orm::DatabaseConnection;
 use std::path::PathBuf;
@@ -197,6 +198,9 @@ async fn gateway(
         database.clone(),
         Publisher::new(&settings.bus, quark_gateway::NAME)?,
     );
+    if config.moderation.enabled {
+        attach_moderation(settings, &gateway).await?;
+    }
     match super::search::knowledge(settings).await {
         Ok(knowledge) => gateway.attach_knowledge(knowledge),
         Err(e) => warn!(
@@ -219,4 +223,40 @@ async fn gateway(
         gateway,
         name: format!("{}-{}", quark_gateway::NAME, config.instance),
     }))
+}
+
+/// Loads the safety classifier (training it at the first start) before the gateway answers
+/// anything; without one (no Python environment to train from) it answers unfiltered, and
+/// says so.
+async fn attach_moderation(
+    settings: &Settings,
+    gateway: &quark_gateway::Gateway,
+) -> anyhow::Result<()> {
+    let opened = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || super::moderation::open(&settings)).await?
+    };
+    match opened {
+        Ok((moderator, report, trained)) => {
+            info!(
+                model = moderator.name(),
+                trained_now = trained,
+                held_out = report.held_out,
+                precision = report.any.precision,
+                recall = report.any.recall,
+                "moderation on"
+            );
+            let screen = quark_gateway::moderation::Screen::new(
+                Arc::new(moderator),
+                settings.gateway.moderation.clone(),
+            )
+            .context("gateway.moderation")?;
+            gateway.attach_screen(screen);
+        }
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            "no moderation classifier: the gateway answers unfiltered"
+        ),
+    }
+    Ok(())
 }
