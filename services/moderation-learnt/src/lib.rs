@@ -3,10 +3,10 @@
 //! directory holds the classifier and `moderation.json` (the encoder it reads, the held-out
 //! report).
 
-use crate::corpus::{self, Example};
-use crate::{Moderation, ModerationError, Moderator};
 use quark_ml::classifier::{Classifier, ClassifierConfig, LabelScore, binary_score};
 use quark_ml::encoder::SentenceEncoder;
+use quark_moderation::corpus::{self, Example};
+use quark_moderation::{Moderation, ModerationError, Moderator};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Mutex;
