@@ -3,7 +3,9 @@
 //! that cites the ingested document, `quark search`, and the official `openai` client's
 //! `embeddings.create` against the gateway.
 
-use quark_e2e::{Cluster, GatewayTables, bin, encoder_dir, open, promotion_with_context};
+use quark_e2e::{
+    Cluster, GatewayTables, bin, encoder_dir, open, promotion_with_context, python_script,
+};
 use quark_events::bus::{LedgerMigration, Publisher};
 use quark_events::{Event, EventKind};
 use quark_gateway::knowledge::Knowledge;
@@ -211,13 +213,7 @@ except openai.BadRequestError as e:
 print(json.dumps([[d.embedding for d in b64.data], [d.embedding for d in flt.data]]))
 "#
     );
-    let out = Command::new(std::env::var("QUARK_PYTHON").unwrap())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let both: Vec<Vec<Vec<f32>>> = serde_json::from_slice(&out.stdout).unwrap();
+    let both: Vec<Vec<Vec<f32>>> = serde_json::from_slice(&python_script(&script)).unwrap();
     for vectors in both {
         assert_eq!(vectors.len(), 2);
         for (got, want) in vectors.iter().zip(&expected) {

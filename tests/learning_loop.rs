@@ -151,16 +151,7 @@ print("openai client ok", len(chunks), "chunks")
 "#,
         port = quark.port
     );
-    let out = Command::new(std::env::var("QUARK_PYTHON").unwrap())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_script(&script);
 
     // Bad requests: 4xx in OpenAI's shape.
     let (status, body) = quark.post(

@@ -5,7 +5,7 @@
 //! client. A streamed answer is read a sentence at a time by the same classifier.
 
 use quark_e2e::Stack;
-use quark_e2e::{encoder_dir, events_on, wait_for};
+use quark_e2e::{encoder_dir, events_on, python_script, wait_for};
 use quark_events::{Event, EventKind};
 use quark_gateway::moderation::Screen;
 use quark_moderation::policy::{Action, Policy};
@@ -13,7 +13,6 @@ use quark_moderation_learnt::LearntModerator;
 use quark_runtime::config::ModerationSettings;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,15 +238,7 @@ except openai.NotFoundError as e:
     assert "no moderation model" in str(e), e
 "#
     );
-    let out = Command::new(std::env::var("QUARK_PYTHON").unwrap())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_script(&script);
 }
 
 /// The classifier the stack used, in process: the pieces of a streamed answer go out a

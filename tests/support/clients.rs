@@ -10,6 +10,23 @@ fn in_tests(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// Runs `script` with the environment's Python (`python -c`), asserts it succeeded (its
+/// output in the message otherwise) and returns what it printed.
+pub fn python_script(script: &str) -> Vec<u8> {
+    let python = std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .args(["-c", script])
+        .output()
+        .expect("run the Python script");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs the Python `clients`, each publishing `count` feedback events (praise, which teaches
 /// nothing, with `praise`) and reading them back; asserts each read back all it published and
 /// returns every published event id.

@@ -4,7 +4,7 @@
 mod clients;
 mod cluster;
 mod stack;
-pub use clients::{kafkajs, python_clients};
+pub use clients::{kafkajs, python_clients, python_script};
 pub use cluster::{
     Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_with_context,
 };
