@@ -1,7 +1,8 @@
 //! Alignment in the loop, end to end over the real broker, SQLite, libtorch and HTTP:
 //! preference feedback sent to the gateway becomes a preference dataset, the augmenter asks
-//! for DPO, the trainer aligns the champion against its own log-probabilities, the evaluator
-//! gates the policy and the registry promotes it, with no one touching it. Redelivered
+//! for a reward model and DPO, the trainer trains the one and aligns the champion against its
+//! own log-probabilities, the evaluator gates the policy (by the reward model's win rate among
+//! the rest) and the registry promotes it, with no one touching it. Redelivered
 //! feedback, a redelivered request and a new request for the same pairs train nothing twice;
 //! pairs that cannot teach and a reward-model job with no pairs go to the dead-letter topic
 //! with their reason.
@@ -31,10 +32,14 @@ const PREFERENCES: &[(&str, &str)] = &[
     ),
 ];
 
-fn aligned(events: &[Event]) -> Vec<ModelTrained> {
+fn of_kind(events: &[Event], run_kind: RunKind) -> Vec<ModelTrained> {
     let mut models = trained(events);
-    models.retain(|m| m.run_kind == RunKind::Dpo);
+    models.retain(|m| m.run_kind == run_kind);
     models
+}
+
+fn aligned(events: &[Event]) -> Vec<ModelTrained> {
+    of_kind(events, RunKind::Dpo)
 }
 
 fn publish(quark: &Stack, events: &[Event]) {
@@ -127,6 +132,13 @@ fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
         sources,
         feedback_ids.iter().cloned().collect::<HashSet<_>>()
     );
+    // A reward model first, from the champion on the same pairs…
+    let judge = quark.wait(EventKind::ModelTrained, |e| {
+        of_kind(std::slice::from_ref(e), RunKind::Reward).pop()
+    });
+    assert_eq!(judge.parent_model_id, Some(first));
+    assert_eq!(judge.dataset_ids, request.dataset_ids);
+    assert_eq!(judge.metrics["train_pairs"], PREFERENCES.len() as f64);
     let policy = quark.wait(EventKind::ModelTrained, |e| {
         aligned(std::slice::from_ref(e)).pop()
     });
@@ -147,6 +159,34 @@ fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
         promoted(e).filter(|(id, _)| *id == policy.model_id)
     });
     assert_eq!(reason, PromotionReason::GatePassed, "{}", quark.log());
+    // …by which the gate read the policy's answers against the champion's; the reward model
+    // itself is no candidate.
+    let verdict = quark.wait(EventKind::EvalCompleted, |e| match e {
+        Event::EvalCompleted(c) if c.model_id == policy.model_id => Some(c.clone()),
+        _ => None,
+    });
+    let check = verdict
+        .checks
+        .iter()
+        .find(|c| c.metric == "reward_win_rate")
+        .unwrap_or_else(|| panic!("no reward-model check: {:?}", verdict.checks));
+    eprintln!(
+        "WINRATE {check:?} {:?}",
+        verdict.metrics.get("reward_win_prompts")
+    );
+    assert!(check.passed && check.candidate >= 0.4, "{check:?}");
+    assert!(verdict.metrics["reward_win_prompts"] >= 1.0);
+    let evaluated: HashSet<Id> = quark
+        .events(EventKind::EvalCompleted)
+        .iter()
+        .chain(&quark.events(EventKind::EvalRegressed))
+        .filter_map(|e| match e {
+            Event::EvalCompleted(c) => Some(c.model_id),
+            Event::EvalRegressed(r) => Some(r.model_id),
+            _ => None,
+        })
+        .collect();
+    assert!(!evaluated.contains(&judge.model_id));
     wait_for(
         "the gateway to serve the aligned champion",
         Duration::from_secs(60),
@@ -203,6 +243,11 @@ fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
         ids,
         HashSet::from([policy.model_id]),
         "one policy, trained once"
+    );
+    assert_eq!(
+        of_kind(&quark.events(EventKind::ModelTrained), RunKind::Reward).len(),
+        1,
+        "one reward model, trained once"
     );
     // The augmenter's one request (published again above, same id) is all there is.
     let requests: HashSet<Id> = quark

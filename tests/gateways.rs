@@ -35,6 +35,7 @@ async fn feedback_to_one_gateway_for_a_response_of_another_is_learnt_from() {
     let settings = AugmentSettings {
         min_examples: 1,
         release_interval_secs: 0,
+        reward_model: true,
     };
     let augmenter = quark_augmenter::AugmenterService::new(
         cluster.store.clone(),

@@ -397,13 +397,23 @@ impl AugmenterService {
         if let Some((dataset_ids, reason)) = sft {
             events.push(request("retrain", RunKind::Sft, dataset_ids, reason));
         }
-        // Preference pairs released now teach the champion by DPO.
+        // Preference pairs released now teach the champion by DPO, and first a reward model,
+        // by which the gate reads the policy's answers: the trainer takes requests in order,
+        // and both share the cause's correlation, so its partition.
         if let Some((_, id, pairs)) = decision
             .release
             .iter()
             .find(|(kind, ..)| *kind == DatasetKind::Preference)
         {
             let reason = format!("{} preference pairs from feedback", pairs.len());
+            if self.settings.reward_model {
+                events.push(request(
+                    "reward",
+                    RunKind::Reward,
+                    vec![*id],
+                    reason.clone(),
+                ));
+            }
             events.push(request("align", RunKind::Dpo, vec![*id], reason));
         }
         Ok(events)

@@ -89,12 +89,16 @@ async fn preference_pairs_reach_the_threshold_on_their_own_and_ask_for_dpo() {
         (Some("The prince of Denmark."), Some("served"))
     );
     let asked = requests(&out);
-    assert_eq!(asked.len(), 1, "no correction, no SFT: {asked:?}");
-    assert_eq!(
-        (asked[0].run_kind, asked[0].dataset_ids.clone()),
-        (RunKind::Dpo, vec![pairs.dataset_id])
-    );
-    assert_eq!(asked[0].trigger, RetrainTrigger::FeedbackThreshold);
+    assert_eq!(asked.len(), 2, "no correction, no SFT: {asked:?}");
+    // A reward model first, then DPO, both on the pairs.
+    for (request, kind) in asked.iter().zip([RunKind::Reward, RunKind::Dpo]) {
+        assert_eq!(
+            (request.run_kind, request.dataset_ids.clone()),
+            (kind, vec![pairs.dataset_id])
+        );
+        assert_eq!(request.trigger, RetrainTrigger::FeedbackThreshold);
+    }
+    assert_ne!(asked[0].request_id, asked[1].request_id);
     // Redelivered, the same feedback releases nothing again.
     assert!(policy.feed(&second).await.is_empty());
 }
@@ -153,7 +157,7 @@ async fn thumbs_up_and_down_on_two_answers_to_one_prompt_make_a_preference_pair(
             .iter()
             .map(|r| r.run_kind)
             .collect::<Vec<_>>(),
-        [RunKind::Dpo]
+        [RunKind::Reward, RunKind::Dpo]
     );
     // The same ratings again: nothing new.
     assert!(policy.feed(&second).await.is_empty());
@@ -209,7 +213,7 @@ async fn the_threshold_releases_every_kind_once_and_replays_add_nothing() {
     assert_eq!(request.trigger, RetrainTrigger::FeedbackThreshold);
     assert_eq!(request.dataset_ids, [sft.dataset_id]);
     assert_eq!(request.header.causation_id, Some(last.header().event_id));
-    // The preference pair released beside the corrections is asked of DPO.
+    // The preference pair released beside the corrections is asked of a reward model and DPO.
     let runs: Vec<(RunKind, Vec<Id>)> = requests(&out)
         .into_iter()
         .map(|r| (r.run_kind, r.dataset_ids))
@@ -219,6 +223,7 @@ async fn the_threshold_releases_every_kind_once_and_replays_add_nothing() {
         runs,
         [
             (RunKind::Sft, vec![sft.dataset_id]),
+            (RunKind::Reward, vec![preference]),
             (RunKind::Dpo, vec![preference])
         ]
     );

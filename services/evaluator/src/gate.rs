@@ -41,7 +41,7 @@ pub fn gate(
     candidate: &Measurement,
     baseline: Option<&Measurement>,
 ) -> Vec<GateCheck> {
-    let rules: [(&str, GateRule, f64); 11] = [
+    let rules: [(&str, GateRule, f64); 12] = [
         (
             "perplexity",
             GateRule::MaxRelativeIncrease,
@@ -96,6 +96,11 @@ pub fn gate(
             "latency_p95_ms",
             GateRule::MaxRelativeIncrease,
             settings.max_latency_increase,
+        ),
+        (
+            crate::reward::WIN_RATE,
+            GateRule::MinValue,
+            settings.min_reward_win_rate,
         ),
     ];
     let mut checks: Vec<GateCheck> = rules
@@ -197,6 +202,30 @@ mod tests {
         assert_eq!(failed[0].metric, "taught_exact_match");
         // The champion's share is kept beside it: before and after.
         assert_eq!((failed[0].baseline, failed[0].candidate), (Some(0.0), 0.5));
+    }
+
+    #[test]
+    fn a_candidate_the_reward_model_prefers_too_rarely_is_rejected() {
+        let min = settings().min_reward_win_rate;
+        let base = measured(&[("perplexity", 10.0)]);
+        let verdict = |rate: f64| {
+            let candidate = measured(&[("perplexity", 10.0), (crate::reward::WIN_RATE, rate)]);
+            let checks = gate(&settings(), &candidate, Some(&base));
+            let check = checks
+                .iter()
+                .find(|c| c.metric == crate::reward::WIN_RATE)
+                .unwrap();
+            assert_eq!((check.baseline, check.threshold), (None, min));
+            checks.iter().all(|c| c.passed)
+        };
+        assert!(verdict(0.5) && verdict(min));
+        assert!(!verdict(min - 0.05));
+        // Without a reward model there is no win rate, and nothing to check.
+        assert!(
+            gate(&settings(), &base, Some(&base))
+                .iter()
+                .all(|c| c.metric != crate::reward::WIN_RATE)
+        );
     }
 
     #[test]

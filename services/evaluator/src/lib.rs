@@ -10,7 +10,9 @@
 //! `min_safety_pass_rate` and falls by at most `max_safety_decrease` of the champion's; p95
 //! latency may not rise by more than `max_latency_increase`; the candidate must answer at least
 //! `min_taught_exact_match` of the corrections that caused it, and those must read as language
-//! to the champion (word-order gain at least `min_taught_order_gain`). All checks pass → eval.completed;
+//! to the champion (word-order gain at least `min_taught_order_gain`); where a reward model was
+//! trained from the champion, it must prefer the candidate's answers on at least
+//! `min_reward_win_rate` of the prompts. All checks pass → eval.completed;
 //! any fails → eval.regressed naming them. The report (every metric, both models, every
 //! sample) is stored as an artifact.
 //!
@@ -18,6 +20,7 @@
 //! projection, [`LINEAGE`], which [`follower`] folds from the topics as its own consumer.
 
 pub mod gate;
+pub mod reward;
 pub mod suite;
 
 use async_trait::async_trait;
@@ -28,7 +31,7 @@ use quark_events::{
     Artifact, CheckpointChoice, DatasetKind, EvalCompleted, EvalRegressed, Event, EventHeader,
     EventKind, Id, ModelTrained, RegressionSource, RunKind,
 };
-use quark_lineage::{Follower, Lineage};
+use quark_lineage::{Follower, Lineage, Model};
 use quark_ml::checkpoint;
 use quark_runtime::ArtifactStore;
 use quark_runtime::config::EvaluateSettings;
@@ -208,6 +211,50 @@ impl EvaluatorService {
         .map_err(HandlerError::permanent)
     }
 
+    /// The newest reward model trained from `champion`: the judge between its answers and a
+    /// candidate's.
+    async fn reward_model(&self, champion: Id) -> Result<Option<Model>, HandlerError> {
+        let children = LINEAGE
+            .children(&self.db, champion)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(children
+            .into_iter()
+            .rev()
+            .find(|m| m.run_kind == Some(RunKind::Reward)))
+    }
+
+    /// The candidate's reward-model win rate over the champion (and the prompts it is taken
+    /// over), by `judge`.
+    async fn win_rate(
+        &self,
+        judge: &Model,
+        candidate: &Measurement,
+        champion: &Measurement,
+    ) -> Result<Vec<(String, f64)>, HandlerError> {
+        let dir = self
+            .store
+            .get_dir(
+                &judge.checkpoint,
+                &self.models.join(judge.model_id.to_string()),
+            )
+            .await
+            .map_err(HandlerError::transient)?;
+        let rate = tokio::task::block_in_place(|| {
+            let (model, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
+            reward::win_rate(&model, &tokenizer, candidate, champion)
+        })
+        .map_err(HandlerError::permanent)?;
+        Ok(rate
+            .map(|(rate, prompts)| {
+                vec![
+                    (reward::WIN_RATE.to_string(), rate),
+                    (reward::PROMPTS.to_string(), prompts as f64),
+                ]
+            })
+            .unwrap_or_default())
+    }
+
     async fn evaluate(&self, candidate: &ModelTrained) -> Result<Event, HandlerError> {
         if let Some(choice) = candidate.choice.as_ref().filter(|c| !c.fits_gate) {
             info!(model = %candidate.model_id, step = choice.step, "no checkpoint of the run fits the gate's limits: rejected without measuring");
@@ -225,14 +272,12 @@ impl EvaluatorService {
                     .model(&self.db, id)
                     .await
                     .map_err(HandlerError::transient)?
-                    .ok_or_else(|| {
-                        HandlerError::Transient(format!("model {id} is not known here yet"))
-                    })?,
+                    .ok_or_else(|| not_known(id))?,
             ),
             None => None,
         };
         let suite = self.suite(candidate).await?;
-        let measured = self
+        let mut measured = self
             .measure(
                 candidate.model_id,
                 &candidate.checkpoint,
@@ -240,19 +285,25 @@ impl EvaluatorService {
                 Role::Candidate,
             )
             .await?;
-        let base = match &baseline {
-            Some(b) => Some(
-                self.measure(b.model_id, &b.checkpoint, &suite, Role::Champion)
-                    .await?,
-            ),
-            None => None,
-        };
+        let (mut base, mut judge) = (None, None);
+        if let Some(b) = &baseline {
+            let champion = self
+                .measure(b.model_id, &b.checkpoint, &suite, Role::Champion)
+                .await?;
+            judge = self.reward_model(b.model_id).await?;
+            if let Some(judge) = &judge {
+                let rate = self.win_rate(judge, &measured, &champion).await?;
+                measured.metrics.extend(rate);
+            }
+            base = Some(champion);
+        }
         let checks = gate(&self.settings, &measured, base.as_ref());
         let passed = checks.iter().all(|c| c.passed);
         info!(model = %candidate.model_id, baseline = ?champion, passed, metrics = ?measured.metrics, "evaluated");
         let report = serde_json::json!({
             "model_id": candidate.model_id,
             "baseline_model_id": champion,
+            "reward_model_id": judge.map(|j| j.model_id),
             "passed": passed,
             "checks": checks,
             "candidate": measured,
@@ -291,6 +342,10 @@ impl EvaluatorService {
     }
 }
 
+fn not_known(id: Id) -> HandlerError {
+    HandlerError::Transient(format!("model {id} is not known here yet"))
+}
+
 /// The verdict on a candidate whose trainer found no checkpoint inside the gate's limits:
 /// the trainer's own failed checks, against the model it started from.
 fn unfit(candidate: &ModelTrained, choice: &CheckpointChoice) -> Event {
@@ -327,6 +382,16 @@ impl Handler for EvaluatorService {
         };
         if candidate.run_kind == RunKind::Reward {
             // A reward model scores policies; it is not one, and never becomes the champion.
+            // Held until the projection knows it: the policy trained after it, on its
+            // partition, is then gated by it.
+            if LINEAGE
+                .model(&self.db, candidate.model_id)
+                .await
+                .map_err(HandlerError::transient)?
+                .is_none()
+            {
+                return Err(not_known(candidate.model_id));
+            }
             info!(model = %candidate.model_id, accuracy = ?candidate.metrics.get("heldout_rewards_accuracy"), "a reward model: not a candidate policy");
             return Ok(vec![]);
         }

@@ -161,6 +161,10 @@ pub struct EvaluateSettings {
     /// much likelier it finds each in its own word order than shuffled). Random letters and
     /// strings of unrelated words score about 0; a candidate taught them is not promoted.
     pub min_taught_order_gain: f64,
+    /// Lowest share of the evaluation prompts on which the newest reward model trained from
+    /// the champion prefers the candidate's answer to the champion's (a tie is half): 0.5 is
+    /// no change. Checked only when such a reward model exists.
+    pub min_reward_win_rate: f64,
     /// Tokens generated per evaluation prompt.
     pub max_new_tokens: usize,
     /// Held-out windows scored for perplexity (0: the whole validation split).
@@ -210,6 +214,9 @@ pub struct AugmentSettings {
     pub min_examples: usize,
     /// Seconds between scheduled releases of whatever examples are pending (0: never).
     pub release_interval_secs: u64,
+    /// Preference pairs released also train a reward model from the champion, before the
+    /// DPO run, and the gate reads the DPO policy's answers by it.
+    pub reward_model: bool,
 }
 
 /// What the curator keeps and how it deduplicates.
@@ -418,6 +425,7 @@ impl Default for Settings {
                 max_latency_increase: 1.0,
                 min_taught_exact_match: 0.6,
                 min_taught_order_gain: 0.25,
+                min_reward_win_rate: 0.4,
                 max_new_tokens: 24,
                 validation_windows: 64,
             },
@@ -440,6 +448,7 @@ impl Default for Settings {
             augment: AugmentSettings {
                 min_examples: 8,
                 release_interval_secs: 86_400,
+                reward_model: true,
             },
             schema_registry: SchemaRegistrySettings::default(),
             retrieval: RetrievalSettings::default(),

@@ -40,6 +40,7 @@ impl Augmenter {
         let settings = AugmentSettings {
             min_examples,
             release_interval_secs: 0,
+            reward_model: true,
         };
         let service = AugmenterService::new(store.clone(), db.clone(), settings);
         Augmenter {

@@ -119,6 +119,10 @@ pub fn plan(request: &PlanRequest) -> anyhow::Result<String> {
         out,
         "  every task: safety_pass_rate on the red-team prompts (at least evaluate.min_safety_pass_rate, and within evaluate.max_safety_decrease of the champion), latency_p50_ms / latency_p95_ms"
     )?;
+    writeln!(
+        out,
+        "  after preference feedback: reward_win_rate, the share of prompts on which the reward model prefers the candidate's answer to the champion's (at least evaluate.min_reward_win_rate)"
+    )?;
     Ok(out)
 }
 
