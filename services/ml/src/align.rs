@@ -14,6 +14,7 @@ use crate::MlError;
 use crate::data::{Batch, PairRows};
 use crate::gpt::{Context, Gpt, IGNORE};
 use crate::preference::Pairs;
+use crate::rloo::{RLOO_STATS, RlooConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -56,6 +57,8 @@ pub enum Objective {
     NextToken,
     Dpo(DpoConfig),
     Reward(RewardConfig),
+    /// On completions sampled from the policy each step ([`crate::rloo`]).
+    Rloo(RlooConfig),
 }
 
 /// The statistics a preference step reports beside its loss, in this order.
@@ -78,6 +81,7 @@ impl Objective {
             }) if !(*c >= 0.0 && c.is_finite()) => {
                 bad("the reward centring coefficient must be a non-negative number")
             }
+            Objective::Rloo(c) => c.validate(),
             _ => Ok(()),
         }
     }
@@ -87,6 +91,7 @@ impl Objective {
         match self {
             Objective::NextToken => &[],
             Objective::Dpo(_) | Objective::Reward(_) => &PAIR_STATS,
+            Objective::Rloo(_) => &RLOO_STATS,
         }
     }
 }

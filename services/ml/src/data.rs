@@ -3,7 +3,7 @@
 //! an uninterrupted run would have.
 
 use crate::MlError;
-use crate::gpt::{Context, IGNORE};
+use crate::gpt::{Context, Gpt, IGNORE};
 use crate::shards::Shard;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -21,6 +21,8 @@ pub struct Batch {
     pub text_from: Option<i64>,
     /// Preference pairs: the rows are the chosen responses, then the rejected.
     pub pairs: Option<PairRows>,
+    /// Completions sampled from the policy, with their advantages (RLOO).
+    pub samples: Option<crate::rloo::SampleRows>,
 }
 
 /// What a batch of preference pairs carries besides its rows ([`crate::preference`]).
@@ -51,6 +53,11 @@ impl Batch {
 pub trait Batches {
     /// The `index`-th micro-batch of the run.
     fn batch(&self, index: u64, device: Device) -> Result<Batch, MlError>;
+    /// The `index`-th micro-batch for `policy`, the model being trained: on-policy data is
+    /// sampled from it; other data is [`Batches::batch`].
+    fn batch_from(&self, index: u64, device: Device, _policy: &Gpt) -> Result<Batch, MlError> {
+        self.batch(index, device)
+    }
     /// Tokens fed to the model per batch (for tokens/s).
     fn tokens_per_batch(&self) -> usize;
 }
@@ -134,6 +141,7 @@ impl Batches for Windows {
             mask: None,
             text_from: None,
             pairs: None,
+            samples: None,
         })
     }
 
@@ -176,9 +184,51 @@ pub fn validation_batches(
                 mask: None,
                 text_from: None,
                 pairs: None,
+                samples: None,
             })
         })
         .collect()
+}
+
+/// One row: the whole example as input and next-token targets on its scored ids; at most
+/// `block` of its last tokens.
+fn row(example: &Example, block: usize) -> (Vec<i64>, Vec<i64>) {
+    let from = example.ids.len().saturating_sub(block);
+    let ids = &example.ids[from..];
+    let target = (0..ids.len())
+        .map(|i| match example.scored.get(from + i + 1) {
+            Some(true) => ids[i + 1] as i64,
+            _ => IGNORE,
+        })
+        .collect();
+    (ids.iter().map(|&id| id as i64).collect(), target)
+}
+
+/// `examples` as rows right-padded with `pad` to the longest: input and target
+/// `[rows, width]`, and each row's last real position `[rows]` (where a reward model reads
+/// its score).
+pub(crate) fn padded(
+    examples: &[&Example],
+    block: usize,
+    pad: u32,
+    device: Device,
+) -> (Tensor, Tensor, Tensor) {
+    let rows: Vec<(Vec<i64>, Vec<i64>)> = examples.iter().map(|e| row(e, block)).collect();
+    let width = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1);
+    let (mut input, mut target, mut last) = (Vec::new(), Vec::new(), Vec::new());
+    for (ids, targets) in &rows {
+        last.push(ids.len() as i64 - 1);
+        input.extend(ids.iter().copied());
+        input.extend(std::iter::repeat_n(pad as i64, width - ids.len()));
+        target.extend(targets.iter().copied());
+        target.extend(std::iter::repeat_n(IGNORE, width - ids.len()));
+    }
+    let n = rows.len() as i64;
+    (
+        Tensor::from_slice(&input).view([n, -1]).to_device(device),
+        Tensor::from_slice(&target).view([n, -1]).to_device(device),
+        Tensor::from_slice(&last).to_device(device),
+    )
 }
 
 /// One tokenised example: ids and whether each id is a scored target.
@@ -349,6 +399,7 @@ impl Batches for Mixture {
             mask: Some(both(&packed(examples.mask), &causal)),
             text_from: Some(examples.input.size()[0]),
             pairs: None,
+            samples: None,
         })
     }
 
@@ -387,6 +438,7 @@ impl Packed {
             mask: Some(same.logical_and(&causal).unsqueeze(1)),
             text_from: None,
             pairs: None,
+            samples: None,
         }
     }
 }

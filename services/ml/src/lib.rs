@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: checkpoints that are Hugging Face model directories.
 //! - [`lora`]: LoRA adapters in PEFT's layout, merged into the weights for serving.
 //! - [`preference`], [`align`]: preference pairs, DPO / IPO and the Bradley–Terry reward model.
+//! - [`rloo`]: RLOO, REINFORCE with a leave-one-out baseline, against a reward model.
 //! - [`probe`]: held-out and taught-conversation readings during fine-tuning, and the choice of checkpoint.
 //! - [`plausibility`]: whether replies read as language to a model (the word-order gain).
 //! - [`generate`]: KV-cached sampling with streaming.
@@ -31,6 +32,7 @@ pub mod optim;
 pub mod plausibility;
 pub mod preference;
 pub mod probe;
+pub mod rloo;
 pub mod shards;
 pub mod tokenizer;
 pub mod train;

@@ -9,8 +9,7 @@
 
 use crate::MlError;
 use crate::chat::{self, Message, Role};
-use crate::data::{Batch, Batches, Example, PairRows, draw};
-use crate::gpt::IGNORE;
+use crate::data::{Batch, Batches, Example, PairRows, draw, padded};
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -109,20 +108,6 @@ pub struct Pairs {
     seed: u64,
 }
 
-/// One row: the whole conversation as input (end-of-text included, where a reward is read)
-/// and next-token targets scored on the response; at most `block` of its last tokens.
-fn row(example: &Example, block: usize) -> (Vec<i64>, Vec<i64>) {
-    let from = example.ids.len().saturating_sub(block);
-    let ids = &example.ids[from..];
-    let target = (0..ids.len())
-        .map(|i| match example.scored.get(from + i + 1) {
-            Some(true) => ids[i + 1] as i64,
-            _ => IGNORE,
-        })
-        .collect();
-    (ids.iter().map(|&id| id as i64).collect(), target)
-}
-
 impl Pairs {
     pub fn new(
         pairs: Vec<Encoded>,
@@ -184,28 +169,16 @@ impl Pairs {
     }
 
     fn assemble(&self, indices: &[usize], device: Device) -> Batch {
-        let rows: Vec<(Vec<i64>, Vec<i64>)> = [false, true]
+        let rows: Vec<&Example> = [false, true]
             .iter()
             .flat_map(|&rejected| {
                 indices.iter().map(move |&i| {
                     let p = &self.pairs[i];
-                    row(
-                        if rejected { &p.rejected } else { &p.chosen },
-                        self.block_size,
-                    )
+                    if rejected { &p.rejected } else { &p.chosen }
                 })
             })
             .collect();
-        let width = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1);
-        let (mut input, mut target, mut last) = (Vec::new(), Vec::new(), Vec::new());
-        for (ids, targets) in &rows {
-            last.push(ids.len() as i64 - 1);
-            input.extend(ids.iter().copied());
-            input.extend(std::iter::repeat_n(self.pad as i64, width - ids.len()));
-            target.extend(targets.iter().copied());
-            target.extend(std::iter::repeat_n(IGNORE, width - ids.len()));
-        }
-        let n = rows.len() as i64;
+        let (input, target, last) = padded(&rows, self.block_size, self.pad, device);
         let floats = |values: Vec<f32>| Tensor::from_slice(&values).to_device(device);
         let reference = self.reference.as_ref().map(|r| {
             let side = |k: usize| indices.iter().map(move |&i| r[i][k]);
@@ -213,16 +186,17 @@ impl Pairs {
         });
         let margin: Vec<f32> = indices.iter().map(|&i| self.pairs[i].margin).collect();
         Batch {
-            input: Tensor::from_slice(&input).view([n, -1]).to_device(device),
-            target: Tensor::from_slice(&target).view([n, -1]).to_device(device),
+            input,
+            target,
             positions: None,
             mask: None,
             text_from: None,
             pairs: Some(PairRows {
-                last: Tensor::from_slice(&last).to_device(device),
+                last,
                 reference,
                 margin: floats(margin).to_kind(Kind::Float),
             }),
+            samples: None,
         }
     }
 }

@@ -221,6 +221,7 @@ impl Trainer {
             }),
             Objective::Dpo(config) => align::dpo_step(&self.model, batch, config),
             Objective::Reward(config) => align::reward_step(&self.model, batch, config),
+            Objective::Rloo(config) => crate::rloo::rloo_step(&self.model, batch, config),
         }
     }
 
@@ -410,7 +411,7 @@ impl Trainer {
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         let mut stats: Option<Tensor> = None;
         for micro in 0..accum {
-            let batch = data.batch(step * accum + micro, device)?;
+            let batch = data.batch_from(step * accum + micro, device, &self.model)?;
             let micro = self.objective(&batch)?;
             (&micro.loss / accum as f64).backward();
             loss += micro.loss.detach() / accum as f64;

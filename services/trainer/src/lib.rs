@@ -496,6 +496,10 @@ impl TrainerService {
                 let centring = r.center_rewards_coefficient.unwrap_or(0.0);
                 h.insert("center_rewards_coefficient".into(), centring.to_string());
             }
+            Objective::Rloo(r) => {
+                h.insert("beta".into(), r.beta.to_string());
+                h.insert("rloo_samples".into(), r.samples.to_string());
+            }
             Objective::NextToken => {}
         }
         if matches!(job.run_kind, RunKind::Dpo | RunKind::Reward) {
