@@ -58,9 +58,7 @@ pub fn win_rate(
     let wins = match pairs.len() {
         0 => 0.0,
         n => {
-            let pad = tokenizer
-                .token_to_id(tokenizer::END_OF_TEXT)
-                .unwrap_or_default();
+            let pad = tokenizer::end_of_text(tokenizer);
             let encoded = preference::encode(tokenizer, &pairs)?;
             let block = reward_model.config.block_size as usize;
             let set = Pairs::new(encoded, BATCH, block, pad, 0)?;

@@ -168,9 +168,7 @@ impl Suite {
         let mut latencies = Vec::new();
         let mut answer = |prompt: &str, at_least: usize| -> Result<String, MlError> {
             let ids = chat::prompt(tokenizer, &[Message::new(Role::User, prompt)])?;
-            let block = model.config.block_size as usize;
-            // Long prompts keep their end, where the question is.
-            let ids = &ids[ids.len().saturating_sub(block / 2)..];
+            let ids = chat::keep_end(&ids, model.config.block_size as usize / 2);
             let options = GenerateOptions {
                 max_tokens: self.max_new_tokens.max(at_least),
                 stop_tokens: chat::stop_tokens(tokenizer),

@@ -141,6 +141,12 @@ pub fn prompt(tokenizer: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, M
     Ok(ids)
 }
 
+/// A prompt in at most `keep` tokens (one or more): a long conversation keeps its end,
+/// where the question is.
+pub fn keep_end(prompt: &[u32], keep: usize) -> &[u32] {
+    &prompt[prompt.len().saturating_sub(keep.max(1))..]
+}
+
 /// The last user message of a conversation and the assistant's reply to it.
 pub fn last_exchange(conversation: &[Message]) -> Option<(&str, &str)> {
     let reply = conversation

@@ -10,7 +10,7 @@
 use crate::MlError;
 use crate::gpt::{Gpt, GptConfig};
 use crate::optim::AdamW;
-use crate::tokenizer::{END_OF_TEXT, SYSTEM};
+use crate::tokenizer::{SYSTEM, end_of_text};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -54,7 +54,7 @@ pub fn save<S: Serialize>(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let eos = tokenizer.token_to_id(END_OF_TEXT).unwrap_or(0);
+    let eos = end_of_text(tokenizer);
     let mut config = model.config.to_hf_json(eos);
     if model.has_score_head() {
         // A reward model: HF's sequence classifier with one label, which reads its score at

@@ -38,6 +38,11 @@ impl Default for TrainOptions {
     }
 }
 
+/// The end-of-text id, which also pads batches; 0 for a tokenizer without one.
+pub fn end_of_text(tokenizer: &Tokenizer) -> u32 {
+    tokenizer.token_to_id(END_OF_TEXT).unwrap_or(0)
+}
+
 fn err(e: impl std::fmt::Display) -> MlError {
     MlError::Tokenizer(e.to_string())
 }
