@@ -5,7 +5,8 @@
 //! the rest) and the registry promotes it, with no one touching it. Redelivered
 //! feedback, a redelivered request and a new request for the same pairs train nothing twice;
 //! pairs that cannot teach and a reward-model job with no pairs go to the dead-letter topic
-//! with their reason.
+//! with their reason. The prompts served are released too, and the champion is optimised on
+//! them against the reward model (RLOO), that policy gated like the rest.
 
 use quark_e2e::*;
 use quark_events::bus::{Publisher, dlq_topic, headers};
@@ -60,10 +61,60 @@ fn logged(quark: &Stack, message: &str, fields: &[(&str, &str)]) -> bool {
     })
 }
 
+fn store(quark: &Stack) -> ArtifactStore {
+    ArtifactStore::local(quark.data.path().join("quark").join("artifacts")).unwrap()
+}
+
+/// The `prompt`s of a prompts dataset.
+fn prompts_of(quark: &Stack, dataset: &DatasetPrepared) -> HashSet<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let bytes = runtime.block_on(store(quark).get(&dataset.train)).unwrap();
+    String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let document: serde_json::Value = serde_json::from_str(line).unwrap();
+            let record: serde_json::Value =
+                serde_json::from_str(document["text"].as_str().unwrap()).unwrap();
+            record["prompt"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// The dataset.prepared with this id.
+fn dataset_of(quark: &Stack, id: Id) -> DatasetPrepared {
+    quark
+        .events(EventKind::DatasetPrepared)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::DatasetPrepared(d) if d.dataset_id == id => Some(d),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// What the gate measured of a model, passed (eval.completed) or not (eval.regressed).
+fn gate_metrics(quark: &Stack, model: Id) -> HashMap<String, f64> {
+    let mut metrics = None;
+    wait_for("the gate's verdict", Duration::from_secs(300), || {
+        metrics = quark
+            .events(EventKind::EvalCompleted)
+            .into_iter()
+            .chain(quark.events(EventKind::EvalRegressed))
+            .find_map(|e| match e {
+                Event::EvalCompleted(c) if c.model_id == model => Some(c.metrics),
+                Event::EvalRegressed(r) if r.model_id == model => Some(r.metrics),
+                _ => None,
+            });
+        metrics.is_some()
+    });
+    metrics.unwrap()
+}
+
 /// A preference dataset of `records` (the augmenter's document form), and a request of
 /// `run_kind` on it.
 fn job_on(quark: &Stack, records: &[&str], run_kind: RunKind) -> (DatasetPrepared, Event) {
-    let store = ArtifactStore::local(quark.data.path().join("quark").join("artifacts")).unwrap();
+    let store = store(quark);
     let jsonl: String = records
         .iter()
         .enumerate()
@@ -104,6 +155,14 @@ fn job_on(quark: &Stack, records: &[&str], run_kind: RunKind) -> (DatasetPrepare
 #[test]
 fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
     let mut quark = Stack::new();
+    // The prompts served are released too, and the champion optimised on them (RLOO).
+    for (key, value) in [
+        ("QUARK__AUGMENT__RLOO_PROMPTS", "16"),
+        ("QUARK__TRAINER__RLOO__STEPS", "10"),
+        ("QUARK__TRAINER__RLOO__MAX_NEW_TOKENS", "12"),
+    ] {
+        quark.env.push((key.into(), value.into()));
+    }
     let first = quark.serve_first_champion();
 
     // Preference feedback → preference dataset → DPO request → aligned policy.
@@ -114,14 +173,7 @@ fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
         _ => None,
     });
     assert_eq!(request.trigger, RetrainTrigger::FeedbackThreshold);
-    let dataset = quark
-        .events(EventKind::DatasetPrepared)
-        .into_iter()
-        .find_map(|e| match e {
-            Event::DatasetPrepared(d) if request.dataset_ids == [d.dataset_id] => Some(d),
-            _ => None,
-        })
-        .unwrap();
+    let dataset = dataset_of(&quark, request.dataset_ids[0]);
     assert_eq!(dataset.kind, DatasetKind::Preference);
     let sources: HashSet<String> = dataset
         .source_collections
@@ -170,10 +222,6 @@ fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
         .iter()
         .find(|c| c.metric == "reward_win_rate")
         .unwrap_or_else(|| panic!("no reward-model check: {:?}", verdict.checks));
-    eprintln!(
-        "WINRATE {check:?} {:?}",
-        verdict.metrics.get("reward_win_prompts")
-    );
     assert!(check.passed && check.candidate >= 0.4, "{check:?}");
     assert!(verdict.metrics["reward_win_prompts"] >= 1.0);
     let evaluated: HashSet<Id> = quark
@@ -187,10 +235,58 @@ fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
         })
         .collect();
     assert!(!evaluated.contains(&judge.model_id));
+
+    // The prompts served (the questions rated among them) optimise the champion against the
+    // reward model (RLOO, a ppo run), and that policy goes through the gate too.
+    let optimise = quark.wait(EventKind::RetrainRequested, |e| match e {
+        Event::RetrainRequested(r) if r.run_kind == RunKind::Ppo => Some(r.clone()),
+        _ => None,
+    });
+    let prompts = dataset_of(&quark, optimise.dataset_ids[0]);
+    assert_eq!(prompts.kind, DatasetKind::Prompts);
+    let served = prompts_of(&quark, &prompts);
+    for (question, _) in PREFERENCES {
+        assert!(served.contains(*question), "{question} not in {served:?}");
+    }
+    let optimised = quark.wait(EventKind::ModelTrained, |e| {
+        of_kind(std::slice::from_ref(e), RunKind::Ppo).pop()
+    });
+    assert!(
+        [first, policy.model_id].contains(&optimised.parent_model_id.unwrap()),
+        "optimised from a champion"
+    );
+    assert_eq!(optimised.dataset_ids, optimise.dataset_ids);
+    assert_eq!(optimised.steps, 10);
+    let h = &optimised.hyperparameters;
+    assert_eq!(
+        (h["rloo_samples"].as_str(), h["beta"].as_str()),
+        ("4", "0.05")
+    );
+    let m = &optimised.metrics;
+    for stat in ["rloo_reward", "rloo_kl", "rloo_score"] {
+        assert!(m[stat].is_finite(), "{m:?}");
+    }
+    assert!((m["rloo_score"] - (m["rloo_reward"] - 0.05 * m["rloo_kl"])).abs() < 1e-3);
+    let measured = gate_metrics(&quark, optimised.model_id);
+    assert!(measured["perplexity"].is_finite(), "{measured:?}");
+    // The gateway serves the newest champion: the aligned one, or the optimised one after it.
+    // (By when it happened: promotions of different lineages lie on different partitions.)
+    let newest = || {
+        let promotions = quark.events(EventKind::ModelPromoted);
+        promotions
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ModelPromoted(p) => Some(p),
+                _ => None,
+            })
+            .max_by_key(|p| p.header.occurred_at)
+            .map(|p| p.model_id)
+    };
+    assert!([Some(champion), Some(optimised.model_id)].contains(&newest()));
     wait_for(
-        "the gateway to serve the aligned champion",
+        "the gateway to serve the newest champion",
         Duration::from_secs(60),
-        || quark.served_model() == Some(champion.to_string()),
+        || quark.served_model() == newest().map(|id| id.to_string()),
     );
 
     // Redelivery: the same feedback and the same request again train nothing; a new request

@@ -36,6 +36,7 @@ async fn feedback_to_one_gateway_for_a_response_of_another_is_learnt_from() {
         min_examples: 1,
         release_interval_secs: 0,
         reward_model: true,
+        rloo_prompts: 0,
     };
     let augmenter = quark_augmenter::AugmenterService::new(
         cluster.store.clone(),

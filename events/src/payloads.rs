@@ -37,6 +37,8 @@ pub enum DatasetKind {
     Eval,
     // Documents for retrieval: indexed, never trained on.
     Knowledge,
+    // Prompts from served traffic, which a policy answers and a reward model judges (RLOO).
+    Prompts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
@@ -55,6 +57,8 @@ pub enum RunKind {
     Sft,
     Reward,
     Dpo,
+    // Policy optimisation against a reward model, with a KL penalty to the reference:
+    // Quark's trainer runs it as RLOO (the symbol predates the choice).
     Ppo,
     Distill,
     Quantize,
@@ -358,12 +362,13 @@ pub struct DocumentForgotten {
 }
 
 impl DatasetKind {
-    pub const ALL: [DatasetKind; 5] = [
+    pub const ALL: [DatasetKind; 6] = [
         DatasetKind::Pretrain,
         DatasetKind::Sft,
         DatasetKind::Preference,
         DatasetKind::Eval,
         DatasetKind::Knowledge,
+        DatasetKind::Prompts,
     ];
 
     /// The symbol the schema gives it (`pretrain`, `sft`, …).
@@ -374,6 +379,7 @@ impl DatasetKind {
             DatasetKind::Preference => "preference",
             DatasetKind::Eval => "eval",
             DatasetKind::Knowledge => "knowledge",
+            DatasetKind::Prompts => "prompts",
         }
     }
 

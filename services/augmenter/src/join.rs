@@ -164,3 +164,31 @@ pub(crate) async fn park<C: ConnectionTrait>(
     };
     insert_new(db, row, [parked::Column::EventId]).await
 }
+
+/// The most recent distinct prompts served at or before `until` (ms), at most `limit`,
+/// newest first, PII scrubbed: what a policy is optimised on. Bounded by `until`, a
+/// redelivered release picks the same prompts.
+pub async fn recent_prompts<C: ConnectionTrait>(
+    db: &C,
+    until: i64,
+    limit: usize,
+) -> Result<Vec<String>, DbErr> {
+    let mut prompts: Vec<String> = Vec::new();
+    let mut rows = response::Entity::find()
+        .filter(response::Column::ServedAt.lte(until))
+        .order_by_desc(response::Column::ServedAt)
+        .order_by_desc(response::Column::RequestId)
+        .paginate(db, 256);
+    while prompts.len() < limit {
+        let Some(page) = rows.fetch_and_next().await? else {
+            break;
+        };
+        for row in page {
+            let prompt = quark_curate::pii::scrub(row.prompt.trim()).0;
+            if !prompt.is_empty() && !prompts.contains(&prompt) && prompts.len() < limit {
+                prompts.push(prompt);
+            }
+        }
+    }
+    Ok(prompts)
+}

@@ -17,8 +17,11 @@
 //!   for a fine-tuning on every SFT dataset released so far.
 //!
 //! A release emits one dataset.prepared per kind (its `source_collections` are the feedback
-//! ids the examples came from), a retrain.requested (sft) for the SFT dataset and one (dpo)
-//! for the preference dataset. `min_examples` pending preference pairs are due on their own.
+//! ids the examples came from), a retrain.requested (sft) for the SFT dataset and, for the
+//! preference dataset, one for a reward model and one (dpo) for the policy. With
+//! `rloo_prompts`, the pairs' prompts and the most recent others of served traffic go out as a
+//! prompts dataset and a retrain.requested (ppo, run by RLOO) optimises the champion on them against that reward
+//! model. `min_examples` pending preference pairs are due on their own.
 //!
 //! Feedback from the gateway names only its request id: the augmenter joins it to the
 //! response.served it folded ([`join`]); feedback that arrives before its response is parked
@@ -30,7 +33,10 @@
 //! exactly once.
 
 pub mod join;
+mod migrations;
 pub mod ratings;
+
+pub use migrations::{AugmenterMigration, JoinMigration};
 
 use async_trait::async_trait;
 use quark_curate::normalize::{exact_key, normalize};
@@ -44,8 +50,7 @@ use quark_runtime::ArtifactStore;
 use quark_runtime::config::AugmentSettings;
 use quark_runtime::db::insert_new;
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, DatabaseTransaction, QueryOrder, Schema};
-use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
+use sea_orm::{ActiveValue::Set, DatabaseTransaction, QueryOrder};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,42 +338,107 @@ impl AugmenterService {
         }
     }
 
+    /// A dataset.prepared of `documents` (key, text, source) in the curator's document form,
+    /// so the trainer and evaluator read every dataset alike.
+    async fn dataset(
+        &self,
+        cause: &EventHeader,
+        (kind, dataset_id): (DatasetKind, Id),
+        documents: &[(String, String, String)],
+        source_collections: Vec<Id>,
+    ) -> Result<DatasetPrepared, HandlerError> {
+        let mut jsonl = String::new();
+        for (id, text, source) in documents {
+            let document = serde_json::json!({"id": id, "text": text, "source": source});
+            jsonl.push_str(&document.to_string());
+            jsonl.push('\n');
+        }
+        let train = self
+            .store
+            .put(jsonl.as_bytes())
+            .await
+            .map_err(HandlerError::transient)?;
+        let name = kind.name();
+        let examples = documents.len() as i64;
+        Ok(DatasetPrepared {
+            header: EventHeader::caused_by(cause, NAME, name),
+            dataset_id,
+            name: format!("feedback-{name}"),
+            kind,
+            train,
+            validation: None,
+            rejects: None,
+            train_examples: examples,
+            validation_examples: 0,
+            stats: HashMap::from([("examples".to_string(), examples)]),
+            source_collections,
+            parent_dataset_id: None,
+        })
+    }
+
+    /// Prompts of served traffic, up to `rloo_prompts`, as a prompts dataset: those of the
+    /// preference `pairs` first (their responses may not have joined yet), then the most
+    /// recent others; none when policy optimisation is off.
+    async fn served_prompts(
+        &self,
+        cause: &EventHeader,
+        pairs: &[example::Model],
+    ) -> Result<Option<DatasetPrepared>, HandlerError> {
+        let limit = self.settings.rloo_prompts;
+        if limit == 0 || !self.settings.reward_model {
+            return Ok(None);
+        }
+        let recent = join::recent_prompts(&self.db, cause.occurred_at.0, limit)
+            .await
+            .map_err(HandlerError::transient)?;
+        let of_pairs = pairs.iter().filter_map(|pair| {
+            let record: serde_json::Value = serde_json::from_str(&pair.record).ok()?;
+            Some(record["prompt"].as_str()?.to_string())
+        });
+        let mut prompts: Vec<String> = Vec::new();
+        for prompt in of_pairs.chain(recent) {
+            if prompts.len() < limit && !prompt.is_empty() && !prompts.contains(&prompt) {
+                prompts.push(prompt);
+            }
+        }
+        if prompts.is_empty() {
+            return Ok(None);
+        }
+        let kind = DatasetKind::Prompts;
+        let documents: Vec<_> = prompts
+            .into_iter()
+            .map(|prompt| {
+                let record = serde_json::json!({ "prompt": prompt });
+                (key(kind, &record), record.to_string(), "served".to_string())
+            })
+            .collect();
+        let id = Id::derived(cause.event_id, kind.name());
+        Ok(Some(
+            self.dataset(cause, (kind, id), &documents, vec![]).await?,
+        ))
+    }
+
     async fn release(&self, decision: Decision) -> Result<Vec<Event>, HandlerError> {
         let cause = &decision.cause;
         let mut events = Vec::new();
         for (kind, dataset_id, examples) in &decision.release {
-            // In the curator's document form, so the trainer and evaluator read every dataset alike.
-            let mut jsonl = String::new();
-            for e in examples {
-                let document = serde_json::json!({"id": e.key, "text": e.record, "source": format!("feedback:{}", e.feedback_id)});
-                jsonl.push_str(&document.to_string());
-                jsonl.push('\n');
-            }
-            let train = self
-                .store
-                .put(jsonl.as_bytes())
-                .await
-                .map_err(HandlerError::transient)?;
+            let documents: Vec<_> = examples
+                .iter()
+                .map(|e| {
+                    let source = format!("feedback:{}", e.feedback_id);
+                    (e.key.clone(), e.record.clone(), source)
+                })
+                .collect();
             let mut feedback_ids: Vec<Id> = examples
                 .iter()
                 .filter_map(|e| e.feedback_id.parse().ok())
                 .collect();
             feedback_ids.dedup();
-            let name = kind.name();
-            events.push(Event::DatasetPrepared(DatasetPrepared {
-                header: EventHeader::caused_by(cause, NAME, name),
-                dataset_id: *dataset_id,
-                name: format!("feedback-{name}"),
-                kind: *kind,
-                train,
-                validation: None,
-                rejects: None,
-                train_examples: examples.len() as i64,
-                validation_examples: 0,
-                stats: HashMap::from([("examples".to_string(), examples.len() as i64)]),
-                source_collections: feedback_ids,
-                parent_dataset_id: None,
-            }));
+            let dataset = (*kind, *dataset_id);
+            let prepared = self
+                .dataset(cause, dataset, &documents, feedback_ids)
+                .await?;
+            events.push(Event::DatasetPrepared(prepared));
         }
         // The corrections released now, or else (a manual request) the earlier ones.
         let sft = decision
@@ -414,7 +484,14 @@ impl AugmenterService {
                     reason.clone(),
                 ));
             }
-            events.push(request("align", RunKind::Dpo, vec![*id], reason));
+            events.push(request("align", RunKind::Dpo, vec![*id], reason.clone()));
+            // And on prompts of served traffic, against that reward model (RLOO).
+            if let Some(prompts) = self.served_prompts(cause, pairs).await? {
+                let ids = vec![prompts.dataset_id];
+                let reason = format!("{reason}, then {} served prompts", prompts.train_examples);
+                events.push(Event::DatasetPrepared(prompts));
+                events.push(request("optimise", RunKind::Ppo, ids, reason));
+            }
         }
         Ok(events)
     }
@@ -482,72 +559,6 @@ impl Handler for AugmenterService {
                 )
                 .filter(example::Column::Key.is_in(keys))
                 .exec(txn)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// Creates the augmenter's table.
-pub struct AugmenterMigration;
-
-impl MigrationName for AugmenterMigration {
-    fn name(&self) -> &str {
-        "m0004_augmenter"
-    }
-}
-
-#[async_trait]
-impl MigrationTrait for AugmenterMigration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let schema = Schema::new(manager.get_database_backend());
-        manager
-            .create_table(
-                schema
-                    .create_table_from_entity(example::Entity)
-                    .if_not_exists()
-                    .to_owned(),
-            )
-            .await
-    }
-}
-
-/// Creates the augmenter's tables for joining feedback to responses.
-pub struct JoinMigration;
-
-impl MigrationName for JoinMigration {
-    fn name(&self) -> &str {
-        "m0005_augmenter_join"
-    }
-}
-
-#[async_trait]
-impl MigrationTrait for JoinMigration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let schema = Schema::new(manager.get_database_backend());
-        manager
-            .create_table(
-                schema
-                    .create_table_from_entity(join::response::Entity)
-                    .if_not_exists()
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_table(
-                schema
-                    .create_table_from_entity(join::parked::Entity)
-                    .if_not_exists()
-                    .to_owned(),
-            )
-            .await?;
-        let index = schema
-            .create_index_from_entity(join::parked::Entity)
-            .into_iter()
-            .next();
-        if let Some(mut index) = index {
-            manager
-                .create_index(index.if_not_exists().to_owned())
                 .await?;
         }
         Ok(())

@@ -103,6 +103,91 @@ async fn preference_pairs_reach_the_threshold_on_their_own_and_ask_for_dpo() {
     assert!(policy.feed(&second).await.is_empty());
 }
 
+/// A response.served of `prompt`, served `at` ms after the epoch.
+fn served(request_id: &str, prompt: &str, at: i64) -> Event {
+    let Event::ResponseServed(mut r) = samples::sample(EventKind::ResponseServed, "gateway") else {
+        unreachable!()
+    };
+    r.header.occurred_at = Timestamp(at);
+    (r.request_id, r.prompt) = (request_id.into(), prompt.into());
+    Event::ResponseServed(r)
+}
+
+#[tokio::test]
+async fn preference_pairs_also_optimise_the_policy_on_recent_served_prompts() {
+    let settings = quark_runtime::config::AugmentSettings {
+        min_examples: 1,
+        release_interval_secs: 0,
+        reward_model: true,
+        rloo_prompts: 4,
+    };
+    let policy = Policy::with(settings).await;
+    let now = Timestamp::now().0;
+    // Four distinct prompts (one twice, one with an e-mail address) before the feedback, one
+    // after it.
+    for (i, prompt) in [
+        "Who is Hamlet?",
+        "Who is Yorick?",
+        "Who is Hamlet?",
+        "Write to ann.lee@gmail.com",
+        "Who is Laertes?",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            policy
+                .feed(&served(&format!("r{i}"), prompt, now - 5000 + i as i64))
+                .await
+                .is_empty()
+        );
+    }
+    assert!(
+        policy
+            .feed(&served("late", "Who comes later?", now + 60_000))
+            .await
+            .is_empty()
+    );
+    let out = policy
+        .feed(&feedback(2, "Who is Horatio?", None, Some("A friend.")))
+        .await;
+    let released = datasets(&out);
+    let prompts = &released[&DatasetKind::Prompts];
+    let lines: Vec<serde_json::Value> = policy
+        .lines(prompts)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l["text"].as_str().unwrap()).unwrap())
+        .collect();
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["prompt"].as_str().unwrap())
+        .collect();
+    // The pair's own prompt first, then the most recent distinct ones served before the
+    // feedback, newest first, scrubbed: four in all, so the oldest (Yorick) is left out.
+    assert_eq!(texts.len(), 4, "{texts:?}");
+    assert_eq!(texts[..2], ["Who is Horatio?", "Who is Laertes?"]);
+    assert!(
+        texts[2].starts_with("Write to ") && !texts[2].contains("ann.lee@gmail.com"),
+        "{texts:?}"
+    );
+    assert_eq!(texts[3], "Who is Hamlet?");
+    // A reward model, DPO, then RLOO (a ppo run) on the prompts.
+    let asked: Vec<(RunKind, Vec<Id>)> = requests(&out)
+        .into_iter()
+        .map(|r| (r.run_kind, r.dataset_ids))
+        .collect();
+    let pairs = released[&DatasetKind::Preference].dataset_id;
+    assert_eq!(
+        asked,
+        [
+            (RunKind::Reward, vec![pairs]),
+            (RunKind::Dpo, vec![pairs]),
+            (RunKind::Ppo, vec![prompts.dataset_id])
+        ]
+    );
+}
+
 /// A plain rating of `response` to `prompt`.
 fn rated(rating: i32, prompt: &str, response: &str) -> Event {
     let Event::FeedbackReceived(mut f) = feedback(rating, prompt, None, None) else {

@@ -214,14 +214,10 @@ impl EvaluatorService {
     /// The newest reward model trained from `champion`: the judge between its answers and a
     /// candidate's.
     async fn reward_model(&self, champion: Id) -> Result<Option<Model>, HandlerError> {
-        let children = LINEAGE
-            .children(&self.db, champion)
+        LINEAGE
+            .newest_child(&self.db, champion, RunKind::Reward)
             .await
-            .map_err(HandlerError::transient)?;
-        Ok(children
-            .into_iter()
-            .rev()
-            .find(|m| m.run_kind == Some(RunKind::Reward)))
+            .map_err(HandlerError::transient)
     }
 
     /// The candidate's reward-model win rate over the champion (and the prompts it is taken

@@ -232,6 +232,21 @@ impl Lineage {
         table::tagged(db, &self.table(), Entry::Model, &parent.to_string()).await
     }
 
+    /// The newest child of `parent` a run of `run_kind` trained (a reward model: the judge of
+    /// the parent's policies).
+    pub async fn newest_child<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        parent: Id,
+        run_kind: RunKind,
+    ) -> Result<Option<Model>, DbErr> {
+        let children = self.children(db, parent).await?;
+        Ok(children
+            .into_iter()
+            .rev()
+            .find(|m| m.run_kind == Some(run_kind)))
+    }
+
     /// The ids of the documents forgotten so far: no training set may hold them.
     pub async fn forgotten<C: ConnectionTrait>(&self, db: &C) -> Result<HashSet<String>, DbErr> {
         let rows: Vec<DocumentForgotten> =

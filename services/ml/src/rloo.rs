@@ -19,7 +19,7 @@ use crate::chat::{self, Message, Role};
 use crate::data::{Batch, Batches, Example, draw, padded};
 use crate::generate::{FinishReason, GenerateOptions, generate};
 use crate::gpt::{Context, Gpt};
-use crate::tokenizer::END_OF_TEXT;
+use crate::tokenizer::{END_OF_TEXT, end_of_text};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
@@ -75,34 +75,36 @@ pub struct SampleRows {
 }
 
 /// A reward model and its tokenizer: the judge of the policy's completions.
-pub struct Judge<'a> {
-    pub model: &'a Gpt,
-    pub tokenizer: &'a Tokenizer,
+pub struct Judge {
+    pub model: Gpt,
+    pub tokenizer: Tokenizer,
 }
 
 /// Prompts the policy answers, `per_step` at a time, each epoch in its own seeded order.
 /// Batches are sampled from the policy being trained ([`Batches::batch_from`]).
-pub struct Prompts<'a> {
+pub struct Prompts {
     prompts: Vec<String>,
+    /// Each prompt in the chat template, encoded once.
+    encoded: Vec<Vec<u32>>,
     per_step: usize,
     config: RlooConfig,
     tokenizer: Tokenizer,
-    judge: Judge<'a>,
+    judge: Judge,
     /// None: the base under the policy's adapters.
-    reference: Option<&'a Gpt>,
+    reference: Option<Gpt>,
     seed: u64,
 }
 
-impl<'a> Prompts<'a> {
+impl Prompts {
     pub fn new(
         prompts: Vec<String>,
         per_step: usize,
         config: RlooConfig,
         tokenizer: Tokenizer,
-        judge: Judge<'a>,
-        reference: Option<&'a Gpt>,
+        judge: Judge,
+        reference: Option<Gpt>,
         seed: u64,
-    ) -> Result<Prompts<'a>, MlError> {
+    ) -> Result<Prompts, MlError> {
         config.validate()?;
         if prompts.is_empty() || per_step == 0 {
             return Err(MlError::Empty("RLOO needs prompts to answer".into()));
@@ -110,8 +112,13 @@ impl<'a> Prompts<'a> {
         if !judge.model.has_score_head() {
             return Err(MlError::Config("the judge has no score head".into()));
         }
+        let encoded = prompts
+            .iter()
+            .map(|p| chat::prompt(&tokenizer, &[Message::new(Role::User, p.as_str())]))
+            .collect::<Result<_, _>>()?;
         Ok(Prompts {
             prompts,
+            encoded,
             per_step,
             config,
             tokenizer,
@@ -128,12 +135,10 @@ impl<'a> Prompts<'a> {
         let end = self.tokenizer.token_to_id(END_OF_TEXT);
         let mut rollout = Rollout::default();
         for (n, &i) in drawn.iter().enumerate() {
-            let user = [Message::new(Role::User, self.prompts[i].as_str())];
-            let prompt = chat::prompt(&self.tokenizer, &user)?;
+            // Room for the completion.
             let block = policy.config.block_size as usize;
-            // Long prompts keep their end, with room for the completion.
-            let keep = block.saturating_sub(self.config.max_new_tokens + 1).max(1);
-            let prompt = &prompt[prompt.len().saturating_sub(keep)..];
+            let keep = block.saturating_sub(self.config.max_new_tokens + 1);
+            let prompt = chat::keep_end(&self.encoded[i], keep);
             for s in 0..self.config.samples {
                 let options = GenerateOptions {
                     max_tokens: self.config.max_new_tokens,
@@ -158,7 +163,7 @@ impl<'a> Prompts<'a> {
 
     /// The judge's score of each completion, `[rows]`.
     fn judged(&self, texts: &[(usize, String)], device: Device) -> Result<Tensor, MlError> {
-        let tokenizer = self.judge.tokenizer;
+        let tokenizer = &self.judge.tokenizer;
         let block = self.judge.model.config.block_size as usize;
         let rows = texts
             .iter()
@@ -170,9 +175,8 @@ impl<'a> Prompts<'a> {
                 chat::render(tokenizer, &conversation)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let pad = tokenizer.token_to_id(END_OF_TEXT).unwrap_or_default();
         let rows: Vec<&Example> = rows.iter().collect();
-        let (input, _, last) = padded(&rows, block, pad, device);
+        let (input, _, last) = padded(&rows, block, end_of_text(tokenizer), device);
         tch::no_grad(|| {
             self.judge
                 .model
@@ -196,7 +200,7 @@ pub fn leave_one_out(scores: &Tensor, samples: i64) -> Tensor {
     (groups - others).view([-1])
 }
 
-impl Batches for Prompts<'_> {
+impl Batches for Prompts {
     fn batch(&self, _index: u64, _device: Device) -> Result<Batch, MlError> {
         Err(MlError::Config(
             "RLOO's batches are sampled from the policy being trained".into(),
@@ -207,9 +211,8 @@ impl Batches for Prompts<'_> {
         let drawn = draw(self.seed, index, self.per_step, self.prompts.len());
         let rollout = self.sample(policy, &drawn, index)?;
         let block = policy.config.block_size as usize;
-        let pad = self.tokenizer.token_to_id(END_OF_TEXT).unwrap_or_default();
         let rows: Vec<&Example> = rollout.rows.iter().collect();
-        let (input, target, _) = padded(&rows, block, pad, device);
+        let (input, target, _) = padded(&rows, block, end_of_text(&self.tokenizer), device);
         let mut batch = Batch {
             input,
             target,
@@ -221,7 +224,7 @@ impl Batches for Prompts<'_> {
         };
         let kl = tch::no_grad(|| -> Result<Tensor, MlError> {
             let (own, _) = sequence_logps(policy, &batch, false, false)?;
-            let (reference, _) = match self.reference {
+            let (reference, _) = match &self.reference {
                 Some(reference) => sequence_logps(reference, &batch, false, false)?,
                 None if policy.adapters().is_some() => sequence_logps(policy, &batch, true, false)?,
                 None => {

@@ -12,6 +12,7 @@ use quark_ml::data::{Batches, validation_batches};
 use quark_ml::gpt::Gpt;
 use quark_ml::lora::{self, LoraConfig};
 use quark_ml::preference::{self, Pair, Pairs};
+use quark_ml::probe::{Limits, Probe, Selector};
 use quark_ml::rloo::{Judge, Prompts, RlooConfig, leave_one_out};
 use quark_ml::train::{Progress, TrainConfig, Trainer, evaluate};
 use quark_ml::{MlError, Tokenizer};
@@ -156,7 +157,7 @@ fn dpo_and_ipo_raise_the_margin_on_held_out_pairs_of_the_same_preference() {
 }
 
 /// The evaluator's default limit on held-out perplexity (`evaluate.max_perplexity_increase`).
-const MAX_PERPLEXITY_INCREASE: f64 = 0.015;
+const MAX_PERPLEXITY_INCREASE: f64 = 0.02;
 
 #[test]
 fn dpo_on_flipped_preferences_hurts_held_out_perplexity_beyond_the_gates_limit() {
@@ -166,15 +167,37 @@ fn dpo_on_flipped_preferences_hurts_held_out_perplexity_beyond_the_gates_limit()
     let held_out = validation_batches(&val, 32, 8, None, Device::Cpu).unwrap();
     let perplexity = |m: &Gpt| evaluate(m, &held_out).unwrap().exp();
     let before = perplexity(&model);
-    // Taught to prefer reversed text to the corpus's own.
+    // Taught to prefer reversed text to the corpus's own, probed as the trainer probes a DPO
+    // run: every fifth step, against the gate's limits with the trainer's margin.
     let flipped = with_reference(&model, encoded(&tokenizer, false, true, 4));
-    let dpo = DpoConfig::default();
-    let config = preference_config(30, 3e-3, Objective::Dpo(dpo));
-    let (model, _) = train(model, tokenizer, config, &flipped, &dir.path().join("run"));
-    let after = perplexity(&model);
+    let probed = validation_batches(&val, 32, 8, None, Device::Cpu).unwrap();
+    let probe = Probe::new(probed, vec![], &flipped.chosen(), 32, Device::Cpu).unwrap();
+    let base = probe.read(&model, false).unwrap();
+    let limits = Limits {
+        max_perplexity_increase: MAX_PERPLEXITY_INCREASE,
+        max_reply_loss_increase: 0.03,
+        margin: 0.25,
+    };
+    let mut selector = Selector::new(probe, base, limits, 5, 1.0).unwrap();
+    let config = preference_config(30, 3e-3, Objective::Dpo(DpoConfig::default()));
+    let mut run = Trainer::start(model, tokenizer, config, None, &dir.path().join("run")).unwrap();
+    run.run_observed(&flipped, None, |p, m| {
+        selector.observe(p.step, p.max_steps, m)
+    })
+    .unwrap();
+    let after = perplexity(&run.model);
     assert!(
         after > before * (1.0 + MAX_PERPLEXITY_INCREASE),
         "perplexity {before:.3} -> {after:.3}"
+    );
+    // No checkpoint of the run stays inside the limits: the one handed on is marked unfit,
+    // which the evaluator turns into a regression without measuring it.
+    let selection = selector.finish(&run.model).unwrap();
+    assert!(!selection.chosen.fits, "{:?}", selection.path);
+    assert!(
+        selection.path.iter().all(|p| !p.fits),
+        "{:?}",
+        selection.path
     );
 }
 
@@ -329,15 +352,17 @@ fn pairs_that_cannot_teach_are_refused_with_a_reason() {
     );
 }
 
-/// A reward model that prefers the corpus's phrases to the same letters shuffled.
-fn judge(dir: &Path) -> (Gpt, Tokenizer) {
+/// A reward model that prefers the corpus's phrases to the same letters shuffled: its
+/// checkpoint.
+fn judge(dir: &Path) -> std::path::PathBuf {
     let (mut model, tokenizer, _) = pretrained(dir, 400);
     model.add_score_head(Some(11)).unwrap();
     let pairs = interleaved(&tokenizer, false);
     let objective = Objective::Reward(RewardConfig::default());
     let config = preference_config(200, 1e-3, objective);
-    let (model, _) = train(model, tokenizer.clone(), config, &pairs, &dir.join("run"));
-    (model, tokenizer)
+    let run = dir.join("run");
+    train(model, tokenizer, config, &pairs, &run);
+    checkpoint::RunDir::new(&run).latest().unwrap().unwrap()
 }
 
 #[test]
@@ -393,10 +418,10 @@ fn mean(steps: &[Progress], stat: &str) -> f64 {
 #[test]
 fn rloo_raises_the_reward_models_score_of_the_policys_own_completions() {
     let dir = tempfile::tempdir().unwrap();
-    let (judge_model, judge_tokenizer) = judge(&dir.path().join("judge"));
-    let judge = || Judge {
-        model: &judge_model,
-        tokenizer: &judge_tokenizer,
+    let judge_checkpoint = judge(&dir.path().join("judge"));
+    let judge = || {
+        let (model, tokenizer) = checkpoint::load(&judge_checkpoint, Device::Cpu).unwrap();
+        Judge { model, tokenizer }
     };
     let rloo = RlooConfig {
         max_new_tokens: 12,
@@ -434,8 +459,8 @@ fn rloo_raises_the_reward_models_score_of_the_policys_own_completions() {
     let error = Prompts::new(prompts(), 2, one, tokenizer.clone(), judge(), None, 3);
     assert!(matches!(error, Err(MlError::Config(_))));
     let no_head = Judge {
-        model: &plain,
-        tokenizer: &judge_tokenizer,
+        model: pretrained(&dir.path().join("headless"), 1).0,
+        tokenizer: tokenizer.clone(),
     };
     let error = Prompts::new(prompts(), 2, rloo, tokenizer.clone(), no_head, None, 3);
     assert!(matches!(error, Err(MlError::Config(_))));

@@ -99,6 +99,27 @@ pub struct TrainerSettings {
     pub stop_when_learnt: f64,
     /// DPO and reward-model runs on preference pairs.
     pub align: AlignSettings,
+    /// Policy optimisation (ppo runs, by RLOO) on prompts from served traffic.
+    pub rloo: RlooSettings,
+}
+
+/// RLOO of the champion against the newest reward model trained from it (LoRA adapters when
+/// `trainer.lora.rank` is above 0, their base the reference; else a frozen copy).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlooSettings {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Peak learning rate (warm-up over a tenth of the steps, then cosine to a tenth).
+    pub lr: f64,
+    /// Prompts per optimizer step.
+    pub prompts_per_step: usize,
+    /// Completions sampled per prompt: each one's baseline is the others' mean score.
+    pub samples: usize,
+    /// Weight of the KL penalty to the reference (TRL's `beta`).
+    pub beta: f64,
+    pub temperature: f64,
+    pub max_new_tokens: usize,
 }
 
 /// Learning from preference pairs (every weight is trained; DPO against the base).
@@ -217,6 +238,10 @@ pub struct AugmentSettings {
     /// Preference pairs released also train a reward model from the champion, before the
     /// DPO run, and the gate reads the DPO policy's answers by it.
     pub reward_model: bool,
+    /// With the reward model, the preference pairs' prompts and the most recent other
+    /// distinct prompts of served traffic (up to this many in all) are released as a prompts dataset and the champion is optimised on them
+    /// against the reward model (a ppo run, by RLOO); 0: no such run.
+    pub rloo_prompts: usize,
 }
 
 /// What the curator keeps and how it deduplicates.
@@ -413,6 +438,15 @@ impl Default for Settings {
                     loss: "sigmoid".into(),
                     center_rewards_coefficient: 0.01,
                 },
+                rloo: RlooSettings {
+                    steps: 20,
+                    lr: 1e-4,
+                    prompts_per_step: 2,
+                    samples: 4,
+                    beta: 0.05,
+                    temperature: 1.0,
+                    max_new_tokens: 24,
+                },
             },
             evaluate: EvaluateSettings {
                 max_perplexity_increase: 0.02,
@@ -449,6 +483,7 @@ impl Default for Settings {
                 min_examples: 8,
                 release_interval_secs: 86_400,
                 reward_model: true,
+                rloo_prompts: 0,
             },
             schema_registry: SchemaRegistrySettings::default(),
             retrieval: RetrievalSettings::default(),

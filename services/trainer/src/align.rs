@@ -10,14 +10,14 @@
 //! every tenth held out (from ten pairs up), and the readings on both go into model.trained.
 
 use crate::data::{Data, Forgotten, Records};
-use crate::{Job, TrainerService, tuning};
+use crate::{Job, Run, TrainerService, tuning};
 use quark_events::bus::HandlerError;
 use quark_events::{DatasetPrepared, Id, RunKind};
 use quark_lineage::Model;
 use quark_ml::align::{self, DpoConfig, DpoLoss, Objective, PairReading, RewardConfig};
 use quark_ml::checkpoint;
 use quark_ml::preference::{self, Pair, Pairs};
-use quark_ml::train::Trainer;
+use quark_ml::train::{TrainConfig, Trainer};
 use quark_ml::{Tokenizer, tokenizer};
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +29,8 @@ const REFERENCE: &str = "reference.json";
 pub(crate) struct Inputs<'a> {
     pub run_kind: RunKind,
     pub base: &'a Model,
+    /// A ppo run's reward model.
+    pub judge: Option<&'a Model>,
     pub datasets: &'a [DatasetPrepared],
     pub records: &'a Records,
     pub pretraining: &'a [DatasetPrepared],
@@ -81,6 +83,7 @@ impl TrainerService {
                     }
                 },
             }),
+            RunKind::Ppo => Objective::Rloo(self.rloo_config()),
             _ => Objective::Reward(RewardConfig {
                 center_rewards_coefficient: (a.center_rewards_coefficient > 0.0)
                     .then_some(a.center_rewards_coefficient),
@@ -95,7 +98,7 @@ impl TrainerService {
         block: i64,
     ) -> Result<Pairs, HandlerError> {
         let encoded = preference::encode(tokenizer, pairs).map_err(HandlerError::permanent)?;
-        let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
+        let pad = tokenizer::end_of_text(tokenizer);
         Pairs::new(
             encoded,
             self.settings.align.pairs_per_step,
@@ -106,30 +109,57 @@ impl TrainerService {
         .map_err(HandlerError::permanent)
     }
 
-    /// A new run of `inputs` in `run_dir`, from the base's checkpoint (unpacked into `base_dir`).
-    fn start(
+    /// An alignment run's settings: `steps` at a peak `lr` (warm-up over a tenth of them,
+    /// then cosine to a tenth of it), the run's own objective and no pull toward the base.
+    pub(crate) fn align_config(
         &self,
-        inputs: &Inputs,
+        device: tch::Device,
+        block: i64,
+        (steps, lr): (u64, f64),
+        objective: Objective,
+    ) -> TrainConfig {
+        let mut config = self.train_config(device, true, block);
+        config.max_steps = steps;
+        config.schedule.max_lr = lr;
+        config.schedule.min_lr = lr / 10.0;
+        config.schedule.warmup_steps = steps / 10;
+        config.schedule.decay_steps = steps;
+        config.kl_weight = 0.0;
+        config.objective = objective;
+        config
+    }
+
+    /// A new run of `run_kind` in `run_dir`, from the base's checkpoint (unpacked into
+    /// `base_dir`): a reward model with a new scalar head, a ppo run with the configured
+    /// adapters, `prompts_per_step × samples` completions a step.
+    pub(crate) fn start(
+        &self,
+        run_kind: RunKind,
         base_dir: &Path,
         run_dir: &Path,
         device: tch::Device,
     ) -> Result<Trainer, HandlerError> {
         let (mut model, tokenizer) =
             checkpoint::load(base_dir, device).map_err(HandlerError::permanent)?;
-        if inputs.run_kind == RunKind::Reward {
-            model
-                .add_score_head(Some(self.settings.seed))
-                .map_err(HandlerError::permanent)?;
+        let (a, r) = (&self.settings.align, &self.settings.rloo);
+        let steps = match run_kind {
+            RunKind::Reward => {
+                model
+                    .add_score_head(Some(self.settings.seed))
+                    .map_err(HandlerError::permanent)?;
+                (a.steps, a.lr)
+            }
+            RunKind::Ppo => {
+                tuning::adapt(&mut model, &self.settings)?;
+                (r.steps, r.lr)
+            }
+            _ => (a.steps, a.lr),
+        };
+        let objective = self.objective(run_kind)?;
+        let mut config = self.align_config(device, model.config.block_size, steps, objective);
+        if run_kind == RunKind::Ppo {
+            config.batch_size = r.prompts_per_step * r.samples;
         }
-        let mut config = self.train_config(device, true, model.config.block_size);
-        let a = &self.settings.align;
-        config.max_steps = a.steps;
-        config.schedule.max_lr = a.lr;
-        config.schedule.min_lr = a.lr / 10.0;
-        config.schedule.warmup_steps = a.steps / 10;
-        config.schedule.decay_steps = a.steps;
-        config.kl_weight = 0.0;
-        config.objective = self.objective(inputs.run_kind)?;
         Trainer::start(
             model,
             tokenizer,
@@ -147,23 +177,20 @@ impl TrainerService {
         &self,
         inputs: Inputs<'_>,
         dir: &Path,
-        device: tch::Device,
+        run: &Run,
     ) -> Result<Job, HandlerError> {
+        if inputs.run_kind == RunKind::Ppo {
+            return self.rloo_job(inputs, dir, run).await;
+        }
         let (train, held_out) = split(inputs.records)?;
-        let run_dir = dir.join("run");
-        let resuming = checkpoint::RunDir::new(&run_dir)
-            .latest()
-            .map_err(HandlerError::transient)?
-            .is_some();
+        let (device, resuming) = (run.device, run.resuming);
         let base_dir = self
             .store
             .get_dir(&inputs.base.checkpoint, &dir.join("base"))
             .await
             .map_err(HandlerError::transient)?;
-        let trainer = match resuming {
-            true => Trainer::resume(&run_dir, device).map_err(HandlerError::transient)?,
-            false => self.start(&inputs, &base_dir, &run_dir, device)?,
-        };
+        let trainer =
+            run.trainer(|run_dir| self.start(inputs.run_kind, &base_dir, run_dir, device))?;
         let dpo = inputs.run_kind == RunKind::Dpo;
         let (tokenizer, block) = (&trainer.tokenizer, trainer.model.config.block_size);
         let pairs = |pairs: &[Pair], file: &str| -> Result<Pairs, HandlerError> {

@@ -65,6 +65,15 @@ pub(crate) struct Records {
     pub(crate) validation: Vec<String>,
 }
 
+/// The kind of dataset whose records a fine-tuning run of `run_kind` learns from.
+pub(crate) fn trains_on(run_kind: RunKind) -> DatasetKind {
+    match run_kind {
+        RunKind::Dpo | RunKind::Reward => DatasetKind::Preference,
+        RunKind::Ppo => DatasetKind::Prompts,
+        _ => DatasetKind::Sft,
+    }
+}
+
 impl TrainerService {
     /// The records a model version has learnt from runs of `run_kind`: those of its own
     /// datasets, and of the datasets its children of that kind were trained on. A correction or
@@ -75,10 +84,7 @@ impl TrainerService {
         run_kind: RunKind,
     ) -> Result<HashSet<String>, HandlerError> {
         let db = &self.db;
-        let kind = match run_kind {
-            RunKind::Dpo | RunKind::Reward | RunKind::Ppo => DatasetKind::Preference,
-            _ => DatasetKind::Sft,
-        };
+        let kind = trains_on(run_kind);
         let mut ids = base.dataset_ids.clone();
         for child in LINEAGE
             .children(db, base.model_id)
@@ -217,7 +223,7 @@ impl TrainerService {
         };
         let (train, validation) = (examples(&records.train)?, examples(&records.validation)?);
         let block = model.config.block_size as usize;
-        let pad = tokenizer.token_to_id(tokenizer::END_OF_TEXT).unwrap_or(0);
+        let pad = tokenizer::end_of_text(tokenizer);
         let (rows, seed) = (trainer.state().config.batch_size, self.settings.seed);
         let text_rows = ((rows as f64 * self.settings.rehearsal_share).round() as usize)
             .min(rows.saturating_sub(1));

@@ -31,6 +31,7 @@
 mod align;
 mod data;
 mod plan;
+mod rloo;
 mod tuning;
 
 use async_trait::async_trait;
@@ -105,6 +106,40 @@ struct Job {
     selector: Option<Selector>,
     /// Alignment: the pairs the trained model is read on.
     readings: Option<align::Readings>,
+}
+
+/// A job's run (`<job dir>/run`), resumed from its latest checkpoint when it has one.
+struct Run {
+    dir: PathBuf,
+    device: tch::Device,
+    /// A checkpoint is there to resume from.
+    resuming: bool,
+}
+
+impl Run {
+    fn at(job_dir: &Path, device: tch::Device) -> Result<Run, HandlerError> {
+        let dir = job_dir.join("run");
+        let resuming = checkpoint::RunDir::new(&dir)
+            .latest()
+            .map_err(HandlerError::transient)?
+            .is_some();
+        Ok(Run {
+            dir,
+            device,
+            resuming,
+        })
+    }
+
+    /// The run resumed, or else the one `start` begins in the run's directory.
+    fn trainer(
+        &self,
+        start: impl FnOnce(&Path) -> Result<Trainer, HandlerError>,
+    ) -> Result<Trainer, HandlerError> {
+        match self.resuming {
+            true => Trainer::resume(&self.dir, self.device).map_err(HandlerError::transient),
+            false => start(&self.dir),
+        }
+    }
 }
 
 impl TrainerService {
@@ -204,12 +239,7 @@ impl TrainerService {
         dir: &Path,
         device: tch::Device,
     ) -> Result<Job, HandlerError> {
-        let run_dir = dir.join("run");
-        let resuming = checkpoint::RunDir::new(&run_dir)
-            .latest()
-            .map_err(HandlerError::transient)?
-            .is_some();
-        let resume = || Trainer::resume(&run_dir, device).map_err(HandlerError::transient);
+        let run = Run::at(dir, device)?;
         match plan {
             Plan::Pretrain {
                 dataset,
@@ -217,9 +247,7 @@ impl TrainerService {
                 tokenizer,
                 forgotten,
             } => {
-                let trainer = if resuming {
-                    resume()?
-                } else {
+                let trainer = run.trainer(|run_dir| {
                     let path = self
                         .store
                         .verified_path(&tokenizer)
@@ -229,9 +257,9 @@ impl TrainerService {
                     let config = self.train_config(device, false, shape.block_size);
                     let model = Gpt::new(shape, device, self.settings.seed)
                         .map_err(HandlerError::permanent)?;
-                    Trainer::start(model, tokenizer, config, None, &run_dir)
-                        .map_err(HandlerError::permanent)?
-                };
+                    Trainer::start(model, tokenizer, config, None, run_dir)
+                        .map_err(HandlerError::permanent)
+                })?;
                 let data = self.pretrain_data(&dataset, &trainer, dir, &forgotten)?;
                 Ok(Job {
                     run_kind: RunKind::Pretrain,
@@ -247,6 +275,7 @@ impl TrainerService {
             Plan::Align {
                 run_kind,
                 base,
+                judge,
                 datasets,
                 records,
                 pretraining,
@@ -255,12 +284,13 @@ impl TrainerService {
                 let inputs = align::Inputs {
                     run_kind,
                     base: &base,
+                    judge: judge.as_deref(),
                     datasets: &datasets,
                     records: &records,
                     pretraining: &pretraining,
                     forgotten: &forgotten,
                 };
-                self.align_job(inputs, dir, device).await
+                self.align_job(inputs, dir, &run).await
             }
             Plan::Finetune {
                 base,
@@ -275,15 +305,13 @@ impl TrainerService {
                     .await
                     .map_err(HandlerError::transient)?;
                 let load = || checkpoint::load(&base_dir, device).map_err(HandlerError::permanent);
-                let mut trainer = if resuming {
-                    resume()?
-                } else {
+                let mut trainer = run.trainer(|run_dir| {
                     let (mut model, tokenizer) = load()?;
                     tuning::adapt(&mut model, &self.settings)?;
                     let config = self.train_config(device, true, model.config.block_size);
-                    Trainer::start(model, tokenizer, config, Some(base_dir.clone()), &run_dir)
-                        .map_err(HandlerError::permanent)?
-                };
+                    Trainer::start(model, tokenizer, config, Some(base_dir.clone()), run_dir)
+                        .map_err(HandlerError::permanent)
+                })?;
                 let data = self.sft_data(&records, &rehearsal, &trainer, dir, &forgotten)?;
                 // Without adapters the base is a second copy: the selector's baseline (the
                 // model in training may be a resumed one) and the KL term's teacher.
@@ -407,6 +435,12 @@ impl TrainerService {
                     tuning::publish(&self.store, &mut job.trainer, &dir).await?;
                 (checkpoint, adapter, Some(choice))
             }
+            // Adapters trained without a selector (RLOO): merged into the servable model.
+            None if job.trainer.model.adapters().is_some() => {
+                let (checkpoint, adapter) =
+                    tuning::publish(&self.store, &mut job.trainer, &dir).await?;
+                (checkpoint, adapter, None)
+            }
             None => {
                 let checkpoint = self
                     .store
@@ -421,6 +455,9 @@ impl TrainerService {
             metrics.extend(readings);
         }
         let state = &outcome.state;
+        if job.run_kind == RunKind::Ppo {
+            metrics.extend(rloo::metrics(state));
+        }
         metrics.extend(state.train_loss.map(|l| ("train_loss".to_string(), l)));
         metrics.extend(state.val_loss.map(|l| ("val_loss".to_string(), l)));
         let trained = ModelTrained {
@@ -451,7 +488,7 @@ impl TrainerService {
         )
         .map_err(HandlerError::transient)?;
         // The optimizer state and the copies are no longer needed once the model is published.
-        for done in ["run", "publish", "base"] {
+        for done in ["run", "publish", "base", "judge"] {
             let _ = std::fs::remove_dir_all(dir.join(done));
         }
         info!(job = %dir.display(), model = %trained.model_id, steps = trained.steps, duration_ms = trained.duration_ms, "trained");
@@ -499,6 +536,10 @@ impl TrainerService {
             Objective::Rloo(r) => {
                 h.insert("beta".into(), r.beta.to_string());
                 h.insert("rloo_samples".into(), r.samples.to_string());
+                h.insert("temperature".into(), r.temperature.to_string());
+                h.insert("max_new_tokens".into(), r.max_new_tokens.to_string());
+                let prompts = self.settings.rloo.prompts_per_step.to_string();
+                h.insert("prompts_per_step".into(), prompts);
             }
             Objective::NextToken => {}
         }

@@ -1,9 +1,10 @@
 //! What an event asks the trainer to train: a first pre-training, a full retrain from
-//! scratch (after a document was forgotten), a fine-tuning of a base on SFT datasets, or an
-//! alignment of a base on preference datasets (DPO, a reward model). Every
+//! scratch (after a document was forgotten), a fine-tuning of a base on SFT datasets, an
+//! alignment of a base on preference datasets (DPO, a reward model), or a policy
+//! optimisation of a base on prompts against its newest reward model (ppo, by RLOO). Every
 //! plan carries the documents forgotten so far, which no training set may hold.
 
-use crate::data::{Forgotten, Records};
+use crate::data::{Forgotten, Records, trains_on};
 use crate::{LINEAGE, TrainerService, not_yet};
 use quark_events::bus::HandlerError;
 use quark_events::{Artifact, DatasetKind, DatasetPrepared, Event, Id, RetrainRequested, RunKind};
@@ -31,8 +32,10 @@ pub(crate) enum Plan {
     Align {
         run_kind: RunKind,
         base: Box<Model>,
+        /// A ppo run's reward model: the newest one trained from the base.
+        judge: Option<Box<Model>>,
         datasets: Vec<DatasetPrepared>,
-        /// The datasets' pairs not learnt by this kind of run on this base already.
+        /// The datasets' pairs (or prompts) not learnt by this kind of run on this base already.
         records: Records,
         /// Pre-training data, whose held-out text DPO is held to as the gate holds it.
         pretraining: Vec<DatasetPrepared>,
@@ -58,7 +61,9 @@ impl TrainerService {
             Event::RetrainRequested(r) if r.run_kind == RunKind::Pretrain => {
                 self.retrain_plan(r).await
             }
-            Event::RetrainRequested(r) if matches!(r.run_kind, RunKind::Dpo | RunKind::Reward) => {
+            Event::RetrainRequested(r)
+                if matches!(r.run_kind, RunKind::Dpo | RunKind::Reward | RunKind::Ppo) =>
+            {
                 self.align_plan(r).await
             }
             Event::RetrainRequested(r) => self.finetune_plan(r).await,
@@ -170,7 +175,7 @@ impl TrainerService {
     ) -> Result<Option<Plan>, HandlerError> {
         if request.run_kind != RunKind::Sft {
             return Err(HandlerError::permanent(format!(
-                "this trainer fine-tunes with sft, aligns with dpo and reward, and retrains with pretrain; {:?} runs are not supported",
+                "this trainer fine-tunes with sft, aligns with dpo and reward, optimises with ppo (RLOO), and retrains with pretrain; {:?} runs are not supported",
                 request.run_kind
             )));
         }
@@ -195,20 +200,54 @@ impl TrainerService {
         }))
     }
 
-    /// DPO or a reward model on the preference datasets named; a pair this kind of run taught
-    /// the base already is left out, and a request whose datasets hold no pair is refused.
+    /// The newest reward model trained from `base` or, when it has none (a policy promoted
+    /// since), from its nearest ancestor that has one.
+    async fn judge_of(&self, base: &Model) -> Result<Model, HandlerError> {
+        let mut model = base.clone();
+        loop {
+            let judge = LINEAGE
+                .newest_child(&self.db, model.model_id, RunKind::Reward)
+                .await
+                .map_err(HandlerError::transient)?;
+            if let Some(judge) = judge {
+                return Ok(judge);
+            }
+            let parent = match model.parent_model_id {
+                Some(id) => LINEAGE
+                    .model(&self.db, id)
+                    .await
+                    .map_err(HandlerError::transient)?,
+                None => None,
+            };
+            model = parent.ok_or_else(|| {
+                not_yet(format!(
+                    "a reward model trained from {} or its ancestors",
+                    base.model_id
+                ))
+            })?;
+        }
+    }
+
+    /// DPO or a reward model on the preference datasets named, or RLOO on the prompts
+    /// datasets named; a pair (or prompt) this kind of run taught the base already is left
+    /// out, and a request whose datasets hold none is refused. A ppo run waits for its base's
+    /// reward model to be known here (the augmenter asks for it first).
     async fn align_plan(&self, request: &RetrainRequested) -> Result<Option<Plan>, HandlerError> {
-        let (base, datasets) = self
-            .base_and_datasets(request, DatasetKind::Preference)
-            .await?;
+        let kind = trains_on(request.run_kind);
+        let (base, datasets) = self.base_and_datasets(request, kind).await?;
         let forgotten = self.forgotten().await?;
         let all = self.fresh_records(&datasets, &Default::default(), &forgotten)?;
         if all.train.is_empty() && all.validation.is_empty() {
             return Err(HandlerError::permanent(format!(
-                "a {:?} run needs preference pairs: the datasets named hold none",
-                request.run_kind
+                "a {:?} run needs {} records: the datasets named hold none",
+                request.run_kind,
+                kind.name()
             )));
         }
+        let judge = match request.run_kind {
+            RunKind::Ppo => Some(Box::new(self.judge_of(&base).await?)),
+            _ => None,
+        };
         let skip = self.learnt_from(&base, request.run_kind).await?;
         let records = self.fresh_records(&datasets, &skip, &forgotten)?;
         if records.train.is_empty() {
@@ -222,6 +261,7 @@ impl TrainerService {
         Ok(Some(Plan::Align {
             run_kind: request.run_kind,
             base: Box::new(base),
+            judge,
             datasets,
             records,
             pretraining,

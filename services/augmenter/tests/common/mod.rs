@@ -33,15 +33,20 @@ pub struct Augmenter {
 impl Augmenter {
     /// Releases once `min_examples` corrections are pending; no schedule.
     pub async fn new(min_examples: usize) -> Augmenter {
+        Augmenter::with(AugmentSettings {
+            min_examples,
+            release_interval_secs: 0,
+            reward_model: true,
+            rloo_prompts: 0,
+        })
+        .await
+    }
+
+    pub async fn with(settings: AugmentSettings) -> Augmenter {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
         let db = quark_runtime::db::open::<Migrator>(&url).await.unwrap();
         let store = Arc::new(ArtifactStore::local(dir.path().join("artifacts")).unwrap());
-        let settings = AugmentSettings {
-            min_examples,
-            release_interval_secs: 0,
-            reward_model: true,
-        };
         let service = AugmenterService::new(store.clone(), db.clone(), settings);
         Augmenter {
             _dir: dir,
