@@ -4,7 +4,8 @@ The same tiny model (a GPT-2 checkpoint `quark train` pre-trains on two plays), 
 preference pairs (for a line of a play, the next line is preferred to the same words shuffled:
 training pairs from Hamlet, held-out pairs from Othello, never trained on), the same β, loss,
 learning rate and schedule, pairs per step, steps, AdamW settings and gradient clipping, fp32 on
-the CPU, two threads. Quark trains with `quark train --dpo` / `--reward`; TRL with DPOTrainer
+the CPU, two threads (or, with QUARK_BENCH_DEVICE=cuda, bf16 autocast over fp32 weights on the
+GPU for both sides' training). Quark trains with `quark train --dpo` / `--reward`; TRL with DPOTrainer
 (with and without `precompute_ref_log_probs`) and RewardTrainer on a prompt/chosen/rejected
 dataset whose tokenisation is checked to be Quark's.
 
@@ -33,6 +34,7 @@ import tempfile
 from feedback_trl import pretrained_base, step_timer
 
 BLOCK, STEPS, LOG, PAIRS_PER_STEP = 128, 40, 10, 8
+DEVICE = os.environ.get("QUARK_BENCH_DEVICE", "cpu")
 LR, WARMUP, BETA, CENTER = 5e-4, 4, 0.1, 0.01
 SEEDS = [1337, 1338]
 TRAIN_PAIRS, HELD_OUT_PAIRS = 96, 96
@@ -81,13 +83,14 @@ def quark_side(quark, start, pairs_file, work, kind, seed):
     args = [quark, "train", "--from", start, f"--{kind}", pairs_file, "--out", out, "--steps", str(STEPS), "--lr", str(LR),
             "--min-lr", "0", "--warmup", str(WARMUP), "--weight-decay", "0", "--batch-size", str(PAIRS_PER_STEP),
             "--block-size", str(BLOCK), "--log-interval", str(LOG), "--eval-interval", "0", "--checkpoint-interval", "0",
-            "--seed", str(seed), "--device", "cpu"]
+            "--seed", str(seed), "--device", DEVICE]
     args += ["--beta", str(BETA)] if kind == "dpo" else ["--center-rewards", str(CENTER)]
     peak = run_measured(args)
     model = os.path.join(out, open(os.path.join(out, "latest")).read().strip())
     state = json.load(open(os.path.join(model, "trainer_state.json")))
     return {"model": model, "loss": state["train_loss"], "accuracy": state["train_stats"]["rewards_accuracy"],
-            "steps_per_s": state["step"] / (state["train_us"] / 1e6), "peak_mib": peak}
+            "steps_per_s": state["step"] / (state["train_us"] / 1e6), "tokens_per_step": state["tokens"] / state["step"],
+            "peak_mib": peak}
 
 
 def trl_train(kind, start, pairs_file, out, precompute, seed):
@@ -103,7 +106,7 @@ def trl_train(kind, start, pairs_file, out, precompute, seed):
     common = dict(output_dir=out, max_steps=STEPS, learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP,
                   per_device_train_batch_size=PAIRS_PER_STEP, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.99,
                   adam_epsilon=1e-8, max_grad_norm=1.0, max_length=BLOCK, save_strategy="no", report_to=[],
-                  logging_steps=LOG, use_cpu=True, dataloader_num_workers=0, seed=seed, disable_tqdm=True, pad_token=SYSTEM)
+                  logging_steps=LOG, use_cpu=DEVICE == "cpu", bf16=DEVICE != "cpu", dataloader_num_workers=0, seed=seed, disable_tqdm=True, pad_token=SYSTEM)
     timer = step_timer()
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -207,10 +210,10 @@ def main():
         f.writelines(json.dumps(p) + "\n" for p in train)
     print(f"settings (both sides): {TRAIN_PAIRS} training pairs, {HELD_OUT_PAIRS} held out, {STEPS} steps of {PAIRS_PER_STEP} pairs, "
           f"lr {LR} cosine to 0 after {WARMUP} warm-up steps, AdamW betas (0.9, 0.99), no weight decay, grad clip 1.0, "
-          f"DPO sigmoid loss with beta {BETA}, reward centring {CENTER}, every weight trained, fp32 on the CPU, 2 threads; "
+          f"DPO sigmoid loss with beta {BETA}, reward centring {CENTER}, every weight trained, {'fp32 on the CPU, 2 threads' if DEVICE == 'cpu' else f'bf16 autocast over fp32 weights on {torch.cuda.get_device_name()}'}; "
           f"TRL {__import__('trl').__version__}, transformers {__import__('transformers').__version__}, torch {torch.__version__}")
-    print("| job | seed | side | final loss | final reward accuracy (training pairs) | held-out reward accuracy | steps/s | Quark ÷ side | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| job | seed | side | final loss | final reward accuracy (training pairs) | held-out reward accuracy | steps/s | Quark ÷ side | tokens/s (Quark's tokens a step) | peak memory (resident) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     jobs = {
         "dpo": (base, ["quark", "trl", "trl-precompute"]),
         "reward": (reward_start(base, work), ["quark", "trl"]),
@@ -233,6 +236,7 @@ def main():
                 ratio = "" if side == "quark" else f"{results['quark']['steps_per_s'] / r['steps_per_s']:.2f}"
                 print(f"| {kind} | {seed} | {side} ({order.index(side) + 1} of {len(order)}) | {r['loss']:.4f} | "
                       f"{100 * r['accuracy']:.1f} % | {100 * accuracy:.1f} % | {r['steps_per_s']:.2f} | {ratio} | "
+                      f"{results['quark']['tokens_per_step'] * r['steps_per_s']:.0f} | "
                       f"{r['peak_mib']:.0f} MiB |", flush=True)
 
 

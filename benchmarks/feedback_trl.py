@@ -100,16 +100,23 @@ def quark_side(quark, base, corrections, work, rows, seed):
 
 def step_timer():
     """A TRL callback summing each optimizer step's span, as Quark's `train_us` does."""
+    import torch
     from transformers import TrainerCallback
+
+    def now():
+        # On a GPU the step's kernels are queued: wait for them, as Quark's step waits for its loss.
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     class Timer(TrainerCallback):
         seconds, steps, started = 0.0, 0, None
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+            self.started = now()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.seconds += time.perf_counter() - self.started
+            self.seconds += now() - self.started
             self.steps += 1
 
     return Timer()
