@@ -343,6 +343,7 @@ pub(crate) fn generate_screened(
             tokens: vec![],
             prompt_tokens: ids.len(),
             finish: FinishReason::Stop,
+            logprobs: vec![],
         };
         return Ok(Answered {
             generation,

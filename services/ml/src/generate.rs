@@ -1,5 +1,6 @@
 //! Text generation: KV cache, greedy / temperature / top-k / top-p sampling, stop tokens and
-//! stop sequences, a token budget, and streaming of text as it is produced.
+//! stop sequences, a token budget, and streaming of text as it is produced; the model's
+//! log-probabilities of what it chose (and of a prompt's own tokens) on request.
 
 use crate::MlError;
 use crate::gpt::{Context, Gpt, KvCache};
@@ -23,6 +24,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Reuse keys and values of earlier positions (off only to check the cache).
     pub use_cache: bool,
+    /// Record each chosen token's log-probability and this many most likely alternatives.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -36,6 +39,7 @@ impl Default for GenerateOptions {
             stop_tokens: vec![],
             seed: 0,
             use_cache: true,
+            logprobs: None,
         }
     }
 }
@@ -56,6 +60,69 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
     pub finish: FinishReason,
+    /// With `GenerateOptions::logprobs`: one for each of `tokens`.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A token's log-probability under the model (its raw distribution: before temperature or
+/// truncation), and the most likely tokens at its position, most likely first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f64,
+    pub top: Vec<(u32, f64)>,
+}
+
+/// `token`'s log-probability and the `top` most likely at one position (logits `[vocab]`).
+fn token_logprob(logits: &Tensor, token: u32, top: usize) -> Result<TokenLogprob, MlError> {
+    let logprobs = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+    let logprob = logprobs.double_value(&[token as i64]);
+    let top = match top {
+        0 => vec![],
+        k => {
+            let (values, indices) = logprobs.topk(k as i64, -1, true, true);
+            let values =
+                Vec::<f64>::try_from(&values.to_kind(Kind::Double).to_device(Device::Cpu))?;
+            let indices = Vec::<i64>::try_from(&indices.to_device(Device::Cpu))?;
+            indices.into_iter().map(|i| i as u32).zip(values).collect()
+        }
+    };
+    Ok(TokenLogprob {
+        token,
+        logprob,
+        top,
+    })
+}
+
+/// The log-probability of each of `ids` given those before it (none for the first), with the
+/// `top` most likely at each position: one forward pass.
+pub fn prompt_logprobs(
+    model: &Gpt,
+    ids: &[u32],
+    top: usize,
+) -> Result<Vec<Option<TokenLogprob>>, MlError> {
+    let block = model.config.block_size as usize;
+    if ids.is_empty() || ids.len() > block {
+        return Err(MlError::Config(format!(
+            "the prompt has {} tokens; it must have 1 to {block}",
+            ids.len()
+        )));
+    }
+    tch::no_grad(|| {
+        let input: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let idx = Tensor::from_slice(&input)
+            .view([1, -1])
+            .to_device(model.device());
+        let logits = model
+            .forward(&idx, &Context::default(), None, false)?
+            .squeeze_dim(0);
+        let mut out = vec![None];
+        for (position, &token) in ids.iter().enumerate().skip(1) {
+            let at = logits.get(position as i64 - 1);
+            out.push(Some(token_logprob(&at, token, top)?));
+        }
+        Ok(out)
+    })
 }
 
 /// Generates a continuation of `prompt`, calling `on_text` with each new piece of text
@@ -89,6 +156,7 @@ pub fn generate(
     let mut rng = StdRng::seed_from_u64(options.seed);
     let mut cache = KvCache::default();
     let mut tokens: Vec<u32> = Vec::new();
+    let mut logprobs = Vec::new();
     let mut shown = 0; // bytes of decoded text already passed to on_text
     let mut finish = FinishReason::Length;
     let text = tch::no_grad(|| -> Result<String, MlError> {
@@ -104,10 +172,14 @@ pub fn generate(
             let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
             let idx = Tensor::from_slice(&ids).view([1, -1]).to_device(device);
             let logits = model.forward(&idx, &Context::default(), cache_ref, false)?;
-            let next = pick(&logits.select(1, -1).squeeze_dim(0), options, &mut rng)?;
+            let last = logits.select(1, -1).squeeze_dim(0);
+            let next = pick(&last, options, &mut rng)?;
             if options.stop_tokens.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
+            }
+            if let Some(top) = options.logprobs {
+                logprobs.push(token_logprob(&last, next, top)?);
             }
             tokens.push(next);
             text = tokenizer
@@ -150,6 +222,7 @@ pub fn generate(
         tokens,
         prompt_tokens: prompt.len(),
         finish,
+        logprobs,
     })
 }
 

@@ -61,6 +61,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<Generation> {
         stop_tokens,
         seed: args.seed,
         use_cache: true,
+        logprobs: None,
     };
     let mut stdout = std::io::stdout().lock();
     let generation = generate(&model, &tokenizer, &prompt, &options, |piece| match write!(
