@@ -75,6 +75,13 @@ impl Stop {
     }
 }
 
+/// `stream_options`: `include_usage` adds a last chunk with the usage and no choices.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
 /// Sampling parameters common to both endpoints.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Sampling {
@@ -88,13 +95,46 @@ pub struct Sampling {
     pub seed: Option<u64>,
     #[serde(default)]
     pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
     pub n: Option<usize>,
+}
+
+/// The completions endpoint's `prompt`: a string, strings, token ids, or lists of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    One(String),
+    Many(Vec<String>),
+    Ids(Vec<u32>),
+    ManyIds(Vec<Vec<u32>>),
+}
+
+/// One prompt of a completions request.
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+impl PromptInput {
+    pub fn prompts(self) -> Vec<Prompt> {
+        match self {
+            PromptInput::One(text) => vec![Prompt::Text(text)],
+            PromptInput::Many(texts) => texts.into_iter().map(Prompt::Text).collect(),
+            PromptInput::Ids(ids) => vec![Prompt::Ids(ids)],
+            PromptInput::ManyIds(lists) => lists.into_iter().map(Prompt::Ids).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub model: String,
-    pub prompt: String,
+    pub prompt: PromptInput,
+    /// The prompt's text (and with `logprobs`, its tokens' log-probabilities) before the answer.
+    #[serde(default)]
+    pub echo: bool,
+    /// Log-probabilities of each token, with this many (0 to 5) most likely alternatives.
+    pub logprobs: Option<usize>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
@@ -102,9 +142,15 @@ pub struct CompletionRequest {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
-    pub messages: Vec<quark_ml::chat::Message>,
+    pub messages: Vec<crate::chat_input::ChatMessage>,
+    /// Log-probabilities of the answer's tokens, with `top_logprobs` (0 to 20) alternatives.
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<usize>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(flatten)]
+    pub tools: crate::chat_input::Tools,
     #[serde(default)]
     pub quark: crate::knowledge::QuarkOptions,
 }

@@ -1,8 +1,10 @@
 //! The gateway: an OpenAI-compatible HTTP API over the champion model.
 //!
 //! - `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or server-sent events with
-//!   `"stream": true`), `GET /v1/models`; errors in OpenAI's shape; every response carries its
-//!   request id (`x-request-id` and the body's `id`).
+//!   `"stream": true`), `GET /v1/models`, `GET /v1/models/{id}`; errors in OpenAI's shape;
+//!   every response carries its request id (`x-request-id` and the body's `id`). Prompt
+//!   lists, `echo`, `logprobs` (`completions`, `logprobs`), chat content parts and the
+//!   developer role (`chat_input`).
 //! - Every response (JSON or streamed) → response.served (prompt, messages, response, PII
 //!   scrubbed; model, route, tokens, latency, instance), published and acknowledged before the
 //!   reply ends, so feedback can refer to it from any gateway.
@@ -20,10 +22,14 @@
 //!   requests blocked and flagged by moderation, and feedback → telemetry.reported.
 
 pub mod api;
+mod chat_input;
+mod completions;
 mod embeddings;
 mod feedback;
 pub mod knowledge;
+mod logprobs;
 pub mod moderation;
+mod reply;
 mod routes;
 pub mod served;
 

@@ -1,11 +1,13 @@
 //! The HTTP routes.
 
-use crate::api::{ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
+use crate::api::{ApiError, ChatRequest, Sampling, Usage};
+use crate::chat_input::ChatMessage;
 use crate::moderation::{Answered, generate_screened};
+use crate::reply::{Answer, Reply, Shape};
 use crate::served::{self, Exchange, new_request_id};
 use crate::{Gateway, NAME, Served, knowledge};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +16,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use quark_events::{Event, RetrainRequested, RetrainTrigger};
 use quark_ml::chat::{self, Message, Role};
-use quark_ml::generate::GenerateOptions;
-use quark_ml::tokenizer::END_OF_TEXT;
+use quark_ml::generate::{GenerateOptions, TokenLogprob, prompt_logprobs};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +26,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let limit = gateway.settings.max_body_bytes;
     Router::new()
         .route("/v1/models", get(models))
-        .route("/v1/completions", post(completions))
+        .route("/v1/models/{id}", get(model))
+        .route("/v1/completions", post(crate::completions::completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/moderations", post(crate::moderation::moderations))
@@ -37,11 +39,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// A JSON body, or the reason it is not one, as an OpenAI error.
+/// A JSON body, or the reason it is not one, as an OpenAI error: 400 for a body that is not
+/// JSON or not the request's shape (axum says 415 and 422), 413 for one too large.
 pub(crate) fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    parsed
-        .map(|Json(t)| t)
-        .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
+    parsed.map(|Json(t)| t).map_err(|rejection| {
+        let status = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, rejection.body_text())
+    })
 }
 
 fn with_request_id(request_id: &str, mut response: Response) -> Response {
@@ -70,17 +77,25 @@ fn now_s() -> i64 {
     quark_events::Timestamp::now().0 / 1000
 }
 
+fn model_object(served: &Served) -> serde_json::Value {
+    serde_json::json!({"id": served.model_id.to_string(), "object": "model", "created": served.created, "owned_by": "quark"})
+}
+
 async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
-    let data: Vec<_> = gateway
-        .served()
-        .map(|s| serde_json::json!({"id": s.model_id.to_string(), "object": "model", "created": s.created, "owned_by": "quark"}))
-        .into_iter()
-        .collect();
+    let data: Vec<_> = gateway.served().iter().map(|s| model_object(s)).collect();
     Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 
+/// `GET /v1/models/{id}`: the served model by its id or alias.
+async fn model(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    match resolve(&gateway, &id) {
+        Ok(served) => Json(model_object(&served)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The served model, if the request names it (its id, `champion` or `quark`).
-fn resolve(gateway: &Gateway, model: &str) -> Result<Arc<Served>, ApiError> {
+pub(crate) fn resolve(gateway: &Gateway, model: &str) -> Result<Arc<Served>, ApiError> {
     let served = gateway.served().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -104,13 +119,22 @@ fn options(
     gateway: &Gateway,
     sampling: Sampling,
     stop_tokens: Vec<u32>,
+    scoring: Scoring,
 ) -> Result<GenerateOptions, ApiError> {
     let max = gateway.settings.max_tokens;
     let max_tokens = requested_tokens(gateway, &sampling);
-    if max_tokens == 0 || max_tokens > max {
+    // With echo, no new token at all reads the prompt's log-probabilities alone.
+    let least = usize::from(!scoring.echo);
+    if max_tokens < least || max_tokens > max {
         return Err(ApiError::invalid(
             "max_tokens",
-            format!("max_tokens must be between 1 and {max}"),
+            format!("max_tokens must be between {least} and {max}"),
+        ));
+    }
+    if sampling.stream && (scoring.echo || scoring.logprobs.is_some()) {
+        return Err(ApiError::invalid(
+            "stream",
+            "echo and logprobs are not supported with stream",
         ));
     }
     let temperature = sampling.temperature.unwrap_or(1.0);
@@ -124,9 +148,6 @@ fn options(
         && !(p > 0.0 && p <= 1.0)
     {
         return Err(ApiError::invalid("top_p", "top_p must be in (0, 1]"));
-    }
-    if sampling.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
     let stop = sampling.stop.into_vec();
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
@@ -144,7 +165,17 @@ fn options(
         stop_tokens,
         seed: sampling.seed.unwrap_or_else(rand_seed),
         use_cache: true,
+        logprobs: scoring.logprobs,
     })
+}
+
+/// What a request asks to read besides the answer.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Scoring {
+    /// The prompt before the answer, its tokens' log-probabilities too with `logprobs`.
+    pub echo: bool,
+    /// Log-probabilities with this many alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// The tokens a request asks to generate (the default when it does not say).
@@ -165,33 +196,39 @@ struct Job {
     served: Arc<Served>,
     ids: Vec<u32>,
     options: GenerateOptions,
+    /// With echo: the prompt's text, shown before the answer (with logprobs, its tokens'
+    /// log-probabilities too).
+    echo: Option<String>,
     /// What response.served will say of it.
     exchange: Exchange,
+    sources: Option<serde_json::Value>,
+}
+
+/// A generation and, when asked, the log-probabilities of its prompt's tokens.
+struct Outcome {
+    answered: Answered,
+    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
 }
 
 /// Runs a generation off the async workers, through the safety filter; pieces of text go to
 /// `pieces` as they are cleared (a closed receiver, i.e. a client that went away, cancels
-/// it). Publishes the response (response.served, acknowledged before the reply ends) and
-/// counts the request for telemetry.
+/// it). Publishes the response (response.served, acknowledged before the reply ends; not for
+/// a request that only reads its prompt) and counts the request for telemetry.
 async fn run(
     gateway: Arc<Gateway>,
-    job: Job,
+    job: &Job,
     pieces: Option<mpsc::Sender<String>>,
-) -> Result<Answered, ApiError> {
+) -> Result<Outcome, ApiError> {
     let started = Instant::now();
-    let Job {
-        served,
-        ids,
-        options,
-        exchange,
-    } = job;
+    let served = job.served.clone();
+    let (ids, options, echo) = (job.ids.clone(), job.options.clone(), job.echo.is_some());
     let model_id = served.model_id;
     let screen = gateway.screen();
-    let prompt = exchange.prompt.clone();
+    let prompt = job.exchange.prompt.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let model = served.model.lock().unwrap_or_else(|e| e.into_inner());
         let streaming = pieces.is_some();
-        generate_screened(
+        let answered = generate_screened(
             &model,
             &served.tokenizer,
             &ids,
@@ -202,7 +239,18 @@ async fn run(
                 Some(tx) if tx.blocking_send(text.to_string()).is_err() => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),
             },
-        )
+        )?;
+        let prompt_logprobs = match (echo, options.logprobs) {
+            (true, Some(top)) => Some(
+                prompt_logprobs(&model, &ids, top)
+                    .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+            ),
+            _ => None,
+        };
+        Ok(Outcome {
+            answered,
+            prompt_logprobs,
+        })
     })
     .await;
     let result = outcome.unwrap_or_else(|e| {
@@ -212,14 +260,17 @@ async fn run(
         ))
     });
     let latency = started.elapsed().as_secs_f64() * 1e3;
-    if let Ok(answered) = &result {
-        served::publish(&gateway, &exchange, model_id, answered, latency).await;
+    if let Ok(o) = &result
+        && job.options.max_tokens > 0
+    {
+        served::publish(&gateway, &job.exchange, model_id, &o.answered, latency).await;
     }
     gateway.count(model_id, |c| {
         c.requests += 1;
         c.latencies_ms.push(latency);
         match &result {
-            Ok(a) => {
+            Ok(o) => {
+                let a = &o.answered;
                 c.tokens += a.generation.tokens.len() as i64;
                 c.blocked += a.blocked() as i64;
                 c.flagged += !a.filtered.is_empty() as i64;
@@ -231,127 +282,68 @@ async fn run(
     result
 }
 
-enum Shape {
-    Text,
-    Chat,
-}
-
-impl Shape {
-    fn object(&self, stream: bool) -> &'static str {
-        match (self, stream) {
-            (Shape::Text, _) => "text_completion",
-            (Shape::Chat, false) => "chat.completion",
-            (Shape::Chat, true) => "chat.completion.chunk",
+/// A whole reply to the jobs (one a prompt, answered in turn).
+async fn whole(gateway: Arc<Gateway>, jobs: Vec<Job>, reply: Reply) -> Response {
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        match run(gateway.clone(), job, None).await {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => return e.into_response(),
         }
     }
-
-    fn choice(&self, text: &str, finish: Option<&str>, stream: bool) -> serde_json::Value {
-        match (self, stream) {
-            (Shape::Text, _) => {
-                serde_json::json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
-            }
-            (Shape::Chat, false) => {
-                serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
-            }
-            (Shape::Chat, true) => {
-                serde_json::json!({"index": 0, "delta": if finish.is_some() { serde_json::json!({}) } else { serde_json::json!({"role": "assistant", "content": text}) }, "logprobs": null, "finish_reason": finish})
-            }
-        }
-    }
+    let answers: Vec<Answer> = jobs
+        .iter()
+        .zip(&outcomes)
+        .map(|(job, o)| Answer {
+            answered: &o.answered,
+            prompt_logprobs: o.prompt_logprobs.as_deref(),
+            echo: job.echo.as_deref().map(|text| (text, job.ids.as_slice())),
+            tokenizer: &job.served.tokenizer,
+        })
+        .collect();
+    let asked = jobs.iter().any(|j| j.options.logprobs.is_some());
+    let ids: Vec<String> = jobs.iter().map(|j| j.exchange.request_id.clone()).collect();
+    Json(reply.whole(&answers, asked, &ids)).into_response()
 }
 
-/// Builds the response bodies of one request.
-struct Reply {
-    id: String,
-    model: String,
-    created: i64,
-    shape: Shape,
-    stream: bool,
-    /// `{"sources": [...]}` when the answer was retrieval-augmented (or tried to be); it goes
-    /// in the last body under `"quark"`.
-    sources: Option<serde_json::Value>,
-}
-
-impl Reply {
-    fn body(&self, text: &str, end: Option<(&Answered, Usage)>) -> serde_json::Value {
-        let finish = end.as_ref().map(|(a, _)| a.finish_reason());
-        let mut body = serde_json::json!({
-            "id": self.id,
-            "object": self.shape.object(self.stream),
-            "created": self.created,
-            "model": self.model,
-            "choices": [self.shape.choice(text, finish, self.stream)],
-            "usage": end.as_ref().map(|(_, usage)| usage),
-        });
-        let Some((answered, _)) = end else {
-            return body;
-        };
-        let mut quark = self
-            .sources
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({}));
-        if !answered.filtered.is_empty() {
-            quark["moderation"] = serde_json::json!(answered.filtered);
-        }
-        if quark.as_object().is_some_and(|o| !o.is_empty()) {
-            body["quark"] = quark;
-        }
-        body
-    }
-}
-
-async fn respond(
-    gateway: Arc<Gateway>,
-    job: Job,
-    shape: Shape,
-    stream: bool,
-    sources: Option<serde_json::Value>,
-) -> Response {
-    let reply = Arc::new(Reply {
-        id: job.exchange.request_id.clone(),
-        model: job.served.model_id.to_string(),
-        created: now_s(),
-        shape,
-        stream,
-        sources,
-    });
-    if !stream {
-        return match run(gateway, job, None).await {
-            Ok(a) => {
-                let g = &a.generation;
-                let usage = Usage::new(g.prompt_tokens, g.tokens.len());
-                Json(reply.body(&g.text, Some((&a, usage)))).into_response()
-            }
-            Err(e) => e.into_response(),
-        };
-    }
+/// A streamed reply: pieces as they are cleared, then the finish reason and usage (or the
+/// error), the usage alone when `include_usage` asks, and `[DONE]`.
+fn streamed(gateway: Arc<Gateway>, job: Job, reply: Reply, include_usage: bool) -> Response {
+    let reply = Arc::new(reply);
     let (tx, rx) = mpsc::channel::<String>(64);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let _ = done_tx.send(run(gateway, job, Some(tx)).await);
+        let _ = done_tx.send(run(gateway, &job, Some(tx)).await);
     });
     let pieces = {
         let reply = reply.clone();
         tokio_stream::wrappers::ReceiverStream::new(rx).map(move |text| {
             Ok::<_, std::convert::Infallible>(
-                SseEvent::default().data(reply.body(&text, None).to_string()),
+                SseEvent::default().data(reply.chunk(&text).to_string()),
             )
         })
     };
-    // The last chunk carries the finish reason and usage (or the error), then [DONE].
     let end = futures::stream::once(async move {
-        let last = match done_rx.await {
-            Ok(Ok(a)) => {
-                let usage = Usage::new(a.generation.prompt_tokens, a.generation.tokens.len());
-                reply.body("", Some((&a, usage)))
+        let mut last = vec![];
+        match done_rx.await {
+            Ok(Ok(o)) => {
+                let g = &o.answered.generation;
+                let usage = Usage::new(g.prompt_tokens, g.tokens.len());
+                last.push(reply.last(&o.answered, &usage));
+                if include_usage {
+                    last.push(reply.usage(&usage));
+                }
             }
-            Ok(Err(e)) => serde_json::json!({"error": {"message": e.message, "type": "server_error", "param": e.param, "code": null}}),
-            Err(_) => serde_json::json!({"error": {"message": "generation stopped", "type": "server_error", "param": null, "code": null}}),
+            Ok(Err(e)) => last.push(serde_json::json!({"error": {"message": e.message, "type": "server_error", "param": e.param, "code": null}})),
+            Err(_) => last.push(serde_json::json!({"error": {"message": "generation stopped", "type": "server_error", "param": null, "code": null}})),
         };
-        futures::stream::iter([
-            Ok(SseEvent::default().data(last.to_string())),
-            Ok(SseEvent::default().data("[DONE]")),
-        ])
+        let events: Vec<_> = last
+            .into_iter()
+            .map(|body| body.to_string())
+            .chain(["[DONE]".to_string()])
+            .map(|data| Ok(SseEvent::default().data(data)))
+            .collect();
+        futures::stream::iter(events)
     })
     .flatten();
     Sse::new(pieces.chain(end))
@@ -360,49 +352,120 @@ async fn respond(
 }
 
 /// A request made ready for the model: what to generate from, and how.
-struct Prepared {
-    served: Arc<Served>,
-    ids: Vec<u32>,
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    pub served: Arc<Served>,
+    pub ids: Vec<u32>,
     /// The model or alias the request named.
-    route: String,
+    pub route: String,
     /// The prompt as feedback will quote it.
-    prompt: String,
-    messages: Vec<Message>,
-    stop_tokens: Vec<u32>,
-    sampling: Sampling,
-    sources: Option<serde_json::Value>,
+    pub prompt: String,
+    pub messages: Vec<Message>,
+    pub stop_tokens: Vec<u32>,
+    pub sampling: Sampling,
+    pub scoring: Scoring,
+    pub sources: Option<serde_json::Value>,
 }
 
-/// Answers a prepared request (or its error), with the request id on the response.
-async fn answer(
+impl Shape {
+    fn endpoint(&self) -> (&'static str, &'static str) {
+        match self {
+            Shape::Text => ("cmpl", "completions"),
+            Shape::Chat => ("chatcmpl", "chat"),
+        }
+    }
+}
+
+/// The job of a prepared request under `request_id`.
+fn job(gateway: &Gateway, request_id: String, shape: &Shape, p: Prepared) -> Result<Job, ApiError> {
+    let stream = p.sampling.stream;
+    let options = options(gateway, p.sampling, p.stop_tokens, p.scoring)?;
+    let exchange = Exchange {
+        request_id,
+        route: p.route,
+        endpoint: shape.endpoint().1,
+        prompt: p.prompt.clone(),
+        messages: p.messages,
+        streamed: stream,
+    };
+    Ok(Job {
+        served: p.served,
+        ids: p.ids,
+        options,
+        echo: p.scoring.echo.then_some(p.prompt),
+        exchange,
+        sources: p.sources,
+    })
+}
+
+/// Choices a request may ask for (`n`).
+const MAX_CHOICES: usize = 8;
+
+/// Each prepared request `n` times, in order (a prompt's choices together, as OpenAI numbers
+/// them), each with its own seed: the request's, or one drawn, plus the choice's place.
+fn each_choice(prepared: Vec<Prepared>) -> Result<Vec<Prepared>, ApiError> {
+    let mut out = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let n = p.sampling.n.unwrap_or(1);
+        if n == 0 || n > MAX_CHOICES {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n must be between 1 and {MAX_CHOICES}"),
+            ));
+        }
+        let seed = p.sampling.seed.unwrap_or_else(rand_seed);
+        for j in 0..n as u64 {
+            let mut choice = p.clone();
+            choice.sampling.seed = Some(seed.wrapping_add(j));
+            out.push(choice);
+        }
+    }
+    Ok(out)
+}
+
+/// Answers prepared requests (one a prompt; a stream takes one) or their error, with the
+/// first request id on the response.
+pub(crate) async fn answer(
     gateway: Arc<Gateway>,
-    request_id: String,
     shape: Shape,
-    prepared: Result<Prepared, ApiError>,
+    prepared: Result<Vec<Prepared>, ApiError>,
 ) -> Response {
+    let prefix = shape.endpoint().0;
+    let request_id = new_request_id(prefix);
     let response = async {
-        let p = prepared?;
-        let stream = p.sampling.stream;
-        let options = options(&gateway, p.sampling, p.stop_tokens)?;
-        let exchange = Exchange {
-            request_id: request_id.clone(),
-            route: p.route,
-            endpoint: match shape {
-                Shape::Text => "completions",
-                Shape::Chat => "chat",
-            },
-            prompt: p.prompt,
-            messages: p.messages,
-            streamed: stream,
+        let prepared = each_choice(prepared?)?;
+        let include_usage = prepared
+            .first()
+            .and_then(|p| p.sampling.stream_options)
+            .is_some_and(|o| o.include_usage);
+        let stream = prepared.first().is_some_and(|p| p.sampling.stream);
+        if stream && prepared.len() > 1 {
+            return Err(ApiError::invalid(
+                "stream",
+                "a streamed request takes one prompt and n = 1",
+            ));
+        }
+        let mut jobs = Vec::with_capacity(prepared.len());
+        for (i, p) in prepared.into_iter().enumerate() {
+            let id = if i == 0 {
+                request_id.clone()
+            } else {
+                new_request_id(prefix)
+            };
+            jobs.push(job(&gateway, id, &shape, p)?);
+        }
+        let reply = Reply {
+            id: request_id.clone(),
+            model: jobs[0].served.model_id.to_string(),
+            created: now_s(),
+            shape,
+            stream,
+            sources: jobs[0].sources.clone(),
         };
-        let job = Job {
-            served: p.served,
-            ids: p.ids,
-            options,
-            exchange,
-        };
-        let sources = p.sources;
-        Ok::<_, ApiError>(respond(gateway.clone(), job, shape, stream, sources).await)
+        Ok::<_, ApiError>(match stream {
+            true => streamed(gateway.clone(), jobs.remove(0), reply, include_usage),
+            false => whole(gateway.clone(), jobs, reply).await,
+        })
     }
     .await;
     with_request_id(
@@ -411,48 +474,31 @@ async fn answer(
     )
 }
 
-async fn completions(
-    State(gateway): State<Arc<Gateway>>,
-    parsed: Result<Json<CompletionRequest>, JsonRejection>,
-) -> Response {
-    let prepared = (|| {
-        let request = body(parsed)?;
-        let served = resolve(&gateway, &request.model)?;
-        let ids = served
-            .tokenizer
-            .encode(request.prompt.as_str(), false)
-            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?
-            .get_ids()
-            .to_vec();
-        if ids.is_empty() {
-            return Err(ApiError::invalid("prompt", "the prompt is empty"));
-        }
-        let stop_tokens = served
-            .tokenizer
-            .token_to_id(END_OF_TEXT)
-            .into_iter()
-            .collect();
-        Ok(Prepared {
-            served,
-            ids,
-            route: request.model,
-            prompt: request.prompt,
-            messages: vec![],
-            stop_tokens,
-            sampling: request.sampling,
-            sources: None,
-        })
-    })();
-    answer(gateway, new_request_id("cmpl"), Shape::Text, prepared).await
-}
-
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     parsed: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Response {
     let prepared = prepare_chat(&gateway, &headers, parsed).await;
-    answer(gateway, new_request_id("chatcmpl"), Shape::Chat, prepared).await
+    answer(gateway, Shape::Chat, prepared.map(|p| vec![p])).await
+}
+
+/// A chat request's log-probabilities: `logprobs`, with `top_logprobs` (0 to 20) alternatives.
+fn chat_scoring(request: &ChatRequest) -> Result<Scoring, ApiError> {
+    match (request.logprobs, request.top_logprobs) {
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        (_, Some(top)) if top > 20 => Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs must be between 0 and 20",
+        )),
+        (asked, top) => Ok(Scoring {
+            echo: false,
+            logprobs: asked.then(|| top.unwrap_or(0)),
+        }),
+    }
 }
 
 async fn prepare_chat(
@@ -461,11 +507,18 @@ async fn prepare_chat(
     parsed: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Prepared, ApiError> {
     let request = body(parsed)?;
-    if request.messages.is_empty() {
+    request.tools.refuse()?;
+    let scoring = chat_scoring(&request)?;
+    let asked: Vec<Message> = request
+        .messages
+        .into_iter()
+        .map(ChatMessage::into_message)
+        .collect::<Result<_, _>>()?;
+    if asked.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     let served = resolve(gateway, &request.model)?;
-    let prompt = last_user_message(&request.messages);
+    let prompt = last_user_message(&asked);
     let knowledge = gateway
         .knowledge()
         .filter(|_| knowledge::wanted(&request.quark, headers) && !prompt.trim().is_empty());
@@ -478,10 +531,10 @@ async fn prepare_chat(
                 chat::prompt(&served.tokenizer, m)
                     .is_ok_and(|ids| ids.len() + reserve <= served.context)
             };
-            let (messages, used) = knowledge::with_passages(&request.messages, hits, fits);
+            let (messages, used) = knowledge::with_passages(&asked, hits, fits);
             (messages, Some(knowledge::sources(&used)))
         }
-        None => (request.messages.clone(), None),
+        None => (asked.clone(), None),
     };
     let ids = chat::prompt(&served.tokenizer, &messages)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
@@ -491,9 +544,10 @@ async fn prepare_chat(
         ids,
         route: request.model,
         prompt,
-        messages: request.messages,
+        messages: asked,
         stop_tokens,
         sampling: request.sampling,
+        scoring,
         sources,
     })
 }

@@ -1,0 +1,187 @@
+//! The OpenAI surface clients and evaluation tools use, through the official `openai` client:
+//! `models.retrieve`, prompts as lists of strings or of token ids, `echo` with `logprobs`
+//! (a prompt's log-likelihood as lm-evaluation-harness reads it, equal to transformers' on
+//! the same checkpoint), chat `logprobs` / `top_logprobs`, content as text parts, the
+//! `developer` role, `n` choices and `stream_options.include_usage`; tools, other content and malformed
+//! bodies are refused with 400 in OpenAI's error shape.
+
+use quark_e2e::{Cluster, GatewayTables, open, promotion, python_script};
+use quark_events::bus::Publisher;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_openai_client_reads_models_log_likelihoods_and_parts() {
+    let cluster = Cluster::start().await;
+    let db = open::<GatewayTables>(cluster.dir.path(), "gateway.db").await;
+    let url = cluster.gateway("a", &db, true, None).await;
+    let promoted = promotion(&cluster.store, cluster.dir.path()).await;
+    let publisher = Publisher::new(&cluster.broker.bus(), "registry").unwrap();
+    publisher.publish(&promoted.clone().into()).await.unwrap();
+    cluster.wait_until_serving(&url, promoted.model_id).await;
+
+    // Refused with 400 in OpenAI's shape, naming the parameter where there is one.
+    let chat = format!("{url}/v1/chat/completions");
+    let completions = format!("{url}/v1/completions");
+    let user = json!({"role": "user", "content": "Hi"});
+    for (endpoint, request, param) in [
+        (&chat, json!({"model": "champion"}), None),
+        (&chat, json!({"model": "champion", "messages": "Hi"}), None),
+        (
+            &completions,
+            json!({"model": "champion", "prompt": 7}),
+            None,
+        ),
+        (
+            &chat,
+            json!({"model": "champion", "messages": [user], "tools": []}),
+            Some("tools"),
+        ),
+        (
+            &chat,
+            json!({"model": "champion", "messages": [{"role": "tool", "content": "1"}]}),
+            Some("messages"),
+        ),
+        (
+            &chat,
+            json!({"model": "champion", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            Some("messages"),
+        ),
+        (
+            &chat,
+            json!({"model": "champion", "messages": [user], "top_logprobs": 2}),
+            Some("top_logprobs"),
+        ),
+        (
+            &chat,
+            json!({"model": "champion", "messages": [user], "logprobs": true, "stream": true}),
+            Some("stream"),
+        ),
+        (
+            &completions,
+            json!({"model": "champion", "prompt": [[1, 99999]]}),
+            Some("prompt"),
+        ),
+        (
+            &completions,
+            json!({"model": "champion", "prompt": "Hi", "logprobs": 6}),
+            Some("logprobs"),
+        ),
+        (
+            &completions,
+            json!({"model": "champion", "prompt": "Hi", "max_tokens": 0}),
+            Some("max_tokens"),
+        ),
+        (
+            &completions,
+            json!({"model": "champion", "prompt": ["a", "b"], "stream": true}),
+            Some("stream"),
+        ),
+        (
+            &chat,
+            json!({"model": "champion", "messages": [user], "n": 9}),
+            Some("n"),
+        ),
+    ] {
+        let (status, body) = cluster.post(endpoint, request.clone(), None).await;
+        assert_eq!(status, 400, "{request} → {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["error"]["param"].as_str(), param, "{request} → {body}");
+    }
+    let response = reqwest::Client::new()
+        .post(&chat)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+
+    let model_dir = cluster.dir.path().join("model");
+    let script = format!(
+        r#"
+import math, openai, torch
+from tokenizers import Tokenizer
+from transformers import GPT2LMHeadModel
+client = openai.OpenAI(base_url="{url}/v1", api_key="unused")
+model_id = "{model_id}"
+assert client.models.retrieve(model_id).id == model_id
+assert client.models.retrieve("champion").id == model_id
+try:
+    client.models.retrieve("no-such-model")
+    raise SystemExit("an unknown model must be 404")
+except openai.NotFoundError:
+    pass
+
+# A log-likelihood as lm-evaluation-harness asks for one: echo, log-probabilities, no new token.
+hf = GPT2LMHeadModel.from_pretrained("{model_dir}", dtype=torch.float32).eval()
+tokenizer = Tokenizer.from_file("{model_dir}/tokenizer.json")
+def reference(ids):
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0].log_softmax(-1)
+prompts = ["To be, or not to be", "that is the question"]
+reply = client.completions.create(model="champion", prompt=prompts, max_tokens=0, echo=True, logprobs=1, temperature=0)
+assert [c.index for c in reply.choices] == [0, 1], reply
+worst = 0.0
+for prompt, choice in zip(prompts, reply.choices):
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    logprobs = reference(ids)
+    assert choice.text == prompt, choice.text
+    got = choice.logprobs.token_logprobs
+    assert len(got) == len(ids) and got[0] is None, got
+    for i in range(1, len(ids)):
+        worst = max(worst, abs(got[i] - logprobs[i - 1, ids[i]].item()))
+        top = choice.logprobs.top_logprobs[i]
+        assert len(top) == 1 and abs(max(top.values()) - logprobs[i - 1].max().item()) < 1e-3, top
+assert worst < 1e-3, worst
+
+# The same prompt as token ids, one greedy token after it: its log-probability is the most likely one.
+ids = tokenizer.encode(prompts[0], add_special_tokens=False).ids
+more = client.completions.create(model="champion", prompt=[ids], max_tokens=1, echo=True, logprobs=2, temperature=0)
+read = more.choices[0].logprobs.token_logprobs
+assert len(read) == len(ids) + 1, read
+assert all(abs(a - b) < 1e-5 for a, b in zip(read[1:len(ids)], reply.choices[0].logprobs.token_logprobs[1:])), read
+assert abs(read[-1] - reference(ids)[-1].max().item()) < 1e-3, read[-1]
+assert more.choices[0].text.startswith(prompts[0])
+
+# n = 2: two choices, each the answer its seed gives alone (the request's seed, then the next).
+two = client.chat.completions.create(model="champion", n=2, seed=11, max_tokens=6, temperature=1.0,
+                                     messages=[{{"role": "user", "content": "Hi"}}])
+assert [c.index for c in two.choices] == [0, 1], two
+for index, choice in enumerate(two.choices):
+    alone = client.chat.completions.create(model="champion", seed=11 + index, max_tokens=6, temperature=1.0,
+                                           messages=[{{"role": "user", "content": "Hi"}}])
+    assert alone.choices[0].message.content == choice.message.content, (alone, choice)
+    assert two.usage.prompt_tokens == 2 * alone.usage.prompt_tokens, (two.usage, alone.usage)
+
+# Chat: the developer role, content as text parts, log-probabilities with alternatives.
+chat = client.chat.completions.create(
+    model="champion", max_tokens=5, temperature=0, logprobs=True, top_logprobs=3,
+    messages=[{{"role": "developer", "content": "Answer briefly."}},
+              {{"role": "user", "content": [{{"type": "text", "text": "Who is"}}, {{"type": "text", "text": "Hamlet?"}}]}}])
+content = chat.choices[0].logprobs.content
+assert len(content) == chat.usage.completion_tokens > 0, chat
+for entry in content:
+    assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token, entry
+    assert abs(entry.top_logprobs[0].logprob - entry.logprob) < 1e-6 and entry.logprob <= 0, entry
+# The tokens spell the answer, less the special tokens the text leaves out.
+shown = "".join(e.token for e in content if not (e.token.startswith("<|") and e.token.endswith("|>")))
+assert shown == chat.choices[0].message.content, (shown, chat.choices[0].message.content)
+
+chunks = list(client.chat.completions.create(model="champion", max_tokens=4, temperature=0, stream=True,
+                                             stream_options={{"include_usage": True}},
+                                             messages=[{{"role": "user", "content": "Hi"}}]))
+assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0, chunks[-1]
+try:
+    client.chat.completions.create(model="champion", messages=[{{"role": "user", "content": "Hi"}}], tools=[{{"type": "function", "function": {{"name": "f"}}}}])
+    raise SystemExit("tools must be refused")
+except openai.BadRequestError as e:
+    assert "not supported" in str(e), e
+print("openai surface ok; worst log-probability difference from transformers", worst)
+"#,
+        url = url,
+        model_id = promoted.model_id,
+        model_dir = model_dir.display(),
+    );
+    let out = python_script(&script);
+    eprintln!("{}", String::from_utf8_lossy(&out));
+}
