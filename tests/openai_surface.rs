@@ -1,7 +1,8 @@
 //! The OpenAI surface clients and evaluation tools use, through the official `openai` client:
 //! `models.retrieve`, prompts as lists of strings or of token ids, `echo` with `logprobs`
-//! (a prompt's log-likelihood as lm-evaluation-harness reads it, equal to transformers' on
-//! the same checkpoint), chat `logprobs` / `top_logprobs`, content as text parts, the
+//! (a prompt's log-likelihood, equal to transformers' on the same checkpoint; and
+//! lm-evaluation-harness's `local-completions` on a multiple-choice task from a local file
+//! reads the same log-likelihoods), chat `logprobs` / `top_logprobs`, content as text parts, the
 //! `developer` role, `n` choices and `stream_options.include_usage`; tools, other content and malformed
 //! bodies are refused with 400 in OpenAI's error shape.
 
@@ -181,6 +182,97 @@ print("openai surface ok; worst log-probability difference from transformers", w
         url = url,
         model_id = promoted.model_id,
         model_dir = model_dir.display(),
+    );
+    let out = python_script(&script);
+    eprintln!("{}", String::from_utf8_lossy(&out));
+    lm_eval_multiple_choice(&url, &model_dir, cluster.dir.path());
+}
+
+/// lm-evaluation-harness's `local-completions` model on a multiple-choice task built from a
+/// local file: the log-likelihood it reads for each choice is transformers' on the same
+/// checkpoint.
+fn lm_eval_multiple_choice(url: &str, model_dir: &std::path::Path, dir: &std::path::Path) {
+    let tasks = dir.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let questions = [
+        ("To be, or not to", ["be", "go", "see"], 0),
+        ("that is the", ["question", "answer", "end"], 0),
+        ("Who is", ["Hamlet?", "Yorick?", "there?"], 2),
+    ];
+    let data: String = questions
+        .iter()
+        .map(|(q, choices, answer)| {
+            format!(
+                "{}\n",
+                json!({"question": q, "choices": choices, "answer": answer})
+            )
+        })
+        .collect();
+    std::fs::write(tasks.join("mc.jsonl"), data).unwrap();
+    let task = format!(
+        "task: quark_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {}\n\
+         test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{{{question}}}}\"\n\
+         doc_to_choice: \"{{{{choices}}}}\"\ndoc_to_target: \"{{{{answer}}}}\"\n\
+         metric_list:\n  - metric: acc\n",
+        tasks.join("mc.jsonl").display()
+    );
+    std::fs::write(tasks.join("quark_mc.yaml"), task).unwrap();
+    // lm-eval counts the context's tokens with transformers' AutoTokenizer: this one reads
+    // the checkpoint's tokenizer.json as it is (a GPT-2 tokenizer class would rebuild its
+    // pre-tokenizer and drop this character-level tokenizer's spaces).
+    let hf_tokenizer = dir.join("hf-tokenizer");
+    std::fs::create_dir_all(&hf_tokenizer).unwrap();
+    std::fs::copy(
+        model_dir.join("tokenizer.json"),
+        hf_tokenizer.join("tokenizer.json"),
+    )
+    .unwrap();
+    let config =
+        json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"});
+    std::fs::write(
+        hf_tokenizer.join("tokenizer_config.json"),
+        config.to_string(),
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+import ast, glob, json, os, subprocess, sys, torch
+from tokenizers import Tokenizer
+from transformers import GPT2LMHeadModel
+out = "{out}"
+args = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
+        "model=champion,base_url={url}/v1/completions,tokenizer_backend=huggingface,tokenizer={hf_tokenizer},num_concurrent=1,max_retries=1,tokenized_requests=True",
+        "--tasks", "quark_mc", "--include_path", "{tasks}", "--output_path", out, "--log_samples", "--batch_size", "1"]
+run = subprocess.run(args, capture_output=True, text=True, env={{**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}})
+assert run.returncode == 0, run.stderr[-4000:]
+samples = [json.loads(l) for f in glob.glob(out + "/**/samples_quark_mc_*.jsonl", recursive=True) for l in open(f)]
+assert len(samples) == 3, samples
+hf = GPT2LMHeadModel.from_pretrained("{model_dir}", dtype=torch.float32).eval()
+tokenizer = Tokenizer.from_file("{model_dir}/tokenizer.json")
+worst, read = 0.0, 0
+for sample in samples:
+    requests = sample["arguments"]
+    requests = list(requests.values()) if isinstance(requests, dict) else requests
+    assert len(requests) == len(sample["resps"]) == 3, sample
+    for request, resp in zip(requests, sample["resps"]):
+        context, continuation = (request["arg_0"], request["arg_1"]) if isinstance(request, dict) else request
+        ctx = tokenizer.encode(context, add_special_tokens=False).ids
+        full = tokenizer.encode(context + continuation, add_special_tokens=False).ids
+        with torch.no_grad():
+            logprobs = hf(torch.tensor([full])).logits[0].log_softmax(-1)
+        expected = sum(logprobs[i - 1, full[i]].item() for i in range(len(ctx), len(full)))
+        # lm-eval logs each response as (log-likelihood, is_greedy), written out as text.
+        value = resp[0] if not isinstance(resp[0], str) else ast.literal_eval(resp[0])
+        worst = max(worst, abs(float(value[0]) - expected))
+        read += 1
+assert read == 9 and worst < 1e-3, (read, worst)
+print("lm-eval read", read, "choices; worst log-likelihood difference from transformers", worst)
+"#,
+        out = dir.join("lm-eval").display(),
+        url = url,
+        model_dir = model_dir.display(),
+        tasks = tasks.display(),
+        hf_tokenizer = hf_tokenizer.display(),
     );
     let out = python_script(&script);
     eprintln!("{}", String::from_utf8_lossy(&out));
