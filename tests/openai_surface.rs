@@ -189,8 +189,9 @@ print("openai surface ok; worst log-probability difference from transformers", w
 }
 
 /// lm-evaluation-harness's `local-completions` model on a multiple-choice task built from a
-/// local file: the log-likelihood it reads for each choice is transformers' on the same
-/// checkpoint.
+/// local file, its tokenizer the checkpoint's (transformers' AutoTokenizer reads it as it is,
+/// through the checkpoint's tokenizer_config.json): the log-likelihood it reads for each
+/// choice is transformers' on the same checkpoint.
 fn lm_eval_multiple_choice(url: &str, model_dir: &std::path::Path, dir: &std::path::Path) {
     let tasks = dir.join("tasks");
     std::fs::create_dir_all(&tasks).unwrap();
@@ -217,23 +218,6 @@ fn lm_eval_multiple_choice(url: &str, model_dir: &std::path::Path, dir: &std::pa
         tasks.join("mc.jsonl").display()
     );
     std::fs::write(tasks.join("quark_mc.yaml"), task).unwrap();
-    // lm-eval counts the context's tokens with transformers' AutoTokenizer: this one reads
-    // the checkpoint's tokenizer.json as it is (a GPT-2 tokenizer class would rebuild its
-    // pre-tokenizer and drop this character-level tokenizer's spaces).
-    let hf_tokenizer = dir.join("hf-tokenizer");
-    std::fs::create_dir_all(&hf_tokenizer).unwrap();
-    std::fs::copy(
-        model_dir.join("tokenizer.json"),
-        hf_tokenizer.join("tokenizer.json"),
-    )
-    .unwrap();
-    let config =
-        json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"});
-    std::fs::write(
-        hf_tokenizer.join("tokenizer_config.json"),
-        config.to_string(),
-    )
-    .unwrap();
     let script = format!(
         r#"
 import ast, glob, json, os, subprocess, sys, torch
@@ -241,7 +225,7 @@ from tokenizers import Tokenizer
 from transformers import GPT2LMHeadModel
 out = "{out}"
 args = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
-        "model=champion,base_url={url}/v1/completions,tokenizer_backend=huggingface,tokenizer={hf_tokenizer},num_concurrent=1,max_retries=1,tokenized_requests=True",
+        "model=champion,base_url={url}/v1/completions,tokenizer_backend=huggingface,tokenizer={model_dir},num_concurrent=1,max_retries=1,tokenized_requests=True",
         "--tasks", "quark_mc", "--include_path", "{tasks}", "--output_path", out, "--log_samples", "--batch_size", "1"]
 run = subprocess.run(args, capture_output=True, text=True, env={{**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}})
 assert run.returncode == 0, run.stderr[-4000:]
@@ -272,7 +256,6 @@ print("lm-eval read", read, "choices; worst log-likelihood difference from trans
         url = url,
         model_dir = model_dir.display(),
         tasks = tasks.display(),
-        hf_tokenizer = hf_tokenizer.display(),
     );
     let out = python_script(&script);
     eprintln!("{}", String::from_utf8_lossy(&out));

@@ -10,7 +10,7 @@
 use crate::MlError;
 use crate::gpt::{Gpt, GptConfig};
 use crate::optim::AdamW;
-use crate::tokenizer::{SYSTEM, end_of_text};
+use crate::tokenizer::{END_OF_TEXT, SYSTEM, end_of_text};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -19,6 +19,9 @@ use tokenizers::Tokenizer;
 pub const CONFIG: &str = "config.json";
 pub const WEIGHTS: &str = "model.safetensors";
 pub const TOKENIZER: &str = "tokenizer.json";
+/// Tells transformers' `AutoTokenizer` to read `tokenizer.json` as it is: the GPT-2 class
+/// `config.json` would pick rebuilds its own pre-tokenizer.
+pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const STATE: &str = "trainer_state.json";
 const LATEST: &str = "latest";
@@ -76,6 +79,12 @@ pub fn save<S: Serialize>(
     tokenizer
         .save(tmp.join(TOKENIZER), false)
         .map_err(|e| bad(&tmp.join(TOKENIZER), e))?;
+    let tokenizer_config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": END_OF_TEXT,
+        "model_max_length": model.config.block_size,
+    });
+    write_json(&tmp.join(TOKENIZER_CONFIG), &tokenizer_config)?;
     if let Some(optimizer) = optimizer {
         optimizer.save(&tmp.join(OPTIMIZER))?;
     }

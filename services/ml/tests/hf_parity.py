@@ -5,6 +5,7 @@
                                           the same, with the PEFT LoRA adapter loaded on the base
   hf_parity.py reward MODEL_DIR IDS OUT   GPT2ForSequenceClassification's score for IDS -> OUT
   hf_parity.py encode TOKENIZER_JSON      texts (a JSON list on stdin) -> their ids (JSON on stdout)
+  hf_parity.py auto_encode CHECKPOINT_DIR the same with transformers' AutoTokenizer
 """
 import json
 import sys
@@ -61,5 +62,14 @@ def encode(path):
     print(json.dumps([tokenizer.encode(t, add_special_tokens=False).ids for t in texts]))
 
 
+def auto_encode(checkpoint_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    texts = json.load(sys.stdin)
+    print(json.dumps([tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]))
+
+
 if __name__ == "__main__":
-    {"logits": logits, "peft_logits": peft_logits, "reward": reward, "encode": encode}[sys.argv[1]](*sys.argv[2:])
+    modes = {"logits": logits, "peft_logits": peft_logits, "reward": reward, "encode": encode, "auto_encode": auto_encode}
+    modes[sys.argv[1]](*sys.argv[2:])

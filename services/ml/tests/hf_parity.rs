@@ -22,10 +22,11 @@ use common::{logits, max_diff, python, python_stdout};
 const TEXT: &str =
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n";
 
-/// Ids Python `tokenizers` gives each text with the tokenizer at `path`.
-fn python_encode(path: &Path, texts: &[&str]) -> Vec<Vec<u32>> {
+/// Ids Python gives each text: `tokenizers` with the tokenizer file at `path` (`encode`), or
+/// transformers' `AutoTokenizer` with the checkpoint directory at `path` (`auto_encode`).
+fn python_encode(how: &str, path: &Path, texts: &[&str]) -> Vec<Vec<u32>> {
     let input = serde_json::to_string(texts).unwrap();
-    let out = python_stdout("hf_parity.py", &["encode", path.to_str().unwrap()], &input);
+    let out = python_stdout("hf_parity.py", &[how, path.to_str().unwrap()], &input);
     serde_json::from_str(&out).unwrap()
 }
 
@@ -37,8 +38,8 @@ const PARITY_TEXTS: &[&str] = &[
     "characters never seen: {}[]#@$%^&*~`|\\",
 ];
 
-fn assert_same_ids(tokenizer: &Tokenizer, path: &Path) {
-    let python = python_encode(path, PARITY_TEXTS);
+fn assert_same_ids(tokenizer: &Tokenizer, how: &str, path: &Path) {
+    let python = python_encode(how, path, PARITY_TEXTS);
     for (text, ids) in PARITY_TEXTS.iter().zip(python) {
         let ours = tokenizer.encode(*text, false).unwrap().get_ids().to_vec();
         assert_eq!(ours, ids, "{text:?}");
@@ -62,7 +63,21 @@ fn tokenizers_encode_identically_in_python() {
     for (name, tokenizer) in [("bpe.json", bpe), ("chars.json", chars)] {
         let path = dir.path().join(name);
         tokenizer::save(&tokenizer, &path).unwrap();
-        assert_same_ids(&tokenizer, &path);
+        assert_same_ids(&tokenizer, "encode", &path);
+        // A checkpoint's tokenizer through transformers' AutoTokenizer (what evaluation
+        // tools load), the character-level one's spaces included.
+        let shape = GptConfig {
+            vocab_size: tokenizer.get_vocab_size(true) as i64,
+            block_size: 16,
+            n_layer: 1,
+            n_head: 1,
+            n_embd: 8,
+            dropout: 0.0,
+        };
+        let model = Gpt::new(shape, Device::Cpu, 1).unwrap();
+        let saved = dir.path().join(format!("{name}.checkpoint"));
+        checkpoint::save(&saved, &model, &tokenizer, None, &serde_json::json!({})).unwrap();
+        assert_same_ids(&tokenizer, "auto_encode", &saved);
     }
 }
 
@@ -162,7 +177,12 @@ fn exported_checkpoint_gives_the_same_logits_in_transformers() {
     let diff = max_diff(&ours, &theirs);
     assert!(diff <= 1e-4, "logits differ by {diff}");
     // The checkpoint's tokenizer.json is the one Python reads.
-    assert_same_ids(&trainer.tokenizer, &checkpoint.join("tokenizer.json"));
+    assert_same_ids(
+        &trainer.tokenizer,
+        "encode",
+        &checkpoint.join("tokenizer.json"),
+    );
+    assert_same_ids(&trainer.tokenizer, "auto_encode", &checkpoint);
 }
 
 /// A trained LoRA adapter, saved in PEFT's layout, loads with `PeftModel.from_pretrained` on
