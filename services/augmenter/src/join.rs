@@ -165,15 +165,24 @@ pub(crate) async fn park<C: ConnectionTrait>(
     insert_new(db, row, [parked::Column::EventId]).await
 }
 
-/// The most recent distinct prompts served at or before `until` (ms), at most `limit`,
-/// newest first, PII scrubbed: what a policy is optimised on. Bounded by `until`, a
-/// redelivered release picks the same prompts.
+/// `first` (already scrubbed), then the most recent other distinct prompts served at or
+/// before `until` (ms), newest first, PII scrubbed; at most `limit` in all: what a policy is
+/// optimised on. Bounded by `until`, a redelivered release picks the same prompts.
 pub async fn recent_prompts<C: ConnectionTrait>(
     db: &C,
     until: i64,
     limit: usize,
+    first: impl IntoIterator<Item = String>,
 ) -> Result<Vec<String>, DbErr> {
     let mut prompts: Vec<String> = Vec::new();
+    let keep = |prompt: String, prompts: &mut Vec<String>| {
+        if !prompt.is_empty() && !prompts.contains(&prompt) && prompts.len() < limit {
+            prompts.push(prompt);
+        }
+    };
+    for prompt in first {
+        keep(prompt, &mut prompts);
+    }
     let mut rows = response::Entity::find()
         .filter(response::Column::ServedAt.lte(until))
         .order_by_desc(response::Column::ServedAt)
@@ -184,10 +193,7 @@ pub async fn recent_prompts<C: ConnectionTrait>(
             break;
         };
         for row in page {
-            let prompt = quark_curate::pii::scrub(row.prompt.trim()).0;
-            if !prompt.is_empty() && !prompts.contains(&prompt) && prompts.len() < limit {
-                prompts.push(prompt);
-            }
+            keep(quark_curate::pii::scrub(row.prompt.trim()).0, &mut prompts);
         }
     }
     Ok(prompts)

@@ -388,19 +388,13 @@ impl AugmenterService {
         if limit == 0 || !self.settings.reward_model {
             return Ok(None);
         }
-        let recent = join::recent_prompts(&self.db, cause.occurred_at.0, limit)
-            .await
-            .map_err(HandlerError::transient)?;
         let of_pairs = pairs.iter().filter_map(|pair| {
             let record: serde_json::Value = serde_json::from_str(&pair.record).ok()?;
             Some(record["prompt"].as_str()?.to_string())
         });
-        let mut prompts: Vec<String> = Vec::new();
-        for prompt in of_pairs.chain(recent) {
-            if prompts.len() < limit && !prompt.is_empty() && !prompts.contains(&prompt) {
-                prompts.push(prompt);
-            }
-        }
+        let prompts = join::recent_prompts(&self.db, cause.occurred_at.0, limit, of_pairs)
+            .await
+            .map_err(HandlerError::transient)?;
         if prompts.is_empty() {
             return Ok(None);
         }

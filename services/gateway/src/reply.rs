@@ -111,17 +111,16 @@ impl Reply {
     /// A whole reply: one choice an answer, in order; `request_ids` beside them when there
     /// are several (each answer is its own response.served).
     pub fn whole(&self, answers: &[Answer], asked_logprobs: bool, request_ids: &[String]) -> Value {
-        let mut usage = Usage::new(0, 0);
+        let generations = answers.iter().map(|a| &a.answered.generation);
+        let usage = Usage::new(
+            generations.clone().map(|g| g.prompt_tokens).sum(),
+            generations.map(|g| g.tokens.len()).sum(),
+        );
         let choices = answers
             .iter()
             .enumerate()
             .map(|(index, a)| {
                 let g = &a.answered.generation;
-                let one = Usage::new(g.prompt_tokens, g.tokens.len());
-                usage = Usage::new(
-                    usage.prompt_tokens + one.prompt_tokens,
-                    usage.completion_tokens + one.completion_tokens,
-                );
                 let text = match a.echo {
                     Some((prompt, _)) => format!("{prompt}{}", g.text),
                     None => g.text.clone(),

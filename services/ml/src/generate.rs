@@ -75,7 +75,12 @@ pub struct TokenLogprob {
 
 /// `token`'s log-probability and the `top` most likely at one position (logits `[vocab]`).
 fn token_logprob(logits: &Tensor, token: u32, top: usize) -> Result<TokenLogprob, MlError> {
-    let logprobs = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+    let logprobs = logits.log_softmax(-1, Kind::Float);
+    read_logprob(&logprobs, token, top)
+}
+
+/// [`token_logprob`] of log-probabilities already normalised (`[vocab]`).
+fn read_logprob(logprobs: &Tensor, token: u32, top: usize) -> Result<TokenLogprob, MlError> {
     let logprob = logprobs.double_value(&[token as i64]);
     let top = match top {
         0 => vec![],
@@ -116,10 +121,11 @@ pub fn prompt_logprobs(
         let logits = model
             .forward(&idx, &Context::default(), None, false)?
             .squeeze_dim(0);
+        let logprobs = logits.log_softmax(-1, Kind::Float);
         let mut out = vec![None];
         for (position, &token) in ids.iter().enumerate().skip(1) {
-            let at = logits.get(position as i64 - 1);
-            out.push(Some(token_logprob(&at, token, top)?));
+            let at = logprobs.get(position as i64 - 1);
+            out.push(Some(read_logprob(&at, token, top)?));
         }
         Ok(out)
     })

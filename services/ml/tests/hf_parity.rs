@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 mod common;
-use common::{logits, max_diff, python, python_stdout};
+use common::{logits, max_diff, python, python_stdout, shape};
 
 const TEXT: &str =
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n";
@@ -66,15 +66,7 @@ fn tokenizers_encode_identically_in_python() {
         assert_same_ids(&tokenizer, "encode", &path);
         // A checkpoint's tokenizer through transformers' AutoTokenizer (what evaluation
         // tools load), the character-level one's spaces included.
-        let shape = GptConfig {
-            vocab_size: tokenizer.get_vocab_size(true) as i64,
-            block_size: 16,
-            n_layer: 1,
-            n_head: 1,
-            n_embd: 8,
-            dropout: 0.0,
-        };
-        let model = Gpt::new(shape, Device::Cpu, 1).unwrap();
+        let model = Gpt::new(shape(tokenizer.get_vocab_size(true), 0.0), Device::Cpu, 1).unwrap();
         let saved = dir.path().join(format!("{name}.checkpoint"));
         checkpoint::save(&saved, &model, &tokenizer, None, &serde_json::json!({})).unwrap();
         assert_same_ids(&tokenizer, "auto_encode", &saved);
