@@ -10,6 +10,7 @@
 use crate::MlError;
 use crate::gpt::{Gpt, GptConfig};
 use crate::optim::AdamW;
+use crate::quantize;
 use crate::tokenizer::{END_OF_TEXT, SYSTEM, end_of_text};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -67,11 +68,16 @@ pub fn save<S: Serialize>(
         config["num_labels"] = serde_json::json!(1);
         config["pad_token_id"] = serde_json::json!(tokenizer.token_to_id(SYSTEM));
     }
+    if model.is_quantized() {
+        config["quantization_config"] = serde_json::json!({"quant_method": quantize::METHOD});
+        quantize::save_weights(model, &tmp.join(WEIGHTS))?;
+    } else {
+        model
+            .vs
+            .save(tmp.join(WEIGHTS))
+            .map_err(|e| bad(&tmp.join(WEIGHTS), e))?;
+    }
     write_json(&tmp.join(CONFIG), &config)?;
-    model
-        .vs
-        .save(tmp.join(WEIGHTS))
-        .map_err(|e| bad(&tmp.join(WEIGHTS), e))?;
     // A run with adapters keeps its frozen base beside them, for resuming.
     if model.adapters().is_some() {
         crate::lora::save(model, &tmp)?;
@@ -134,7 +140,16 @@ pub fn load(dir: &Path, device: Device) -> Result<(Gpt, Tokenizer), MlError> {
     if !weights.exists() {
         return Err(bad(&weights, "missing"));
     }
-    model.vs.load(&weights).map_err(|e| bad(&weights, e))?;
+    match raw["quantization_config"]["quant_method"].as_str() {
+        None => model.vs.load(&weights).map_err(|e| bad(&weights, e))?,
+        Some(quantize::METHOD) => quantize::load_weights(&mut model, &weights)?,
+        Some(other) => {
+            return Err(bad(
+                &dir.join(CONFIG),
+                format!("unknown quantization {other}"),
+            ));
+        }
+    }
     crate::lora::load(&mut model, dir)?;
     Ok((model, tokenizer))
 }

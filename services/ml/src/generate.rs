@@ -131,16 +131,12 @@ pub fn prompt_logprobs(
     })
 }
 
-/// Generates a continuation of `prompt`, calling `on_text` with each new piece of text
-/// (whole characters only, stop sequences never shown) as it is decided.
-pub fn generate(
-    model: &Gpt,
-    tokenizer: &Tokenizer,
+/// Refuses a prompt or options no generation can take.
+pub(crate) fn check(
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
-) -> Result<Generation, MlError> {
-    let block = model.config.block_size as usize;
+    block: usize,
+) -> Result<(), MlError> {
     if prompt.is_empty() {
         return Err(MlError::Config("the prompt is empty".into()));
     }
@@ -158,78 +154,150 @@ pub fn generate(
     if options.temperature < 0.0 {
         return Err(MlError::Config("temperature must not be negative".into()));
     }
+    Ok(())
+}
+
+/// Generates a continuation of `prompt`, calling `on_text` with each new piece of text
+/// (whole characters only, stop sequences never shown) as it is decided.
+pub fn generate(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Generation, MlError> {
+    let block = model.config.block_size as usize;
+    check(prompt, options, block)?;
     let device = model.device();
-    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut decoding = Decoding::new(prompt.len(), options.clone(), block);
     let mut cache = KvCache::default();
-    let mut tokens: Vec<u32> = Vec::new();
-    let mut logprobs = Vec::new();
-    let mut shown = 0; // bytes of decoded text already passed to on_text
-    let mut finish = FinishReason::Length;
-    let text = tch::no_grad(|| -> Result<String, MlError> {
-        let mut text = String::new();
-        while tokens.len() < options.max_tokens && prompt.len() + tokens.len() < block {
+    tch::no_grad(|| -> Result<(), MlError> {
+        while decoding.wants_more() {
+            let tokens = decoding.tokens();
             let (input, cache_ref) = if options.use_cache && !cache.is_empty() {
                 (vec![*tokens.last().unwrap()], Some(&mut cache))
             } else if options.use_cache {
                 (prompt.to_vec(), Some(&mut cache))
             } else {
-                ([prompt, &tokens].concat(), None)
+                ([prompt, tokens].concat(), None)
             };
             let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
             let idx = Tensor::from_slice(&ids).view([1, -1]).to_device(device);
             let logits = model.forward(&idx, &Context::default(), cache_ref, false)?;
             let last = logits.select(1, -1).squeeze_dim(0);
-            let next = pick(&last, options, &mut rng)?;
-            if options.stop_tokens.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if let Some(top) = options.logprobs {
-                logprobs.push(token_logprob(&last, next, top)?);
-            }
-            tokens.push(next);
-            text = tokenizer
-                .decode(&tokens, true)
-                .map_err(|e| MlError::Tokenizer(e.to_string()))?;
-            if let Some(at) = options
-                .stop
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
-                text.truncate(at);
-                finish = FinishReason::Stop;
-            }
-            // Hold back an incomplete character and any tail that may begin a stop sequence.
-            let settled = if finish == FinishReason::Stop {
-                text.len()
-            } else {
-                settled_len(&text, &options.stop)
-            };
-            if settled > shown {
-                let piece = &text[shown..settled];
-                shown = settled;
-                if on_text(piece).is_break() {
-                    finish = FinishReason::Cancelled;
-                    break;
-                }
-            }
-            if finish == FinishReason::Stop {
+            if decoding.step(&last, tokenizer, &mut on_text)?.is_break() {
                 break;
             }
         }
-        if finish == FinishReason::Length && text.len() > shown {
-            let _ = on_text(&text[shown..]);
-        }
-        Ok(text)
+        Ok(())
     })?;
-    Ok(Generation {
-        text,
-        tokens,
-        prompt_tokens: prompt.len(),
-        finish,
-        logprobs,
-    })
+    Ok(decoding.finish(&mut on_text))
+}
+
+/// One generation's progress, whatever runs the model: the tokens chosen, the text decided
+/// and shown, and why it ended. `generate` feeds it one sequence's logits; a continuous
+/// batch feeds each of its rows.
+pub(crate) struct Decoding {
+    options: GenerateOptions,
+    rng: StdRng,
+    prompt_tokens: usize,
+    block: usize,
+    tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    text: String,
+    /// Bytes of `text` already passed to `on_text`.
+    shown: usize,
+    finish: FinishReason,
+}
+
+impl Decoding {
+    pub(crate) fn new(prompt_tokens: usize, options: GenerateOptions, block: usize) -> Decoding {
+        Decoding {
+            rng: StdRng::seed_from_u64(options.seed),
+            options,
+            prompt_tokens,
+            block,
+            tokens: vec![],
+            logprobs: vec![],
+            text: String::new(),
+            shown: 0,
+            finish: FinishReason::Length,
+        }
+    }
+
+    pub(crate) fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Whether the token budget and the model's context leave room for another token.
+    pub(crate) fn wants_more(&self) -> bool {
+        self.tokens.len() < self.options.max_tokens
+            && self.prompt_tokens + self.tokens.len() < self.block
+    }
+
+    /// Picks the next token from its position's logits `[vocab]` and shows what text it
+    /// settles; `Break` when the generation is over (a stop, the caller, or no room left).
+    pub(crate) fn step(
+        &mut self,
+        logits: &Tensor,
+        tokenizer: &Tokenizer,
+        on_text: &mut impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, MlError> {
+        let next = pick(logits, &self.options, &mut self.rng)?;
+        if self.options.stop_tokens.contains(&next) {
+            self.finish = FinishReason::Stop;
+            return Ok(ControlFlow::Break(()));
+        }
+        if let Some(top) = self.options.logprobs {
+            self.logprobs.push(token_logprob(logits, next, top)?);
+        }
+        self.tokens.push(next);
+        self.text = tokenizer
+            .decode(&self.tokens, true)
+            .map_err(|e| MlError::Tokenizer(e.to_string()))?;
+        if let Some(at) = self
+            .options
+            .stop
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
+            self.text.truncate(at);
+            self.finish = FinishReason::Stop;
+        }
+        // Hold back an incomplete character and any tail that may begin a stop sequence.
+        let settled = if self.finish == FinishReason::Stop {
+            self.text.len()
+        } else {
+            settled_len(&self.text, &self.options.stop)
+        };
+        if settled > self.shown {
+            let piece = &self.text[self.shown..settled];
+            self.shown = settled;
+            if on_text(piece).is_break() {
+                self.finish = FinishReason::Cancelled;
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        if self.finish == FinishReason::Stop || !self.wants_more() {
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The generation; text held back for a stop sequence that never came goes out now.
+    pub(crate) fn finish(self, on_text: &mut impl FnMut(&str) -> ControlFlow<()>) -> Generation {
+        if self.finish == FinishReason::Length && self.text.len() > self.shown {
+            let _ = on_text(&self.text[self.shown..]);
+        }
+        Generation {
+            text: self.text,
+            tokens: self.tokens,
+            prompt_tokens: self.prompt_tokens,
+            finish: self.finish,
+            logprobs: self.logprobs,
+        }
+    }
 }
 
 /// The length of `text` that can be shown: no trailing replacement character (a byte-level

@@ -7,6 +7,9 @@
 //! `model.safetensors`.
 
 use crate::MlError;
+use crate::kv::Attention;
+pub use crate::kv::{KvCache, SlotCache};
+use crate::quantize::Int8;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
@@ -91,6 +94,8 @@ struct Conv1D {
     weight: Tensor,
     bias: Tensor,
     adapter: Option<LowRank>,
+    /// The weight as int8 (`crate::quantize`): then it replaces `weight`.
+    int8: Option<Int8>,
 }
 
 impl Conv1D {
@@ -99,11 +104,15 @@ impl Conv1D {
             weight: init.var(&path, "weight", &[d_in, d_out], std),
             bias: path.zeros("bias", &[d_out]),
             adapter: None,
+            int8: None,
         }
     }
 
     /// With `adapted` false the adapter is skipped: the frozen base model's output.
     fn forward(&self, x: &Tensor, dtype: Kind, adapted: bool) -> Tensor {
+        if let Some(int8) = &self.int8 {
+            return int8.linear(x, Some(&self.bias), dtype);
+        }
         let (d_in, d_out) = self.weight.size2().unwrap();
         let mut out_shape = x.size();
         *out_shape.last_mut().unwrap() = d_out;
@@ -197,23 +206,6 @@ struct Block {
     mlp_proj: Conv1D,
 }
 
-/// Keys and values of the positions seen so far, one pair per layer: `[batch, head, time, head_dim]`.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
-}
-
-impl KvCache {
-    /// Positions already cached.
-    pub fn len(&self) -> i64 {
-        self.layers.first().map_or(0, |(k, _)| k.size()[2])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// What one forward pass reads besides token ids. Packed SFT rows restart positions and
 /// attend only within their own example; plain pre-training needs neither.
 #[derive(Default)]
@@ -234,7 +226,10 @@ pub struct Gpt {
     /// LoRA on the token embedding, shared by the tied output layer (PEFT's
     /// `ensure_weight_tying`): a small model cannot say a rare word confidently without it.
     wte_adapter: Option<LowRank>,
+    /// The token embedding as int8 (`crate::quantize`): then it replaces `wte`.
+    wte_int8: Option<Int8>,
     wpe: Tensor,
+    wpe_int8: Option<Int8>,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     /// Matmuls and attention run in this type (bf16 on CUDA); parameters, the residual
@@ -287,7 +282,9 @@ impl Gpt {
             vs,
             wte,
             wte_adapter: None,
+            wte_int8: None,
             wpe,
+            wpe_int8: None,
             blocks,
             ln_f,
             compute: default_compute(device),
@@ -339,6 +336,63 @@ impl Gpt {
         (&mut self.wte, &mut self.wte_adapter)
     }
 
+    /// The weights int8 quantization covers, by their variable names, with their int8 slots:
+    /// the token embedding (`[vocab, n_embd]`, also the output layer), the positions and each
+    /// block's projections (stored `[in, out]`: `true`).
+    pub(crate) fn quantizable_mut(
+        &mut self,
+    ) -> Vec<(String, &mut Tensor, &mut Option<Int8>, bool)> {
+        let mut out = vec![
+            (
+                "transformer.wte.weight".to_string(),
+                &mut self.wte,
+                &mut self.wte_int8,
+                false,
+            ),
+            (
+                "transformer.wpe.weight".to_string(),
+                &mut self.wpe,
+                &mut self.wpe_int8,
+                false,
+            ),
+        ];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (name, layer) in [
+                ("attn.c_attn", &mut b.c_attn),
+                ("attn.c_proj", &mut b.attn_proj),
+                ("mlp.c_fc", &mut b.c_fc),
+                ("mlp.c_proj", &mut b.mlp_proj),
+            ] {
+                out.push((
+                    format!("transformer.h.{i}.{name}.weight"),
+                    &mut layer.weight,
+                    &mut layer.int8,
+                    true,
+                ));
+            }
+        }
+        out
+    }
+
+    /// The int8 weights, when quantized.
+    pub(crate) fn int8_weights(&self) -> Vec<&Int8> {
+        let layers = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj]);
+        let blocks = layers.filter_map(|l| l.int8.as_ref());
+        self.wte_int8
+            .iter()
+            .chain(&self.wpe_int8)
+            .chain(blocks)
+            .collect()
+    }
+
+    /// Whether the weights are int8 (`crate::quantize`).
+    pub fn is_quantized(&self) -> bool {
+        self.wte_int8.is_some()
+    }
+
     /// Each block's projections with their Hugging Face module names (`h.0.attn.c_attn`).
     pub(crate) fn projections_mut(&mut self) -> Vec<(String, &mut Tensor, &mut Option<LowRank>)> {
         let mut out = Vec::new();
@@ -379,13 +433,56 @@ impl Gpt {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor, MlError> {
+        let mut attention = match cache {
+            Some(cache) => Attention::Cached(cache),
+            None => Attention::Full,
+        };
+        let x = self.hidden(idx, context, &mut attention, train)?;
+        Ok(self.logits(&x, context))
+    }
+
+    /// One decode step of a continuous batch: each row of `cache` takes its next token
+    /// (`tokens[row]`) at its own position; logits `[rows, vocab]` (fp32).
+    pub fn decode_step(&self, tokens: &[u32], cache: &mut SlotCache) -> Result<Tensor, MlError> {
+        if tokens.len() != cache.rows() {
+            return Err(MlError::Config(format!(
+                "{} tokens for {} running rows",
+                tokens.len(),
+                cache.rows()
+            )));
+        }
+        if cache.lengths().iter().any(|&l| l >= self.config.block_size) {
+            return Err(MlError::Config(format!(
+                "a row is full: the model's block size is {}",
+                self.config.block_size
+            )));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let idx = Tensor::from_slice(&ids)
+            .view([-1, 1])
+            .to_device(self.device());
+        let positions = cache.positions(self.device());
+        let context = Context {
+            positions: Some(&positions),
+            ..Context::default()
+        };
+        let x = self.hidden(&idx, &context, &mut Attention::Slots(cache), false)?;
+        cache.advance();
+        Ok(self.logits(&x, &context).squeeze_dim(1))
+    }
+
+    /// The tied output layer over final hidden states (fp32 logits).
+    fn logits(&self, x: &Tensor, context: &Context) -> Tensor {
         let dtype = self.compute;
-        let x = self.hidden(idx, context, cache, train)?.to_kind(dtype);
+        if let Some(int8) = &self.wte_int8 {
+            return int8.linear(x, None, dtype).to_kind(Kind::Float);
+        }
+        let x = x.to_kind(dtype);
         let mut logits = x.matmul(&self.wte.to_kind(dtype).tr());
         if let Some(lora) = self.wte_adapter.as_ref().filter(|_| !context.base_only) {
             logits += lora.unembedded(&x, dtype);
         }
-        Ok(logits.to_kind(Kind::Float))
+        logits.to_kind(Kind::Float)
     }
 
     /// A reward model's score `[batch]` for token ids `[batch, time]`, read at each row's
@@ -401,7 +498,7 @@ impl Gpt {
             .score
             .as_ref()
             .ok_or_else(|| MlError::Config("the model has no score head".into()))?;
-        let x = self.hidden(idx, context, None, train)?;
+        let x = self.hidden(idx, context, &mut Attention::Full, train)?;
         let d = self.config.n_embd;
         let at = last.view([-1, 1, 1]).expand([-1, 1, d], false);
         let x = x.gather(1, &at, false).squeeze_dim(1);
@@ -414,11 +511,11 @@ impl Gpt {
         &self,
         idx: &Tensor,
         context: &Context,
-        cache: Option<&mut KvCache>,
+        attention: &mut Attention,
         train: bool,
     ) -> Result<Tensor, MlError> {
         let (b, t) = idx.size2().map_err(|e| MlError::Config(e.to_string()))?;
-        let past = cache.as_ref().map_or(0, |c| c.len());
+        let past = attention.past();
         if past + t > self.config.block_size {
             return Err(MlError::Config(format!(
                 "{} positions do not fit the model's block size {}",
@@ -434,13 +531,18 @@ impl Gpt {
             None => Tensor::arange_start(past, past + t, (Kind::Int64, idx.device())),
         };
         let embedding = self.wte_adapter.as_ref().filter(|_| adapted);
-        let mut tokens = Tensor::embedding(&self.wte, idx, -1, false, false);
+        let mut tokens = match &self.wte_int8 {
+            Some(int8) => int8.rows(idx),
+            None => Tensor::embedding(&self.wte, idx, -1, false, false),
+        };
         if let Some(lora) = embedding {
             tokens += lora.embedded(idx);
         }
-        let mut x =
-            (tokens + Tensor::embedding(&self.wpe, &positions, -1, false, false)).dropout(p, train);
-        let mut cache = cache;
+        let placed = match &self.wpe_int8 {
+            Some(int8) => int8.rows(&positions),
+            None => Tensor::embedding(&self.wpe, &positions, -1, false, false),
+        };
+        let mut x = (tokens + placed).dropout(p, train);
         let (h, hd) = (self.config.n_head, self.config.n_embd / self.config.n_head);
         for (i, block) in self.blocks.iter().enumerate() {
             let qkv = block
@@ -448,54 +550,13 @@ impl Gpt {
                 .forward(&block.ln_1.forward(&x), dtype, adapted);
             let heads = |z: Tensor| z.view([b, t, h, hd]).transpose(1, 2);
             let mut parts = qkv.split(self.config.n_embd, 2).into_iter().map(heads);
-            let (q, mut k, mut v) = (
+            let qkv = (
                 parts.next().unwrap(),
                 parts.next().unwrap(),
                 parts.next().unwrap(),
             );
-            if let Some(cache) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = cache.layers.get(i) {
-                    k = Tensor::cat(&[pk, &k], 2);
-                    v = Tensor::cat(&[pv, &v], 2);
-                }
-                let entry = (k.shallow_clone(), v.shallow_clone());
-                match cache.layers.get_mut(i) {
-                    Some(slot) => *slot = entry,
-                    None => cache.layers.push(entry),
-                }
-            }
             let attn_p = if train { p } else { 0.0 };
-            let y = match (context.mask, past) {
-                (Some(mask), _) => Tensor::scaled_dot_product_attention(
-                    &q,
-                    &k,
-                    &v,
-                    Some(mask),
-                    attn_p,
-                    false,
-                    None,
-                    false,
-                ),
-                (None, 0) => Tensor::scaled_dot_product_attention::<Tensor>(
-                    &q, &k, &v, None, attn_p, true, None, false,
-                ),
-                // New positions after cached ones: each sees the cache and the new ones up to itself.
-                (None, _) => {
-                    let rows = Tensor::arange_start(past, past + t, (Kind::Int64, q.device()));
-                    let cols = Tensor::arange(past + t, (Kind::Int64, q.device()));
-                    let allowed = cols.unsqueeze(0).le_tensor(&rows.unsqueeze(1));
-                    Tensor::scaled_dot_product_attention(
-                        &q,
-                        &k,
-                        &v,
-                        Some(&allowed),
-                        attn_p,
-                        false,
-                        None,
-                        false,
-                    )
-                }
-            };
+            let y = attention.attend(i, qkv, context.mask, attn_p)?;
             let y = y
                 .transpose(1, 2)
                 .contiguous()

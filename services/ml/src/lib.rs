@@ -7,16 +7,19 @@
 //! - [`optim`], [`train`]: AdamW, the schedule and the training loop with exact resume.
 //! - [`checkpoint`]: checkpoints that are Hugging Face model directories.
 //! - [`lora`]: LoRA adapters in PEFT's layout, merged into the weights for serving.
+//! - [`quantize`]: int8 weight-only quantization (per output channel) for serving.
 //! - [`preference`], [`align`]: preference pairs, DPO / IPO and the Bradley–Terry reward model.
 //! - [`rloo`]: RLOO, REINFORCE with a leave-one-out baseline, against a reward model.
 //! - [`probe`]: held-out and taught-conversation readings during fine-tuning, and the choice of checkpoint.
 //! - [`plausibility`]: whether replies read as language to a model (the word-order gain).
-//! - [`generate`]: KV-cached sampling with streaming.
+//! - [`generate`]: KV-cached sampling with streaming; [`kv`]: the caches and attention over them.
+//! - [`batch`]: continuous batching, every generation asked of a model in one running batch.
 //! - [`encoder`]: a pretrained sentence encoder (BERT, sentence-transformers' layout and pooling).
 //! - [`classifier`]: a multi-label linear classifier over embeddings (moderation, intents).
 //! - [`device`]: CUDA when present, the CPU otherwise.
 
 pub mod align;
+pub mod batch;
 pub mod chat;
 pub mod checkpoint;
 pub mod classifier;
@@ -26,12 +29,14 @@ pub mod device;
 pub mod encoder;
 pub mod generate;
 pub mod gpt;
+pub mod kv;
 pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod plausibility;
 pub mod preference;
 pub mod probe;
+pub mod quantize;
 pub mod rloo;
 pub mod shards;
 pub mod tokenizer;

@@ -1,0 +1,436 @@
+//! Continuous batching (Orca's iteration-level scheduling): one thread owns the model and
+//! runs every generation asked of it in one batch, a decode step at a time. Generations join
+//! the running batch between any two steps and leave it as soon as they end, so a short
+//! answer never waits for a long one and a new request never waits for the batch to drain.
+//!
+//! Each iteration admits waiting requests in arrival order while the batch has a free row
+//! and the token budget (prompt plus requested tokens of every running generation) has room,
+//! prefills at most `max_prefill_tokens` of prompts (each prompt alone, into a row of the
+//! [`SlotCache`]), then runs one decode step over every running row. Prefill is bounded so
+//! a burst of long prompts delays the running generations by one step at a time, no more.
+//!
+//! Each generation decides its tokens exactly as [`generate`](crate::generate::generate)
+//! would (its own sampler and seed, stops, budget, streaming); batching changes only how
+//! many run at once.
+
+use crate::MlError;
+use crate::generate::{Decoding, FinishReason, GenerateOptions, Generation, check};
+use crate::gpt::{Context, Gpt, KvCache, SlotCache};
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use tch::Tensor;
+use tokenizers::Tokenizer;
+
+/// How much runs at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Generations in the running batch.
+    pub max_requests: usize,
+    /// Prompt and requested tokens of all running generations together (each capped by
+    /// the model's context): what bounds the cache's memory.
+    pub max_tokens: usize,
+    /// Prompt tokens prefilled between two decode steps (one prompt is always taken).
+    pub max_prefill_tokens: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_requests: 64,
+            max_tokens: 16_384,
+            max_prefill_tokens: 1_024,
+        }
+    }
+}
+
+/// What a generation reports to whoever asked for it.
+enum Report {
+    /// A piece of text as it is settled, and how many tokens make the text so far.
+    Text(String, usize),
+    Done(Result<Generation, MlError>),
+}
+
+struct Request {
+    prompt: Vec<u32>,
+    options: GenerateOptions,
+    reports: Sender<Report>,
+    /// Set by the asker when it wants no more text.
+    cancelled: Arc<AtomicBool>,
+}
+
+type Work = Box<dyn FnOnce(&Gpt, &Tokenizer) + Send>;
+
+enum Job {
+    Generate(Request),
+    /// Other work on the model (prompt scoring), between two decode steps.
+    Run(Work),
+}
+
+/// What the batch is doing, as the scheduler last left it.
+#[derive(Default)]
+struct Counters {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    peak_running: AtomicUsize,
+    decode_steps: AtomicUsize,
+}
+
+/// A reading of the batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Generations in the running batch.
+    pub running: usize,
+    /// Requests waiting to be admitted.
+    pub waiting: usize,
+    /// The most generations that ran at once.
+    pub peak_running: usize,
+    /// Decode steps run (each serves every running generation).
+    pub decode_steps: usize,
+}
+
+/// A model served by a continuous batch on a thread of its own. Dropping it lets the thread
+/// finish what it runs and end.
+pub struct Engine {
+    jobs: Sender<Job>,
+    counters: Arc<Counters>,
+}
+
+/// A generation asked of an [`Engine`], not yet read.
+pub struct Pending {
+    reports: Receiver<Report>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Engine {
+    /// Moves `model` onto a new thread that batches every generation asked of it.
+    pub fn spawn(model: Gpt, tokenizer: Tokenizer, limits: BatchLimits) -> Result<Engine, MlError> {
+        if limits.max_requests == 0 || limits.max_tokens == 0 {
+            return Err(MlError::Config(format!(
+                "batch limits must be positive: {limits:?}"
+            )));
+        }
+        let (jobs, inbox) = channel();
+        let counters = Arc::new(Counters::default());
+        let scheduler = Scheduler::new(model, tokenizer, limits, counters.clone());
+        std::thread::Builder::new()
+            .name("quark-batch".into())
+            .spawn(move || {
+                let _no_grad = tch::no_grad_guard();
+                scheduler.run(inbox)
+            })
+            .map_err(|e| MlError::Config(format!("cannot start the batch thread: {e}")))?;
+        Ok(Engine { jobs, counters })
+    }
+
+    /// What the batch is doing now.
+    pub fn load(&self) -> Load {
+        let read = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+        let c = &self.counters;
+        Load {
+            running: read(&c.running),
+            waiting: read(&c.waiting),
+            peak_running: read(&c.peak_running),
+            decode_steps: read(&c.decode_steps),
+        }
+    }
+
+    /// Generates as [`generate`](crate::generate::generate) does, in the running batch;
+    /// blocks the calling thread until the generation ends. `on_text` runs on the calling
+    /// thread; when it breaks, the generation ends there (`Cancelled`).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation, MlError> {
+        self.submit(prompt, options)?.wait(on_text)
+    }
+
+    /// Asks for a generation without waiting for it: it joins the batch in the order asked.
+    pub fn submit(&self, prompt: &[u32], options: &GenerateOptions) -> Result<Pending, MlError> {
+        let (reports, inbox) = channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let request = Request {
+            prompt: prompt.to_vec(),
+            options: options.clone(),
+            reports,
+            cancelled: cancelled.clone(),
+        };
+        self.jobs
+            .send(Job::Generate(request))
+            .map_err(|_| stopped())?;
+        Ok(Pending {
+            reports: inbox,
+            cancelled,
+        })
+    }
+
+    /// Runs `work` on the model between two decode steps and returns what it returns.
+    pub fn with_model<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Gpt, &Tokenizer) -> T + Send + 'static,
+    ) -> Result<T, MlError> {
+        let (tx, rx) = channel();
+        let job: Work = Box::new(move |model, tokenizer| {
+            let _ = tx.send(work(model, tokenizer));
+        });
+        self.jobs.send(Job::Run(job)).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())
+    }
+}
+
+impl Pending {
+    /// Reads the generation as it goes (see [`Engine::generate`]).
+    pub fn wait(
+        self,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation, MlError> {
+        // Where the asker stopped listening: tokens so far and the text it was shown.
+        let mut cut: Option<(usize, String)> = None;
+        let mut shown = String::new();
+        loop {
+            match self.reports.recv().map_err(|_| stopped())? {
+                Report::Text(_, _) if cut.is_some() => {}
+                Report::Text(piece, tokens) => {
+                    shown.push_str(&piece);
+                    if on_text(&piece).is_break() {
+                        self.cancelled.store(true, Ordering::Relaxed);
+                        cut = Some((tokens, std::mem::take(&mut shown)));
+                    }
+                }
+                Report::Done(result) => return result.map(|g| cut_at(g, cut)),
+            }
+        }
+    }
+}
+
+fn stopped() -> MlError {
+    MlError::Config("the batch thread has stopped".into())
+}
+
+/// A generation cut where its asker stopped listening, as `generate` leaves one.
+fn cut_at(mut g: Generation, cut: Option<(usize, String)>) -> Generation {
+    if let Some((tokens, text)) = cut {
+        g.tokens.truncate(tokens);
+        g.logprobs.truncate(tokens);
+        g.text = text;
+        g.finish = FinishReason::Cancelled;
+    }
+    g
+}
+
+/// A generation in the running batch.
+struct Running {
+    decoding: Decoding,
+    request: Request,
+    /// Its share of the token budget.
+    budget: usize,
+}
+
+impl Running {
+    /// Feeds the logits of its next position; `Break` when it is over.
+    fn step(&mut self, logits: &Tensor, tokenizer: &Tokenizer) -> Result<ControlFlow<()>, MlError> {
+        if self.request.cancelled.load(Ordering::Relaxed) {
+            return Ok(ControlFlow::Break(()));
+        }
+        let reports = &self.request.reports;
+        let tokens = self.decoding.tokens().len() + 1;
+        let mut on_text = |piece: &str| match reports.send(Report::Text(piece.into(), tokens)) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        };
+        self.decoding.step(logits, tokenizer, &mut on_text)
+    }
+
+    fn end(self, failure: Option<MlError>) {
+        let reports = self.request.reports;
+        let result = match failure {
+            Some(e) => Err(e),
+            None => {
+                let mut on_text = |piece: &str| {
+                    let _ = reports.send(Report::Text(piece.into(), usize::MAX));
+                    ControlFlow::Continue(())
+                };
+                Ok(self.decoding.finish(&mut on_text))
+            }
+        };
+        let _ = reports.send(Report::Done(result));
+    }
+}
+
+struct Scheduler {
+    model: Gpt,
+    tokenizer: Tokenizer,
+    limits: BatchLimits,
+    waiting: VecDeque<Request>,
+    /// Row `i` of `cache` is `running[i]`.
+    running: Vec<Running>,
+    cache: SlotCache,
+    counters: Arc<Counters>,
+}
+
+impl Scheduler {
+    fn new(
+        model: Gpt,
+        tokenizer: Tokenizer,
+        limits: BatchLimits,
+        counters: Arc<Counters>,
+    ) -> Scheduler {
+        let cache = SlotCache::new(model.config.block_size);
+        Scheduler {
+            model,
+            tokenizer,
+            limits,
+            waiting: VecDeque::new(),
+            running: vec![],
+            cache,
+            counters,
+        }
+    }
+
+    /// Iterates until every `Engine` handle is gone and nothing is left to run.
+    fn run(mut self, inbox: Receiver<Job>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match inbox.recv() {
+                    Ok(job) => self.take(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = inbox.try_recv() {
+                self.take(job);
+            }
+            self.iterate();
+            self.count();
+        }
+    }
+
+    fn count(&self) {
+        let c = &self.counters;
+        c.running.store(self.running.len(), Ordering::Relaxed);
+        c.waiting.store(self.waiting.len(), Ordering::Relaxed);
+    }
+
+    fn take(&mut self, job: Job) {
+        match job {
+            Job::Generate(request) => self.waiting.push_back(request),
+            Job::Run(work) => work(&self.model, &self.tokenizer),
+        }
+    }
+
+    /// One iteration: admit and prefill what fits, then one decode step for the batch.
+    fn iterate(&mut self) {
+        self.admit();
+        if self.running.is_empty() {
+            return;
+        }
+        if let Err(e) = self.decode() {
+            // A failed step leaves the batch's cache unusable: every running generation fails.
+            let message = e.to_string();
+            for running in self.running.drain(..) {
+                running.end(Some(MlError::Config(format!(
+                    "generation failed: {message}"
+                ))));
+            }
+            self.cache = SlotCache::new(self.model.config.block_size);
+        }
+    }
+
+    fn used_budget(&self) -> usize {
+        self.running.iter().map(|r| r.budget).sum()
+    }
+
+    /// Takes waiting requests in order while they fit, prefilling each into a new row.
+    fn admit(&mut self) {
+        let block = self.model.config.block_size as usize;
+        let mut prefilled = 0;
+        while let Some(next) = self.waiting.front() {
+            let budget = (next.prompt.len() + next.options.max_tokens).min(block);
+            let room = self.running.is_empty()
+                || (self.running.len() < self.limits.max_requests
+                    && self.used_budget() + budget <= self.limits.max_tokens);
+            let prefill_room =
+                prefilled == 0 || prefilled + next.prompt.len() <= self.limits.max_prefill_tokens;
+            if !(room && prefill_room) {
+                return;
+            }
+            let request = self.waiting.pop_front().expect("a waiting request");
+            prefilled += request.prompt.len();
+            self.prefill(request, budget);
+        }
+    }
+
+    /// Reads a prompt into a new row and takes its first token; a request that cannot run
+    /// ends here with its error.
+    fn prefill(&mut self, request: Request, budget: usize) {
+        let block = self.model.config.block_size as usize;
+        if let Err(e) = check(&request.prompt, &request.options, block) {
+            let _ = request.reports.send(Report::Done(Err(e)));
+            return;
+        }
+        let mut running = Running {
+            decoding: Decoding::new(request.prompt.len(), request.options.clone(), block),
+            request,
+            budget,
+        };
+        if !running.decoding.wants_more() {
+            return running.end(None);
+        }
+        let mut cache = KvCache::default();
+        let ids: Vec<i64> = running.request.prompt.iter().map(|&t| t as i64).collect();
+        let idx = Tensor::from_slice(&ids)
+            .view([1, -1])
+            .to_device(self.model.device());
+        let first = self
+            .model
+            .forward(&idx, &Context::default(), Some(&mut cache), false)
+            .and_then(|logits| {
+                let last = logits.select(1, -1).squeeze_dim(0);
+                running.step(&last, &self.tokenizer)
+            });
+        match first {
+            Ok(ControlFlow::Continue(())) => match self.cache.push(&cache) {
+                Ok(_) => self.running.push(running),
+                Err(e) => running.end(Some(e)),
+            },
+            Ok(ControlFlow::Break(())) => running.end(None),
+            Err(e) => running.end(Some(e)),
+        }
+    }
+
+    /// One decode step over every running row; the rows that end leave the batch.
+    fn decode(&mut self) -> Result<(), MlError> {
+        let last: Vec<u32> = self
+            .running
+            .iter()
+            .map(|r| {
+                *r.decoding
+                    .tokens()
+                    .last()
+                    .expect("a running row has a token")
+            })
+            .collect();
+        let logits = self.model.decode_step(&last, &mut self.cache)?;
+        let c = &self.counters;
+        c.decode_steps.fetch_add(1, Ordering::Relaxed);
+        c.peak_running
+            .fetch_max(self.running.len(), Ordering::Relaxed);
+        let mut ended = vec![];
+        for (row, running) in self.running.iter_mut().enumerate() {
+            match running.step(&logits.get(row as i64), &self.tokenizer) {
+                Ok(ControlFlow::Continue(())) => {}
+                Ok(ControlFlow::Break(())) => ended.push((row, None)),
+                Err(e) => ended.push((row, Some(e))),
+            }
+        }
+        // From the last: the row that moves into a removed one has not ended.
+        for (row, failure) in ended.into_iter().rev() {
+            self.cache.swap_remove(row)?;
+            self.running.swap_remove(row).end(failure);
+        }
+        Ok(())
+    }
+}
