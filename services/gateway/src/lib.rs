@@ -21,6 +21,7 @@
 //! - Telemetry: per window and model, requests, errors, latency percentiles, tokens,
 //!   requests blocked and flagged by moderation, and feedback → telemetry.reported.
 
+mod admin;
 pub mod api;
 mod chat_input;
 mod completions;
@@ -38,7 +39,7 @@ use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError, Publisher};
 use quark_events::{Alias, Event, EventHeader, EventKind, Id, TelemetryReported, Timestamp};
 use quark_lineage::{Lineage, Model};
-use quark_ml::gpt::Gpt;
+use quark_ml::batch::{BatchLimits, Engine};
 use quark_ml::{Tokenizer, checkpoint};
 use quark_runtime::ArtifactStore;
 use quark_runtime::config::GatewaySettings;
@@ -53,11 +54,11 @@ pub const NAME: &str = "gateway";
 /// The gateway's own projection: the champion it serves (from model.promoted).
 pub const LINEAGE: Lineage = Lineage::new(NAME);
 
-/// A loaded model. Generation takes the lock: libtorch already spreads one request over
-/// the cores, and a tch tensor may not be shared between threads.
+/// A loaded model. Its generations run in one continuous batch on a thread that owns the
+/// model (`quark_ml::batch`); anything else on the model runs there between decode steps.
 pub struct Served {
     pub model_id: Id,
-    pub model: Mutex<Gpt>,
+    pub engine: Engine,
     /// The model's context, in tokens.
     pub context: usize,
     pub tokenizer: Tokenizer,
@@ -153,13 +154,15 @@ impl Gateway {
                 &self.models_dir.join(model.model_id.to_string()),
             )
             .await?;
-        let (gpt, tokenizer) =
-            tokio::task::block_in_place(|| checkpoint::load(&dir, tch::Device::Cpu))
-                .with_context(|| format!("cannot load model {}", model.model_id))?;
+        let device = quark_ml::device::select(&self.settings.device)?;
+        let (gpt, tokenizer) = tokio::task::block_in_place(|| checkpoint::load(&dir, device))
+            .with_context(|| format!("cannot load model {}", model.model_id))?;
+        let context = gpt.config.block_size as usize;
+        let engine = Engine::spawn(gpt, tokenizer.clone(), self.batch_limits())?;
         let served = Arc::new(Served {
             model_id: model.model_id,
-            context: gpt.config.block_size as usize,
-            model: Mutex::new(gpt),
+            context,
+            engine,
             tokenizer,
             created: model.trained_at.0 / 1000,
             promoted_at,
@@ -171,6 +174,15 @@ impl Gateway {
         *slot = Some(served);
         info!(model = %model.model_id, "serving");
         Ok(())
+    }
+
+    fn batch_limits(&self) -> BatchLimits {
+        let b = self.settings.batch;
+        BatchLimits {
+            max_requests: b.max_requests,
+            max_tokens: b.max_tokens,
+            max_prefill_tokens: b.max_prefill_tokens,
+        }
     }
 
     /// Serves the champion this gateway last folded from model.promoted, if any (at start-up).

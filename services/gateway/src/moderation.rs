@@ -15,9 +15,9 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use quark_ml::generate::{FinishReason, GenerateOptions, Generation, generate};
-use quark_ml::gpt::Gpt;
-use quark_ml::{MlError, Tokenizer};
+use quark_ml::MlError;
+use quark_ml::batch::Engine;
+use quark_ml::generate::{FinishReason, GenerateOptions, Generation};
 use quark_moderation::policy::{Action, Verdict, sentence_ends};
 use quark_moderation::{ModerationError, Moderator};
 use quark_runtime::config::ModerationSettings;
@@ -319,8 +319,7 @@ fn generation_error(e: MlError) -> ApiError {
 /// Generates from `ids` with the filter (if any) between the model and `send`: the prompt
 /// is read first, then the answer — whole, or sentence by sentence when `streaming`.
 pub(crate) fn generate_screened(
-    model: &Gpt,
-    tokenizer: &Tokenizer,
+    engine: &Engine,
     ids: &[u32],
     options: &GenerateOptions,
     screen: Option<&Arc<Screen>>,
@@ -328,8 +327,9 @@ pub(crate) fn generate_screened(
     mut send: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Answered, ApiError> {
     let Some(screen) = screen else {
-        let generation =
-            generate(model, tokenizer, ids, options, send).map_err(generation_error)?;
+        let generation = engine
+            .generate(ids, options, send)
+            .map_err(generation_error)?;
         return Ok(Answered {
             generation,
             filtered: vec![],
@@ -352,8 +352,9 @@ pub(crate) fn generate_screened(
     }
     let reader = if streaming { screen.stream() } else { None };
     let Some(mut reader) = reader else {
-        let mut generation =
-            generate(model, tokenizer, ids, options, send).map_err(generation_error)?;
+        let mut generation = engine
+            .generate(ids, options, send)
+            .map_err(generation_error)?;
         let (text, found) = screen.answer(&generation.text)?;
         generation.text = text;
         filtered.extend(found);
@@ -363,8 +364,8 @@ pub(crate) fn generate_screened(
         });
     };
     let mut failure = None;
-    let generation = generate(model, tokenizer, ids, options, |piece| {
-        match reader.push(piece) {
+    let generation = engine
+        .generate(ids, options, |piece| match reader.push(piece) {
             Ok(Some(out)) if out.is_empty() => ControlFlow::Continue(()),
             Ok(Some(out)) => send(&out),
             Ok(None) => ControlFlow::Break(()),
@@ -372,9 +373,8 @@ pub(crate) fn generate_screened(
                 failure = Some(e);
                 ControlFlow::Break(())
             }
-        }
-    })
-    .map_err(generation_error)?;
+        })
+        .map_err(generation_error)?;
     if let Some(e) = failure {
         return Err(e);
     }

@@ -5,7 +5,7 @@ use crate::chat_input::ChatMessage;
 use crate::moderation::{Answered, generate_screened};
 use crate::reply::{Answer, Reply, Shape};
 use crate::served::{self, Exchange, new_request_id};
-use crate::{Gateway, NAME, Served, knowledge};
+use crate::{Gateway, Served, knowledge};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use quark_events::{Event, RetrainRequested, RetrainTrigger};
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::generate::{GenerateOptions, TokenLogprob, prompt_logprobs};
 use std::ops::ControlFlow;
@@ -32,8 +31,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/moderations", post(crate::moderation::moderations))
         .route("/v1/feedback", post(crate::feedback::feedback))
-        .route("/v1/admin/status", get(status))
-        .route("/v1/admin/retrain", post(retrain))
+        .route("/v1/admin/status", get(crate::admin::status))
+        .route("/v1/admin/retrain", post(crate::admin::retrain))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)
@@ -226,11 +225,9 @@ async fn run(
     let screen = gateway.screen();
     let prompt = job.exchange.prompt.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let model = served.model.lock().unwrap_or_else(|e| e.into_inner());
         let streaming = pieces.is_some();
         let answered = generate_screened(
-            &model,
-            &served.tokenizer,
+            &served.engine,
             &ids,
             &options,
             screen.as_ref(),
@@ -242,7 +239,10 @@ async fn run(
         )?;
         let prompt_logprobs = match (echo, options.logprobs) {
             (true, Some(top)) => Some(
-                prompt_logprobs(&model, &ids, top)
+                served
+                    .engine
+                    .with_model(move |model, _| prompt_logprobs(model, &ids, top))
+                    .and_then(|read| read)
                     .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
             ),
             _ => None,
@@ -282,15 +282,17 @@ async fn run(
     result
 }
 
-/// A whole reply to the jobs (one a prompt, answered in turn).
+/// A whole reply to the jobs (one a prompt or a choice): they run together, in one batch.
 async fn whole(gateway: Arc<Gateway>, jobs: Vec<Job>, reply: Reply) -> Response {
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        match run(gateway.clone(), job, None).await {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => return e.into_response(),
-        }
-    }
+    let runs = jobs.iter().map(|job| run(gateway.clone(), job, None));
+    let outcomes = match futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(outcomes) => outcomes,
+        Err(e) => return e.into_response(),
+    };
     let answers: Vec<Answer> = jobs
         .iter()
         .zip(&outcomes)
@@ -559,36 +561,4 @@ fn last_user_message(messages: &[Message]) -> String {
         .find(|m| m.role == Role::User)
         .map(|m| m.content.clone())
         .unwrap_or_default()
-}
-
-async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorise(&gateway, &headers) {
-        return e.into_response();
-    }
-    let served = gateway.served();
-    Json(serde_json::json!({
-        "champion": served.as_ref().map(|s| s.model_id.to_string()),
-        "promoted_at": served.as_ref().map(|s| s.promoted_at),
-        "instance": gateway.settings.instance,
-    }))
-    .into_response()
-}
-
-async fn retrain(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorise(&gateway, &headers) {
-        return e.into_response();
-    }
-    let event = Event::RetrainRequested(RetrainRequested::to_policy(
-        NAME,
-        RetrainTrigger::Manual,
-        "requested through the gateway",
-    ));
-    match gateway.publisher.publish(&event).await {
-        Ok(_) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"event_id": event.header().event_id.to_string()})),
-        )
-            .into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
 }

@@ -7,8 +7,10 @@ use quark_events::bus::BusConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod batch;
 mod moderation;
 mod retrieval;
+pub use batch::BatchSettings;
 pub use moderation::ModerationSettings;
 pub use retrieval::{RetrievalSettings, StorageOptions};
 
@@ -225,6 +227,16 @@ pub struct GatewaySettings {
     pub instance: String,
     #[serde(default)]
     pub moderation: ModerationSettings,
+    /// The continuous batch every generation runs in.
+    #[serde(default)]
+    pub batch: BatchSettings,
+    /// Where served models run: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:<n>`.
+    #[serde(default = "auto")]
+    pub device: String,
+}
+
+fn auto() -> String {
+    "auto".into()
 }
 
 /// When feedback becomes a retraining.
@@ -478,6 +490,8 @@ impl Default for Settings {
                 telemetry_window_ms: 10_000,
                 instance: "gateway".into(),
                 moderation: ModerationSettings::default(),
+                batch: BatchSettings::default(),
+                device: auto(),
             },
             augment: AugmentSettings {
                 min_examples: 8,
