@@ -18,13 +18,18 @@ the weights updated (Quark's `train_us`; for TRL a callback from `on_step_begin`
 `on_step_end`), so loading, tokenising and the reference pass before training are not counted
 on either side. Peak memory is the whole process's peak resident set (each side runs in a
 process of its own, read by wait4). The reward model's scalar head starts from the same
-weights on both sides: TRL's initialisation, saved once and loaded by both. Each job runs
-twice, with two seeds (the order pairs are drawn in), the sides in one order and then in the
-other; the two seeds of one side show how far its figures move by chance.
+weights on both sides: TRL's initialisation, saved once and loaded by both. The learning rate
+follows the same schedule on both sides, step for step: Quark's (nanoGPT's warm-up from
+lr/(w+1), then cosine to 0), given to TRL's trainers as their scheduler, since transformers'
+own warm-up starts at 0 and so shifts every later step. Each job runs with four seeds (the
+order pairs are drawn in), the sides in one order and then in the other, alternately; the
+spread of one side's seeds shows how far its figures move by chance, and the sides are
+compared on their means over the seeds.
 
   dpo_trl.py QUARK_BINARY PLAYS_DIR
 """
 import json
+import math
 import os
 import random
 import subprocess
@@ -36,8 +41,9 @@ from feedback_trl import pretrained_base, step_timer
 BLOCK, STEPS, LOG, PAIRS_PER_STEP = 128, 40, 10, 8
 DEVICE = os.environ.get("QUARK_BENCH_DEVICE", "cpu")
 LR, WARMUP, BETA, CENTER = 5e-4, 4, 0.1, 0.01
-SEEDS = [1337, 1338]
-TRAIN_PAIRS, HELD_OUT_PAIRS = 96, 96
+SEEDS = [1337, 1338, 1339, 1340]
+# Held-out accuracy moves in steps of one pair: 384 pairs make a step 0.26 points.
+TRAIN_PAIRS, HELD_OUT_PAIRS = 96, 384
 USER, ASSISTANT, END, SYSTEM = "<|user|>", "<|assistant|>", "<|endoftext|>", "<|system|>"
 
 
@@ -60,6 +66,41 @@ def pairs_from(path, count, seed):
         if len(out) == count:
             return out
     raise SystemExit(f"{path}: too few lines for {count} pairs")
+
+
+def quark_lr(step):
+    """Quark's schedule (`optim::Schedule`, nanoGPT's): linear warm-up from LR/(WARMUP+1),
+    then cosine to 0 at the last step."""
+    if step < WARMUP:
+        return LR * (step + 1) / (WARMUP + 1)
+    progress = min(1.0, (step - WARMUP) / max(1, STEPS - WARMUP))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) * LR
+
+
+def on_quark_schedule(trainer_class):
+    """`trainer_class` with Quark's learning-rate schedule in place of transformers' own."""
+    import torch
+
+    class Scheduled(trainer_class):
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                optimizer = self.optimizer if optimizer is None else optimizer
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: quark_lr(step) / LR)
+            return self.lr_scheduler
+
+    return Scheduled
+
+
+def schedule_check():
+    """A callback asserting that each step's learning rate is Quark's for that step."""
+    from transformers import TrainerCallback
+
+    class Check(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            lr = optimizer.param_groups[0]["lr"]
+            assert abs(lr - quark_lr(state.global_step)) < 1e-12, (state.global_step, lr)
+
+    return Check()
 
 
 def tokenizer_of(model_dir):
@@ -103,7 +144,7 @@ def trl_train(kind, start, pairs_file, out, precompute, seed):
     tok = tokenizer_of(start)
     pairs = [json.loads(l) for l in open(pairs_file)]
     rows = [{"prompt": USER + p["prompt"] + ASSISTANT, "chosen": p["chosen"] + END, "rejected": p["rejected"] + END} for p in pairs]
-    common = dict(output_dir=out, max_steps=STEPS, learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP,
+    common = dict(output_dir=out, max_steps=STEPS, learning_rate=LR,
                   per_device_train_batch_size=PAIRS_PER_STEP, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.99,
                   adam_epsilon=1e-8, max_grad_norm=1.0, max_length=BLOCK, save_strategy="no", report_to=[],
                   logging_steps=LOG, use_cpu=DEVICE == "cpu", bf16=DEVICE != "cpu", dataloader_num_workers=0, seed=seed, disable_tqdm=True, pad_token=SYSTEM)
@@ -113,7 +154,7 @@ def trl_train(kind, start, pairs_file, out, precompute, seed):
 
         config = DPOConfig(beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=precompute, **common)
         model = GPT2LMHeadModel.from_pretrained(start, dtype=torch.float32)
-        trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
+        trainer = on_quark_schedule(DPOTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer, schedule_check()])
         sample, first = trainer.train_dataset[0], rows[0]
         assert sample["prompt_ids"] + sample["chosen_ids"] == tok(first["prompt"] + first["chosen"])["input_ids"]
         accuracy_key = "rewards/accuracies"
@@ -122,7 +163,7 @@ def trl_train(kind, start, pairs_file, out, precompute, seed):
 
         config = RewardConfig(center_rewards_coefficient=CENTER, **common)
         model = AutoModelForSequenceClassification.from_pretrained(start, num_labels=1, dtype=torch.float32)
-        trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
+        trainer = on_quark_schedule(RewardTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer, schedule_check()])
         sample, first = trainer.train_dataset[0], rows[0]
         assert sample["chosen_ids"] == tok(first["prompt"] + first["chosen"])["input_ids"]
         accuracy_key = "accuracy"
@@ -209,8 +250,8 @@ def main():
     with open(pairs_file, "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in train)
     print(f"settings (both sides): {TRAIN_PAIRS} training pairs, {HELD_OUT_PAIRS} held out, {STEPS} steps of {PAIRS_PER_STEP} pairs, "
-          f"lr {LR} cosine to 0 after {WARMUP} warm-up steps, AdamW betas (0.9, 0.99), no weight decay, grad clip 1.0, "
-          f"DPO sigmoid loss with beta {BETA}, reward centring {CENTER}, every weight trained, {'fp32 on the CPU, 2 threads' if DEVICE == 'cpu' else f'bf16 autocast over fp32 weights on {torch.cuda.get_device_name()}'}; "
+          f"lr {LR} on Quark's schedule ({WARMUP} warm-up steps from lr/{WARMUP + 1}, cosine to 0 at step {STEPS}), AdamW betas (0.9, 0.99), no weight decay, grad clip 1.0, "
+          f"DPO sigmoid loss with beta {BETA}, reward centring {CENTER}, every weight trained, seeds {SEEDS}, {'fp32 on the CPU, 2 threads' if DEVICE == 'cpu' else f'bf16 autocast over fp32 weights on {torch.cuda.get_device_name()}'}; "
           f"TRL {__import__('trl').__version__}, transformers {__import__('transformers').__version__}, torch {torch.__version__}")
     print("| job | seed | side | final loss | final reward accuracy (training pairs) | held-out reward accuracy | steps/s | Quark ÷ side | tokens/s (Quark's tokens a step) | peak memory (resident) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -218,10 +259,12 @@ def main():
         "dpo": (base, ["quark", "trl", "trl-precompute"]),
         "reward": (reward_start(base, work), ["quark", "trl"]),
     }
+    summary = []
     for kind, (start, sides) in jobs.items():
-        # Each job twice, with two seeds (the order pairs are drawn in) and the sides in both
-        # orders: the spread between a side's two seeds is the noise the sides are compared within.
-        for run, (seed, order) in enumerate(zip(SEEDS, [sides, sides[::-1]])):
+        held = {side: [] for side in sides}
+        for run, seed in enumerate(SEEDS):
+            # The sides in one order, then the other: whoever runs first pays for a cold machine.
+            order = sides if run % 2 == 0 else sides[::-1]
             results = {}
             for side in order:
                 side_work = os.path.join(work, kind, f"{run}-{side}")
@@ -233,11 +276,22 @@ def main():
             for side in sides:
                 r = results[side]
                 accuracy = held_out_accuracy(kind, r["model"], base if kind == "dpo" else start, held_out)
+                held[side].append((accuracy, results["quark"]["steps_per_s"] / r["steps_per_s"]))
                 ratio = "" if side == "quark" else f"{results['quark']['steps_per_s'] / r['steps_per_s']:.2f}"
                 print(f"| {kind} | {seed} | {side} ({order.index(side) + 1} of {len(order)}) | {r['loss']:.4f} | "
                       f"{100 * r['accuracy']:.1f} % | {100 * accuracy:.1f} % | {r['steps_per_s']:.2f} | {ratio} | "
                       f"{results['quark']['tokens_per_step'] * r['steps_per_s']:.0f} | "
                       f"{r['peak_mib']:.0f} MiB |", flush=True)
+        for side in sides:
+            accuracies = [a for a, _ in held[side]]
+            ratios = [q for _, q in held[side]]
+            mean = 100 * sum(accuracies) / len(accuracies)
+            quark_mean = 100 * sum(a for a, _ in held["quark"]) / len(SEEDS)
+            summary.append(f"| {kind} | {side} | {mean:.2f} % | {100 * min(accuracies):.1f}–{100 * max(accuracies):.1f} % | "
+                           + ("— | —" if side == "quark" else f"{quark_mean - mean:+.2f} | {min(ratios):.2f}–{max(ratios):.2f}") + " |")
+    print(f"\n| job | side | held-out reward accuracy, mean of {len(SEEDS)} seeds | range over the seeds | Quark − side (points) | Quark's steps/s ÷ side's |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":
