@@ -406,9 +406,10 @@ impl RetrainRequested {
         }
     }
 
-    /// Whether it asks the policy (names no dataset) rather than a trainer.
+    /// Whether it asks the policy (names no dataset) rather than a trainer. A quantize run
+    /// reads only its base: it is for the trainer with no dataset.
     pub fn is_for_policy(&self) -> bool {
-        self.dataset_ids.is_empty()
+        self.dataset_ids.is_empty() && self.run_kind != RunKind::Quantize
     }
 }
 

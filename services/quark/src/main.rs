@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
-    generate, ingest, models, moderation, plan, publish, replay, run, schema_registry, search,
-    topics, trace, train, watch,
+    generate, ingest, models, moderation, plan, publish, quantize, replay, run, schema_registry,
+    search, topics, trace, train, watch,
 };
 use quark::services::Service;
 use quark::shutdown;
@@ -65,6 +65,12 @@ enum Command {
     Retrain {
         #[arg(long, default_value = "requested with quark retrain")]
         reason: String,
+        /// Instead: quantize a model's weights to int8 (a quantize run; the gate then judges it).
+        #[arg(long)]
+        quantize: bool,
+        /// With --quantize, the model (its id); default the champion.
+        #[arg(long, requires = "quantize")]
+        base: Option<String>,
     },
     /// Run one service against the configured cluster.
     Run { service: Service },
@@ -111,6 +117,9 @@ enum Command {
     },
     /// Stream a completion from a checkpoint.
     Generate(generate::GenerateArgs),
+    /// Quantize a checkpoint's weights to int8 (per output channel) into a new checkpoint; with
+    /// --held-out and --decode-tokens, compare perplexity and decode speed with the original.
+    Quantize(quantize::QuantizeArgs),
     /// Size, FLOPs, memory and time of a training run, the compute-optimal size for a budget,
     /// and the task catalogue. Defaults: GPT-2 small on 10B tokens on an H100.
     Plan {
@@ -216,13 +225,21 @@ async fn main() -> anyhow::Result<()> {
             });
             publish_one(&settings, &event).await
         }
-        Command::Retrain { reason } => {
-            let event =
-                quark_events::Event::RetrainRequested(quark_events::RetrainRequested::to_policy(
-                    "quark-retrain",
-                    quark_events::RetrainTrigger::Manual,
-                    &reason,
-                ));
+        Command::Retrain {
+            reason,
+            quantize,
+            base,
+        } => {
+            let mut request = quark_events::RetrainRequested::to_policy(
+                "quark-retrain",
+                quark_events::RetrainTrigger::Manual,
+                &reason,
+            );
+            if quantize {
+                request.run_kind = quark_events::RunKind::Quantize;
+                request.base_model_id = base.as_deref().map(str::parse).transpose()?;
+            }
+            let event = quark_events::Event::RetrainRequested(request);
             publish_one(&settings, &event).await
         }
         Command::Run { service } => run::run(&settings, &[service], shutdown::on_signal()).await,
@@ -329,6 +346,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Moderation(command) => {
             tokio::task::spawn_blocking(move || moderation::run(&settings, command)).await?
+        }
+        Command::Quantize(args) => {
+            let report = tokio::task::spawn_blocking(move || quantize::run(&args)).await??;
+            println!("{report}");
+            Ok(())
         }
         Command::Generate(args) => {
             let generation = tokio::task::spawn_blocking(move || generate::run(&args)).await??;

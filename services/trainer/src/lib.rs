@@ -14,6 +14,8 @@
 //!   Bradley–Terry reward model on its body ([`align`]). A pair is never trained twice into
 //!   the same model version by the same kind of run.
 //!
+//! - retrain.requested for a quantize run → the base's weights to int8 ([`quantize`]).
+//!
 //! Each emits model.trained with the model's lineage. No job trains on a document forgotten
 //! (document.forgotten) before it was planned.
 //!
@@ -31,6 +33,7 @@
 mod align;
 mod data;
 mod plan;
+mod quantize;
 mod rloo;
 mod tuning;
 
@@ -292,6 +295,9 @@ impl TrainerService {
                 };
                 self.align_job(inputs, dir, &run).await
             }
+            Plan::Quantize { .. } => Err(HandlerError::permanent(
+                "a quantize run trains nothing: it has no training job",
+            )),
             Plan::Finetune {
                 base,
                 datasets,
@@ -398,9 +404,8 @@ impl TrainerService {
     async fn job(&self, event: &Event, plan: Plan) -> Result<ModelTrained, HandlerError> {
         let cause = event.header();
         let dir = self.work.join(cause.event_id.to_string());
-        if let Ok(text) = std::fs::read_to_string(dir.join(OUTCOME)) {
-            info!(job = %dir.display(), "already trained; re-sending its model.trained");
-            return serde_json::from_str(&text).map_err(HandlerError::permanent);
+        if let Some(done) = recall(&dir)? {
+            return Ok(done);
         }
         let _one_at_a_time = self.busy.lock().await;
         let device =
@@ -482,15 +487,7 @@ impl TrainerService {
             adapter,
             choice,
         };
-        std::fs::write(
-            dir.join(OUTCOME),
-            serde_json::to_vec(&trained).map_err(HandlerError::permanent)?,
-        )
-        .map_err(HandlerError::transient)?;
-        // The optimizer state and the copies are no longer needed once the model is published.
-        for done in ["run", "publish", "base", "judge"] {
-            let _ = std::fs::remove_dir_all(dir.join(done));
-        }
+        keep(&dir, &trained)?;
         info!(job = %dir.display(), model = %trained.model_id, steps = trained.steps, duration_ms = trained.duration_ms, "trained");
         Ok(trained)
     }
@@ -556,6 +553,26 @@ impl TrainerService {
     }
 }
 
+/// The model.trained of a job done already (its `outcome.json`), to send again.
+fn recall(dir: &Path) -> Result<Option<ModelTrained>, HandlerError> {
+    let Ok(text) = std::fs::read_to_string(dir.join(OUTCOME)) else {
+        return Ok(None);
+    };
+    info!(job = %dir.display(), "already trained; re-sending its model.trained");
+    serde_json::from_str(&text).map_err(HandlerError::permanent)
+}
+
+/// Keeps a job's model.trained in its `outcome.json`; the optimizer state and the copies
+/// are no longer needed once the model is published.
+fn keep(dir: &Path, trained: &ModelTrained) -> Result<(), HandlerError> {
+    let text = serde_json::to_vec(trained).map_err(HandlerError::permanent)?;
+    std::fs::write(dir.join(OUTCOME), text).map_err(HandlerError::transient)?;
+    for done in ["run", "publish", "base", "judge", "quantized"] {
+        let _ = std::fs::remove_dir_all(dir.join(done));
+    }
+    Ok(())
+}
+
 fn shape_of(model: &Gpt) -> ModelShape {
     let config = &model.config;
     ModelShape {
@@ -579,9 +596,11 @@ impl Handler for TrainerService {
     }
 
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
-        let Some(plan) = self.plan(event).await? else {
-            return Ok(vec![]);
+        let trained = match self.plan(event).await? {
+            None => return Ok(vec![]),
+            Some(Plan::Quantize { base }) => self.quantize(event, *base).await?,
+            Some(plan) => self.job(event, plan).await?,
         };
-        Ok(vec![Event::ModelTrained(self.job(event, plan).await?)])
+        Ok(vec![Event::ModelTrained(trained)])
     }
 }

@@ -41,6 +41,8 @@ pub(crate) enum Plan {
         pretraining: Vec<DatasetPrepared>,
         forgotten: Forgotten,
     },
+    /// The base's weights to int8: no training, no data.
+    Quantize { base: Box<Model> },
 }
 
 impl TrainerService {
@@ -56,6 +58,12 @@ impl TrainerService {
                     return Ok(None);
                 }
                 self.pretrain_plan(d.clone()).await
+            }
+            Event::RetrainRequested(r) if r.run_kind == RunKind::Quantize => {
+                let base = self.base_of(r).await?;
+                Ok(Some(Plan::Quantize {
+                    base: Box::new(base),
+                }))
             }
             Event::RetrainRequested(r) if r.is_for_policy() => Ok(None),
             Event::RetrainRequested(r) if r.run_kind == RunKind::Pretrain => {
@@ -125,12 +133,8 @@ impl TrainerService {
         ))
     }
 
-    /// The base a request names (the champion unless it names one) and its datasets of `kind`.
-    async fn base_and_datasets(
-        &self,
-        request: &RetrainRequested,
-        kind: DatasetKind,
-    ) -> Result<(Model, Vec<DatasetPrepared>), HandlerError> {
+    /// The model a request names, else the champion.
+    async fn base_of(&self, request: &RetrainRequested) -> Result<Model, HandlerError> {
         let db = &self.db;
         let base_id = match request.base_model_id {
             Some(id) => id,
@@ -143,11 +147,21 @@ impl TrainerService {
                     .model_id
             }
         };
-        let base = LINEAGE
+        LINEAGE
             .model(db, base_id)
             .await
             .map_err(HandlerError::transient)?
-            .ok_or_else(|| not_yet(format!("model {base_id}")))?;
+            .ok_or_else(|| not_yet(format!("model {base_id}")))
+    }
+
+    /// The base a request names (the champion unless it names one) and its datasets of `kind`.
+    async fn base_and_datasets(
+        &self,
+        request: &RetrainRequested,
+        kind: DatasetKind,
+    ) -> Result<(Model, Vec<DatasetPrepared>), HandlerError> {
+        let db = &self.db;
+        let base = self.base_of(request).await?;
         let mut datasets = Vec::new();
         for id in &request.dataset_ids {
             datasets.push(

@@ -8,6 +8,7 @@ pub mod moderation;
 pub mod plan;
 pub mod progress;
 pub mod publish;
+pub mod quantize;
 pub mod replay;
 pub mod run;
 pub mod schema_registry;
