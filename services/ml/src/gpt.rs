@@ -356,21 +356,14 @@ impl Gpt {
                 false,
             ),
         ];
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            for (name, layer) in [
-                ("attn.c_attn", &mut b.c_attn),
-                ("attn.c_proj", &mut b.attn_proj),
-                ("mlp.c_fc", &mut b.c_fc),
-                ("mlp.c_proj", &mut b.mlp_proj),
-            ] {
-                out.push((
-                    format!("transformer.h.{i}.{name}.weight"),
-                    &mut layer.weight,
-                    &mut layer.int8,
-                    true,
-                ));
-            }
-        }
+        out.extend(
+            named_layers(&mut self.blocks)
+                .into_iter()
+                .map(|(name, layer)| {
+                    let name = format!("transformer.{name}.weight");
+                    (name, &mut layer.weight, &mut layer.int8, true)
+                }),
+        );
         out
     }
 
@@ -395,22 +388,10 @@ impl Gpt {
 
     /// Each block's projections with their Hugging Face module names (`h.0.attn.c_attn`).
     pub(crate) fn projections_mut(&mut self) -> Vec<(String, &mut Tensor, &mut Option<LowRank>)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            for (name, layer) in [
-                ("attn.c_attn", &mut b.c_attn),
-                ("attn.c_proj", &mut b.attn_proj),
-                ("mlp.c_fc", &mut b.c_fc),
-                ("mlp.c_proj", &mut b.mlp_proj),
-            ] {
-                out.push((
-                    format!("h.{i}.{name}"),
-                    &mut layer.weight,
-                    &mut layer.adapter,
-                ));
-            }
-        }
-        out
+        named_layers(&mut self.blocks)
+            .into_iter()
+            .map(|(name, layer)| (name, &mut layer.weight, &mut layer.adapter))
+            .collect()
     }
 
     /// Trainable parameters (the tied output layer counted once).
@@ -595,6 +576,22 @@ impl Gpt {
                 0.0,
             ))
     }
+}
+
+/// Each block's projections with their Hugging Face module names (`h.0.attn.c_attn`).
+fn named_layers(blocks: &mut [Block]) -> Vec<(String, &mut Conv1D)> {
+    let mut out = Vec::new();
+    for (i, b) in blocks.iter_mut().enumerate() {
+        for (name, layer) in [
+            ("attn.c_attn", &mut b.c_attn),
+            ("attn.c_proj", &mut b.attn_proj),
+            ("mlp.c_fc", &mut b.c_fc),
+            ("mlp.c_proj", &mut b.mlp_proj),
+        ] {
+            out.push((format!("h.{i}.{name}"), layer));
+        }
+    }
+    out
 }
 
 fn default_compute(device: Device) -> Kind {
