@@ -35,6 +35,7 @@ mod routes;
 pub mod served;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError, Publisher};
 use quark_events::{Alias, Event, EventHeader, EventKind, Id, TelemetryReported, Timestamp};
@@ -269,6 +270,13 @@ impl Gateway {
             })
         };
         info!(address = %listener.local_addr()?, "gateway listening");
+        // Streamed pieces are small writes: without TCP_NODELAY the first one waits for the
+        // client's delayed ACK (about 40 ms) before it leaves.
+        let listener = listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, routes::router(self.clone()))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
