@@ -35,8 +35,8 @@ mod routes;
 pub mod served;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use async_trait::async_trait;
+use axum::serve::ListenerExt;
 use quark_events::bus::{Handler, HandlerError, Publisher};
 use quark_events::{Alias, Event, EventHeader, EventKind, Id, TelemetryReported, Timestamp};
 use quark_lineage::{Lineage, Model};
