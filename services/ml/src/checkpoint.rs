@@ -106,6 +106,12 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), MlErr
     std::fs::write(path, text).map_err(io(path))
 }
 
+/// The size of a checkpoint's weights file, in bytes (fp32 or int8, as stored).
+pub fn weights_bytes(dir: &Path) -> Result<u64, MlError> {
+    let path = dir.join(WEIGHTS);
+    Ok(std::fs::metadata(&path).map_err(io(&path))?.len())
+}
+
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, MlError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     serde_json::from_str(&text).map_err(|e| bad(path, e))

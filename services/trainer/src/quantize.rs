@@ -42,10 +42,9 @@ impl TrainerService {
             let state = serde_json::json!({"quantized_from": base.model_id.to_string()});
             checkpoint::save(&out, &model, &tokenizer, None, &state)
                 .map_err(HandlerError::transient)?;
-            let size = |d: &std::path::Path| -> Result<f64, HandlerError> {
-                let m = std::fs::metadata(d.join(checkpoint::WEIGHTS))
-                    .map_err(HandlerError::transient)?;
-                Ok(m.len() as f64)
+            let size = |d: &std::path::Path| {
+                let bytes = checkpoint::weights_bytes(d).map_err(HandlerError::transient)?;
+                Ok::<_, HandlerError>(bytes as f64)
             };
             Ok::<_, HandlerError>((shape, (size(&base_dir)?, size(&out)?)))
         })?;

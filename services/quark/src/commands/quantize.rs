@@ -10,7 +10,7 @@ use quark_ml::gpt::Gpt;
 use quark_ml::shards::{self, Shard};
 use serde_json::{Value, json};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -39,8 +39,10 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Value> {
     quark_ml::quantize::quantize(&mut int8)?;
     let state = json!({"quantized_from": source, "method": quark_ml::quantize::METHOD});
     checkpoint::save(&args.out, &int8, &tokenizer, None, &state)?;
-    let bytes = |dir: &Path| std::fs::metadata(dir.join(checkpoint::WEIGHTS)).map(|m| m.len());
-    let (before, after) = (bytes(&source)?, bytes(&args.out)?);
+    let (before, after) = (
+        checkpoint::weights_bytes(&source)?,
+        checkpoint::weights_bytes(&args.out)?,
+    );
     let mut report = json!({
         "checkpoint": args.out,
         "weights_bytes_fp32": before,
