@@ -321,12 +321,8 @@ fn pick(logits: &Tensor, options: &GenerateOptions, rng: &mut StdRng) -> Result<
         return Ok(logits.argmax(0, false).int64_value(&[]) as u32);
     }
     let logits = Vec::<f32>::try_from(&logits.to_device(Device::Cpu).to_kind(Kind::Float))?;
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if let Some(k) = options.top_k.filter(|&k| k > 0) {
-        order.truncate(k);
-    }
-    let top = logits[order[0]] as f64;
+    let order = candidates(&logits, options);
+    let top = order.iter().map(|&i| logits[i]).fold(f32::MIN, f32::max) as f64;
     let mut weights: Vec<f64> = order
         .iter()
         .map(|&i| ((logits[i] as f64 - top) / options.temperature).exp())
@@ -352,6 +348,25 @@ fn pick(logits: &Tensor, options: &GenerateOptions, rng: &mut StdRng) -> Result<
         }
     }
     Ok(order[weights.len() - 1] as u32)
+}
+
+/// The tokens a draw chooses among. Only nucleus sampling needs them in
+/// descending order; plain temperature sampling walks the vocabulary in index
+/// order, which spares a sort of every row at every step (the largest cost of a
+/// wide decode step), and top-k sorts only the k it keeps.
+fn candidates(logits: &[f32], options: &GenerateOptions) -> Vec<usize> {
+    let descending = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    match options.top_k.filter(|&k| k > 0 && k < logits.len()) {
+        Some(k) => {
+            order.select_nth_unstable_by(k - 1, descending);
+            order.truncate(k);
+            order.sort_unstable_by(descending);
+        }
+        None if options.top_p.is_some() => order.sort_unstable_by(descending),
+        None => {}
+    }
+    order
 }
 
 #[cfg(test)]
