@@ -80,6 +80,8 @@ pub enum GateRule {
 pub enum RegressionSource {
     OfflineGate,
     LiveTelemetry,
+    // The challenger's shadow answers to production prompts.
+    ShadowTraffic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
@@ -89,6 +91,8 @@ pub enum Alias {
     Champion,
     Challenger,
     Previous,
+    // An alias named by the promotion's `alias_name`.
+    Named,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
@@ -98,6 +102,8 @@ pub enum PromotionReason {
     GatePassed,
     Rollback,
     Manual,
+    // A newly trained model became the challenger.
+    Trained,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
@@ -229,6 +235,14 @@ pub struct EvalCompleted {
     pub metrics: HashMap<String, f64>,
     pub checks: Vec<GateCheck>,
     pub report: Artifact,
+    pub source: Option<RegressionSource>,
+}
+
+impl EvalCompleted {
+    /// Whether it is the promotion gate's verdict (a shadow-traffic report is not).
+    pub fn is_gate(&self) -> bool {
+        matches!(self.source, None | Some(RegressionSource::OfflineGate))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -264,6 +278,7 @@ pub struct ModelPromoted {
     pub parent_model_id: Option<Id>,
     pub dataset_ids: Option<Vec<Id>>,
     pub trained_at: Option<Timestamp>,
+    pub alias_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -413,6 +428,35 @@ impl RetrainRequested {
     }
 }
 
+impl RunKind {
+    /// Whether its models answer prompts (a reward model only scores them).
+    pub fn is_generative(self) -> bool {
+        self != RunKind::Reward
+    }
+}
+
+impl ModelPromoted {
+    /// The alias as it is known: `champion`, `challenger`, `previous`, or the name of a named
+    /// alias.
+    pub fn alias_key(&self) -> String {
+        match (self.alias, &self.alias_name) {
+            (Alias::Named, Some(name)) => name.clone(),
+            (alias, _) => alias.label().to_string(),
+        }
+    }
+}
+
+impl Alias {
+    pub fn label(self) -> &'static str {
+        match self {
+            Alias::Champion => "champion",
+            Alias::Challenger => "challenger",
+            Alias::Previous => "previous",
+            Alias::Named => "named",
+        }
+    }
+}
+
 impl FeedbackReceived {
     /// Ratings of 1 and 2 (of 5) are negative feedback.
     pub fn is_negative(&self) -> bool {
@@ -446,4 +490,20 @@ pub struct ResponseServed {
     pub latency_ms: f64,
     pub streamed: bool,
     pub instance: String,
+    pub routing: Option<Routing>,
+    pub shadow_of: Option<String>,
+}
+
+/// How the router chose the model of a request that named `quark`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "quark.events")]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    pub intent: Option<String>,
+    pub intent_probability: Option<f64>,
+    pub rule: String,
+    pub alias: String,
+    pub canary: bool,
+    pub fell_back_from: Option<String>,
+    pub shadow: Option<String>,
 }

@@ -122,6 +122,7 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             metrics,
             checks: vec![check("perplexity", true)],
             report: artifact("report.json"),
+            source: Some(RegressionSource::OfflineGate),
         }
         .into(),
         EventKind::EvalRegressed => EvalRegressed {
@@ -138,7 +139,7 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
         EventKind::ModelPromoted => ModelPromoted {
             header,
             model_id: Id::random(),
-            alias: Alias::Champion,
+            alias: Alias::Named,
             previous_model_id: Some(Id::random()),
             reason: PromotionReason::Rollback,
             evaluation_id: Some(Id::random()),
@@ -149,6 +150,7 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             parent_model_id: Some(Id::random()),
             dataset_ids: Some(vec![Id::random()]),
             trained_at: Some(Timestamp(1_700_000_000_000)),
+            alias_name: Some("legal".into()),
         }
         .into(),
         EventKind::FeedbackReceived => FeedbackReceived {
@@ -234,6 +236,16 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             latency_ms: 48.5,
             streamed: true,
             instance: "gateway-1".into(),
+            routing: Some(Routing {
+                intent: Some("question".into()),
+                intent_probability: Some(0.91),
+                rule: "questions".into(),
+                alias: "champion".into(),
+                canary: false,
+                fell_back_from: None,
+                shadow: Some("challenger".into()),
+            }),
+            shadow_of: None,
         }
         .into(),
     }

@@ -21,6 +21,7 @@
 
 pub mod gate;
 pub mod reward;
+pub mod shadow;
 pub mod suite;
 
 use async_trait::async_trait;
@@ -322,6 +323,7 @@ impl EvaluatorService {
                 metrics,
                 checks,
                 report,
+                source: Some(RegressionSource::OfflineGate),
             })
         } else {
             Event::EvalRegressed(EvalRegressed {

@@ -156,7 +156,7 @@ impl Lineage {
                 }
                 let r = row(
                     Entry::Alias,
-                    label(&p.alias),
+                    p.alias_key(),
                     p.model_id.to_string(),
                     p.header.occurred_at,
                     json(p),
@@ -207,7 +207,7 @@ impl Lineage {
         db: &C,
         kind: DatasetKind,
     ) -> Result<Vec<DatasetPrepared>, DbErr> {
-        table::tagged(db, &self.table(), Entry::Dataset, &label(&kind)).await
+        table::tagged(db, &self.table(), Entry::Dataset, Some(&label(&kind))).await
     }
 
     /// The tokenizer trained on a dataset.
@@ -229,7 +229,7 @@ impl Lineage {
         db: &C,
         parent: Id,
     ) -> Result<Vec<Model>, DbErr> {
-        table::tagged(db, &self.table(), Entry::Model, &parent.to_string()).await
+        table::tagged(db, &self.table(), Entry::Model, Some(&parent.to_string())).await
     }
 
     /// The newest child of `parent` a run of `run_kind` trained (a reward model: the judge of
@@ -250,7 +250,7 @@ impl Lineage {
     /// The ids of the documents forgotten so far: no training set may hold them.
     pub async fn forgotten<C: ConnectionTrait>(&self, db: &C) -> Result<HashSet<String>, DbErr> {
         let rows: Vec<DocumentForgotten> =
-            table::tagged(db, &self.table(), Entry::Forgotten, FORGOTTEN).await?;
+            table::tagged(db, &self.table(), Entry::Forgotten, Some(FORGOTTEN)).await?;
         Ok(rows.into_iter().map(|f| f.document_id).collect())
     }
 
@@ -268,8 +268,16 @@ impl Lineage {
         &self,
         db: &C,
     ) -> Result<Option<ModelPromoted>, DbErr> {
-        let key = label(&quark_events::Alias::Champion);
-        table::get(db, &self.table(), Entry::Alias, &key).await
+        let key = quark_events::Alias::Champion.label();
+        table::get(db, &self.table(), Entry::Alias, key).await
+    }
+
+    /// The promotion each alias (built-in or named) last moved with, oldest first.
+    pub async fn alias_promotions<C: ConnectionTrait>(
+        &self,
+        db: &C,
+    ) -> Result<Vec<ModelPromoted>, DbErr> {
+        table::tagged(db, &self.table(), Entry::Alias, None).await
     }
 
     /// The champion with its model; none while there is no champion, or while its model is

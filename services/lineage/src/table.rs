@@ -120,18 +120,22 @@ pub(crate) async fn get<C: ConnectionTrait, T: DeserializeOwned>(
     db.query_one(&select).await?.as_ref().map(parse).transpose()
 }
 
-/// Every row of an entry kind with `tag`, oldest first.
+/// Every row of an entry kind (with `tag`, if one is given), oldest first.
 pub(crate) async fn tagged<C: ConnectionTrait, T: DeserializeOwned>(
     db: &C,
     table: &str,
     entry: Entry,
-    tag: &str,
+    tag: Option<&str>,
 ) -> Result<Vec<T>, DbErr> {
-    let select = Query::select()
+    let mut select = Query::select()
         .column("body")
         .from(table.to_string())
         .and_where(Expr::col("entry").eq(entry.name()))
-        .and_where(Expr::col("tag").eq(tag))
+        .to_owned();
+    if let Some(tag) = tag {
+        select.and_where(Expr::col("tag").eq(tag));
+    }
+    let select = select
         .order_by("at", Order::Asc)
         .order_by("key", Order::Asc)
         .to_owned();

@@ -16,16 +16,18 @@
 //! cause. So `quark replay`, which folds the topics back into empty tables, rebuilds exactly
 //! what live consumption built.
 
+mod decide;
 mod forgotten;
 mod rebuild;
 pub mod tables;
 
 use async_trait::async_trait;
+pub use decide::{carry_model, decide};
 pub use forgotten::forgotten;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     Alias, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelPromoted,
-    ModelTrained, PromotionReason, TokenizerTrained,
+    ModelTrained, TokenizerTrained,
 };
 pub use quark_runtime::config::RegistrySettings;
 pub use rebuild::{rebuild, snapshot};
@@ -77,7 +79,7 @@ impl Handler for RegistryService {
         let decision = decide(&self.db, event, &self.policy)
             .await
             .map_err(HandlerError::transient)?;
-        let mut events: Vec<Event> = decision.map(Event::ModelPromoted).into_iter().collect();
+        let mut events: Vec<Event> = decision.into_iter().map(Event::ModelPromoted).collect();
         if let Event::DocumentForgotten(f) = event {
             let retrain = forgotten::retrain(&self.db, f, &self.policy)
                 .await
@@ -90,103 +92,6 @@ impl Handler for RegistryService {
     async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
         project(txn, event, &self.policy).await
     }
-}
-
-/// The promotion or rollback an event calls for, given the registry as it stands.
-pub async fn decide<C: ConnectionTrait>(
-    db: &C,
-    event: &Event,
-    policy: &RegistrySettings,
-) -> Result<Option<ModelPromoted>, DbErr> {
-    let champion = alias_of(db, Alias::Champion).await?;
-    let promotion = |cause: &EventHeader, model_id, previous, reason, evaluation_id| {
-        let mut header = EventHeader::caused_by(cause, NAME, "promotion");
-        // The decision takes effect when its cause happened: a replay re-derives it exactly.
-        header.occurred_at = cause.occurred_at;
-        Some(ModelPromoted {
-            header,
-            model_id,
-            alias: Alias::Champion,
-            previous_model_id: previous,
-            reason,
-            evaluation_id,
-            checkpoint: None,
-            tokenizer_id: None,
-            tokenizer: None,
-            run_kind: None,
-            parent_model_id: None,
-            dataset_ids: None,
-            trained_at: None,
-        })
-    };
-    let decision = match event {
-        Event::EvalCompleted(e) if e.checks.iter().all(|c| c.passed) => {
-            if champion == Some(e.model_id) || model(db, e.model_id).await?.is_none() {
-                None
-            } else {
-                promotion(
-                    &e.header,
-                    e.model_id,
-                    champion,
-                    PromotionReason::GatePassed,
-                    Some(e.evaluation_id),
-                )
-            }
-        }
-        Event::EvalRegressed(e) if champion == Some(e.model_id) => {
-            match alias_of(db, Alias::Previous).await? {
-                Some(previous) => promotion(
-                    &e.header,
-                    previous,
-                    champion,
-                    PromotionReason::Rollback,
-                    Some(e.evaluation_id),
-                ),
-                None => None,
-            }
-        }
-        Event::TelemetryReported(t) if champion == Some(t.model_id) => {
-            let rate = |n: i64, of: i64| n as f64 / of.max(1) as f64;
-            let failing = (t.requests >= policy.min_requests
-                && rate(t.errors, t.requests) > policy.max_error_rate)
-                || (t.feedback >= policy.min_feedback
-                    && rate(t.negative_feedback, t.feedback) > policy.max_negative_rate);
-            match alias_of(db, Alias::Previous).await? {
-                Some(previous) if failing => promotion(
-                    &t.header,
-                    previous,
-                    champion,
-                    PromotionReason::Rollback,
-                    None,
-                ),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    match decision {
-        Some(p) => Ok(Some(carry_model(db, p).await?)),
-        None => Ok(None),
-    }
-}
-
-/// Fills in what consumers need to use the promoted model (its checkpoint, tokenizer and
-/// lineage) from the projection, so that no other service has to read the registry's tables.
-async fn carry_model<C: ConnectionTrait>(
-    db: &C,
-    mut p: ModelPromoted,
-) -> Result<ModelPromoted, DbErr> {
-    let Some(m) = model(db, p.model_id).await? else {
-        return Ok(p);
-    };
-    p.tokenizer = tokenizer(db, m.tokenizer_id).await?.map(|t| t.artifact);
-    p.checkpoint = Some(m.checkpoint);
-    p.tokenizer_id = Some(m.tokenizer_id);
-    p.run_kind = Some(m.run_kind);
-    p.parent_model_id = m.parent_model_id;
-    p.dataset_ids = Some(m.dataset_ids);
-    p.trained_at = Some(m.header.occurred_at);
-    Ok(p)
 }
 
 /// An event as JSON with every object's keys sorted: maps in events have no order, and a
@@ -260,7 +165,6 @@ pub async fn project<C: ConnectionTrait>(
                 [model::Column::ModelId],
             )
             .await?;
-            set_alias(db, Alias::Challenger, m.model_id, m.header.occurred_at.0).await?;
             forgotten::inherit(db, m).await?;
         }
         Event::DocumentForgotten(f) => forgotten::flag(db, f).await?,
@@ -271,7 +175,10 @@ pub async fn project<C: ConnectionTrait>(
                 e.evaluation_id,
                 e.model_id,
                 true,
-                "offline_gate",
+                &label(
+                    &e.source
+                        .unwrap_or(quark_events::RegressionSource::OfflineGate),
+                ),
                 json(e),
             )
             .await?;
@@ -321,8 +228,8 @@ pub async fn project<C: ConnectionTrait>(
         }
         _ => {}
     }
-    if let Some(promotion) = decision {
-        record_promotion(db, &promotion).await?;
+    for promotion in &decision {
+        record_promotion(db, promotion).await?;
     }
     Ok(())
 }
@@ -350,14 +257,8 @@ async fn record_evaluation<C: ConnectionTrait>(
         },
         [evaluation::Column::EvaluationId],
     )
-    .await?;
-    // A decided candidate is no longer the challenger.
-    if alias_of(db, Alias::Challenger).await? == Some(model_id) {
-        alias::Entity::delete_by_id(label(&Alias::Challenger))
-            .exec(db)
-            .await?;
-    }
-    Ok(())
+    .await
+    .map(drop)
 }
 
 async fn count<C: ConnectionTrait, const N: usize>(
@@ -385,14 +286,15 @@ async fn count<C: ConnectionTrait, const N: usize>(
     update.exec(db).await.map(drop)
 }
 
+/// Points alias `which` (a label or a named alias's name) at `model_id`.
 async fn set_alias<C: ConnectionTrait>(
     db: &C,
-    which: Alias,
+    which: &str,
     model_id: Id,
     since: i64,
 ) -> Result<(), DbErr> {
     alias::Entity::insert(alias::ActiveModel {
-        alias: Set(label(&which)),
+        alias: Set(which.to_string()),
         model_id: Set(model_id.to_string()),
         since: Set(since),
     })
@@ -417,23 +319,11 @@ async fn record_promotion<C: ConnectionTrait>(db: &C, p: &ModelPromoted) -> Resu
         return Ok(());
     }
     let at = p.header.occurred_at.0;
-    // After a rollback, `previous` is what preceded the restored champion, so a second
-    // rollback goes further back instead of restoring the model just rolled back.
-    let previous = match (p.alias, p.reason) {
-        (Alias::Champion, PromotionReason::Rollback) => promotion::Entity::find()
-            .filter(promotion::Column::ModelId.eq(p.model_id.to_string()))
-            .filter(promotion::Column::Alias.eq(label(&Alias::Champion)))
-            .order_by_desc(promotion::Column::PromotedAt)
-            .one(db)
-            .await?
-            .and_then(|earlier| earlier.previous_model_id)
-            .and_then(|id| id.parse().ok()),
-        _ => p.previous_model_id,
-    };
+    let previous = decide::previous_after(db, p).await?;
     promotion::Entity::insert(promotion::ActiveModel {
         event_id: Set(event_id),
         model_id: Set(p.model_id.to_string()),
-        alias: Set(label(&p.alias)),
+        alias: Set(p.alias_key()),
         previous_model_id: Set(p.previous_model_id.map(|id| id.to_string())),
         reason: Set(label(&p.reason)),
         evaluation_id: Set(p.evaluation_id.map(|id| id.to_string())),
@@ -441,10 +331,10 @@ async fn record_promotion<C: ConnectionTrait>(db: &C, p: &ModelPromoted) -> Resu
     })
     .exec_without_returning(db)
     .await?;
-    set_alias(db, p.alias, p.model_id, at).await?;
+    set_alias(db, &p.alias_key(), p.model_id, at).await?;
     if p.alias == Alias::Champion {
         match previous {
-            Some(previous) => set_alias(db, Alias::Previous, previous, at).await?,
+            Some(previous) => set_alias(db, Alias::Previous.label(), previous, at).await?,
             None => {
                 alias::Entity::delete_by_id(label(&Alias::Previous))
                     .exec(db)
@@ -470,6 +360,17 @@ pub async fn alias_of<C: ConnectionTrait>(db: &C, which: Alias) -> Result<Option
         .one(db)
         .await?
         .and_then(|row| row.model_id.parse().ok()))
+}
+
+/// Every alias (built-in and named) and the model it points to, by name.
+pub async fn aliases<C: ConnectionTrait>(db: &C) -> Result<Vec<(String, Id)>, DbErr> {
+    Ok(alias::Entity::find()
+        .order_by_asc(alias::Column::Alias)
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|row| Some((row.alias, row.model_id.parse().ok()?)))
+        .collect())
 }
 
 pub async fn model<C: ConnectionTrait>(db: &C, id: Id) -> Result<Option<ModelTrained>, DbErr> {

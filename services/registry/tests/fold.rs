@@ -85,6 +85,7 @@ fn passed(at: i64, model: &ModelTrained, ok: bool) -> Event {
             metrics: HashMap::new(),
             checks: vec![check],
             report: artifact(),
+            source: None,
         })
     } else {
         Event::EvalRegressed(EvalRegressed {
@@ -128,10 +129,10 @@ async fn live(
 ) -> Vec<Event> {
     let mut all = Vec::new();
     for event in events {
-        let promotion = decide(db, event, settings).await.unwrap();
+        let promotions = decide(db, event, settings).await.unwrap();
         project(db, event, settings).await.unwrap();
         all.push(event.clone());
-        if let Some(p) = promotion {
+        for p in promotions {
             let p = Event::ModelPromoted(p);
             project(db, &p, settings).await.unwrap();
             all.push(p);
@@ -163,10 +164,36 @@ async fn promotions_rollbacks_and_the_champion_at_any_time_survive_a_rebuild() {
         passed(5_100, &d, true),
     ];
     let all = live(&db, &events, &settings).await;
+    let moves: Vec<(Alias, Id, PromotionReason)> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelPromoted(p) => Some((p.alias, p.model_id, p.reason)),
+            _ => None,
+        })
+        .collect();
+    use {Alias::*, PromotionReason::*};
+    assert_eq!(
+        moves,
+        [
+            (Challenger, a.model_id, Trained),
+            (Champion, a.model_id, GatePassed),
+            (Challenger, b.model_id, Trained),
+            (Champion, b.model_id, GatePassed),
+            (Previous, a.model_id, GatePassed),
+            (Challenger, c.model_id, Trained),
+            // Rolled back to a, nothing was champion before a: no previous any more.
+            (Champion, a.model_id, Rollback),
+            (Challenger, d.model_id, Trained),
+            (Champion, d.model_id, GatePassed),
+            (Previous, a.model_id, GatePassed),
+        ],
+        "every alias move is an event"
+    );
+    // c failed its gate: it stays the challenger until d is trained.
     let promotions: Vec<&ModelPromoted> = all
         .iter()
         .filter_map(|e| match e {
-            Event::ModelPromoted(p) => Some(p),
+            Event::ModelPromoted(p) if p.alias == Alias::Champion => Some(p),
             _ => None,
         })
         .collect();
@@ -262,7 +289,7 @@ async fn a_rollback_needs_a_previous_champion_and_enough_traffic() {
         decide(&db, &telemetry(2_000, a.model_id, 100, 90), &settings)
             .await
             .unwrap()
-            .is_none()
+            .is_empty()
     );
     let b = trained(3_000, Some(a.model_id));
     live(
@@ -275,20 +302,20 @@ async fn a_rollback_needs_a_previous_champion_and_enough_traffic() {
         decide(&db, &telemetry(4_000, b.model_id, 10, 9), &settings)
             .await
             .unwrap()
-            .is_none()
+            .is_empty()
     );
     // Telemetry of a model that is not the champion is no reason to move it.
     assert!(
         decide(&db, &telemetry(4_000, a.model_id, 100, 90), &settings)
             .await
             .unwrap()
-            .is_none()
+            .is_empty()
     );
     // An offline regression of the live champion rolls it back.
     let p = decide(&db, &passed(5_000, &b, false), &settings)
         .await
         .unwrap()
-        .unwrap();
+        .remove(0);
     assert_eq!(
         (p.model_id, p.reason, p.previous_model_id),
         (a.model_id, PromotionReason::Rollback, Some(b.model_id))
@@ -427,5 +454,39 @@ async fn a_forgotten_document_flags_every_model_that_learnt_from_it_and_retrains
     assert_eq!(
         snapshot(&rebuilt).await.unwrap(),
         snapshot(&db).await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_traffic_report_promotes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(&dir, "shadow.db").await;
+    let settings = Settings::default().registry;
+    let a = trained(1_000, None);
+    let b = trained(2_000, Some(a.model_id));
+    live(
+        &db,
+        &[
+            Event::ModelTrained(a.clone()),
+            passed(1_100, &a, true),
+            Event::ModelTrained(b.clone()),
+        ],
+        &settings,
+    )
+    .await;
+    let Event::EvalCompleted(mut report) = passed(2_100, &b, true) else {
+        unreachable!()
+    };
+    report.source = Some(RegressionSource::ShadowTraffic);
+    let report = Event::EvalCompleted(report);
+    assert!(decide(&db, &report, &settings).await.unwrap().is_empty());
+    project(&db, &report, &settings).await.unwrap();
+    assert_eq!(
+        alias_of(&db, Alias::Champion).await.unwrap(),
+        Some(a.model_id)
+    );
+    assert_eq!(
+        alias_of(&db, Alias::Challenger).await.unwrap(),
+        Some(b.model_id)
     );
 }

@@ -3,7 +3,7 @@
 
 use crate::Migrator;
 use anyhow::Context;
-use quark_events::{Alias, Id};
+use quark_events::Id;
 use quark_runtime::{Settings, db};
 use serde_json::{Value, json};
 
@@ -20,18 +20,11 @@ pub fn parse_time(text: &str) -> anyhow::Result<i64> {
 /// Every model with its lineage, aliases and evaluations.
 pub async fn list(settings: &Settings) -> anyhow::Result<Value> {
     let database = db::open::<Migrator>(&settings.database_url()).await?;
-    let mut aliases = serde_json::Map::new();
-    for alias in [Alias::Champion, Alias::Challenger, Alias::Previous] {
-        if let Some(id) = quark_registry::alias_of(&database, alias).await? {
-            aliases.insert(
-                serde_json::to_value(alias)?
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                json!(id.to_string()),
-            );
-        }
-    }
+    let aliases: serde_json::Map<String, Value> = quark_registry::aliases(&database)
+        .await?
+        .into_iter()
+        .map(|(name, id)| (name, json!(id.to_string())))
+        .collect();
     let evaluations = quark_registry::evaluations(&database).await?;
     let flags = quark_registry::forgotten(&database).await?;
     let models: Vec<Value> = quark_registry::models(&database)
