@@ -12,6 +12,7 @@
 
 use crate::MlError;
 use crate::data::{Batch, PairRows};
+use crate::distill::{DISTILL_STATS, DistillConfig};
 use crate::gpt::{Context, Gpt, IGNORE};
 use crate::preference::Pairs;
 use crate::rloo::{RLOO_STATS, RlooConfig};
@@ -59,6 +60,8 @@ pub enum Objective {
     Reward(RewardConfig),
     /// On completions sampled from the policy each step ([`crate::rloo`]).
     Rloo(RlooConfig),
+    /// The teacher's next-token distribution ([`crate::distill`]).
+    Distill(DistillConfig),
 }
 
 /// The statistics a preference step reports beside its loss, in this order.
@@ -82,6 +85,7 @@ impl Objective {
                 bad("the reward centring coefficient must be a non-negative number")
             }
             Objective::Rloo(c) => c.validate(),
+            Objective::Distill(c) => c.validate(),
             _ => Ok(()),
         }
     }
@@ -92,6 +96,7 @@ impl Objective {
             Objective::NextToken => &[],
             Objective::Dpo(_) | Objective::Reward(_) => &PAIR_STATS,
             Objective::Rloo(_) => &RLOO_STATS,
+            Objective::Distill(_) => &DISTILL_STATS,
         }
     }
 }

@@ -206,7 +206,8 @@ impl Trainer {
         }
     }
 
-    /// The frozen model the KL term pulls a fully fine-tuned model toward.
+    /// The frozen model the KL term pulls a fully fine-tuned model toward, or the teacher a
+    /// student distils.
     pub fn with_teacher(mut self, teacher: Gpt) -> Trainer {
         self.teacher = Some(teacher);
         self
@@ -222,6 +223,12 @@ impl Trainer {
             Objective::Dpo(config) => align::dpo_step(&self.model, batch, config),
             Objective::Reward(config) => align::reward_step(&self.model, batch, config),
             Objective::Rloo(config) => crate::rloo::rloo_step(&self.model, batch, config),
+            Objective::Distill(config) => {
+                let teacher = self.teacher.as_ref().ok_or_else(|| {
+                    MlError::Config("distillation needs the teacher (Trainer::with_teacher)".into())
+                })?;
+                crate::distill::distill_step(&self.model, teacher, batch, config)
+            }
         }
     }
 

@@ -538,6 +538,10 @@ impl TrainerService {
                 let prompts = self.settings.rloo.prompts_per_step.to_string();
                 h.insert("prompts_per_step".into(), prompts);
             }
+            Objective::Distill(d) => {
+                h.insert("kl_share".into(), d.kl_share.to_string());
+                h.insert("temperature".into(), d.temperature.to_string());
+            }
             Objective::NextToken => {}
         }
         if matches!(job.run_kind, RunKind::Dpo | RunKind::Reward) {
