@@ -50,6 +50,17 @@ pub async fn promotion_with_context(
     dir: &Path,
     block_size: i64,
 ) -> ModelPromoted {
+    promotion_sized(store, &dir.join("model"), block_size, 16, 7).await
+}
+
+/// [`promotion`] of a model `n_embd` wide with weights drawn from `seed`, saved at `path`.
+pub async fn promotion_sized(
+    store: &ArtifactStore,
+    path: &Path,
+    block_size: i64,
+    n_embd: i64,
+    seed: u64,
+) -> ModelPromoted {
     let tok = tokenizer::train_chars(
         "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!@-_0123456789'",
     )
@@ -59,13 +70,12 @@ pub async fn promotion_with_context(
         block_size,
         n_layer: 1,
         n_head: 1,
-        n_embd: 16,
+        n_embd,
         dropout: 0.0,
     };
-    let gpt = Gpt::new(config, tch::Device::Cpu, 7).unwrap();
-    let path = dir.join("model");
-    checkpoint::save(&path, &gpt, &tok, None, &json!({})).unwrap();
-    promotion_of(store, &path).await
+    let gpt = Gpt::new(config, tch::Device::Cpu, seed).unwrap();
+    checkpoint::save(path, &gpt, &tok, None, &json!({})).unwrap();
+    promotion_of(store, path).await
 }
 
 /// The checkpoint at `path` in the artifact store, and its promotion to champion as the
@@ -92,6 +102,7 @@ pub async fn promotion_of(store: &ArtifactStore, path: &Path) -> ModelPromoted {
         parent_model_id: None,
         dataset_ids: Some(vec![Id::random()]),
         trained_at: Some(Timestamp::now()),
+        alias_name: None,
     }
 }
 
@@ -143,12 +154,28 @@ impl Cluster {
             telemetry_window_ms: 60_000,
             ..quark_runtime::Settings::default().gateway
         };
+        self.gateway_with(settings, db, follow, knowledge, |_| {})
+            .await
+    }
+
+    /// [`Cluster::gateway`] with `settings`, and `prepare` called on the gateway before it
+    /// answers.
+    pub async fn gateway_with(
+        &self,
+        settings: GatewaySettings,
+        db: &DatabaseConnection,
+        follow: bool,
+        knowledge: Option<Knowledge>,
+        prepare: impl FnOnce(&Gateway),
+    ) -> String {
+        let instance = settings.instance.clone();
         let publisher = Publisher::new(&self.broker.bus(), quark_gateway::NAME).unwrap();
-        let data = self.dir.path().join(instance);
+        let data = self.dir.path().join(&instance);
         let gateway = Gateway::new(settings, self.store.clone(), &data, db.clone(), publisher);
         if let Some(knowledge) = knowledge {
             gateway.attach_knowledge(knowledge);
         }
+        prepare(&gateway);
         if follow {
             let name = format!("{}-{instance}", quark_gateway::NAME);
             let gateway = gateway.clone();
@@ -183,7 +210,14 @@ impl Cluster {
             || async {
                 match self.http.get(format!("{url}/v1/models")).send().await {
                     Ok(r) => r.json::<Value>().await.is_ok_and(|v| {
-                        v["data"][0]["id"].as_str() == Some(model.to_string().as_str())
+                        v["data"].as_array().into_iter().flatten().any(|m| {
+                            m["id"].as_str() == Some(model.to_string().as_str())
+                                && m["aliases"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .any(|a| a == "champion")
+                        })
                     }),
                     Err(_) => false,
                 }

@@ -6,7 +6,8 @@ mod cluster;
 mod stack;
 pub use clients::{kafkajs, python_clients, python_script};
 pub use cluster::{
-    Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_with_context,
+    Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_sized,
+    promotion_with_context,
 };
 pub use stack::{STACK_TIMEOUT, Stack};
 

@@ -1,8 +1,8 @@
-//! The API key's routes: the gateway's status (the champion, the batch) and a manual retrain.
+//! The API key's routes: the gateway's status (its models, their batches) and a manual retrain.
 
 use crate::api::ApiError;
 use crate::routes::authorise;
-use crate::{Gateway, NAME};
+use crate::{Gateway, NAME, Served};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,23 +14,37 @@ pub(crate) async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderM
     if let Err(e) = authorise(&gateway, &headers) {
         return e.into_response();
     }
-    let served = gateway.served();
-    let batch = served.as_ref().map(|s| {
-        let load = s.engine.load();
-        serde_json::json!({
-            "running": load.running,
-            "waiting": load.waiting,
-            "peak_running": load.peak_running,
-            "decode_steps": load.decode_steps,
+    let models: Vec<_> = gateway
+        .listing()
+        .iter()
+        .map(|listed| {
+            let batch = gateway.loaded(listed.model.model_id).map(|s| batch(&s));
+            serde_json::json!({
+                "model_id": listed.model.model_id.to_string(),
+                "aliases": listed.aliases,
+                "batch": batch,
+            })
         })
-    });
+        .collect();
+    let champion = gateway.pointed("champion");
     Json(serde_json::json!({
-        "champion": served.as_ref().map(|s| s.model_id.to_string()),
-        "promoted_at": served.as_ref().map(|s| s.promoted_at),
+        "champion": champion.as_ref().map(|p| p.model.model_id.to_string()),
+        "promoted_at": champion.as_ref().map(|p| p.promoted_at),
         "instance": gateway.settings.instance,
-        "batch": batch,
+        "models": models,
+        "batch": gateway.served().map(|s| batch(&s)),
     }))
     .into_response()
+}
+
+fn batch(served: &Served) -> serde_json::Value {
+    let load = served.engine.load();
+    serde_json::json!({
+        "running": load.running,
+        "waiting": load.waiting,
+        "peak_running": load.peak_running,
+        "decode_steps": load.decode_steps,
+    })
 }
 
 pub(crate) async fn retrain(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {

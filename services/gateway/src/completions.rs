@@ -4,7 +4,7 @@
 
 use crate::api::{ApiError, CompletionRequest, Prompt};
 use crate::reply::Shape;
-use crate::routes::{Prepared, Scoring, answer, body, resolve};
+use crate::routes::{Prepared, Scoring, answer, body};
 use crate::{Gateway, Served};
 use axum::Json;
 use axum::extract::State;
@@ -52,9 +52,15 @@ pub(crate) async fn completions(
     State(gateway): State<Arc<Gateway>>,
     parsed: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    let prepared = (|| {
+    let prepared = async {
         let request = body(parsed)?;
-        let served = resolve(&gateway, &request.model)?;
+        let prompts = request.prompt.prompts();
+        // A request is routed once, by its first prompt.
+        let first = match prompts.first() {
+            Some(Prompt::Text(text)) => text.as_str(),
+            _ => "",
+        };
+        let (served, routed) = gateway.choose(&request.model, first).await?;
         if request.logprobs.is_some_and(|k| k > 5) {
             return Err(ApiError::invalid(
                 "logprobs",
@@ -65,7 +71,6 @@ pub(crate) async fn completions(
             echo: request.echo,
             logprobs: request.logprobs,
         };
-        let prompts = request.prompt.prompts();
         if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
             return Err(ApiError::invalid(
                 "prompt",
@@ -91,9 +96,11 @@ pub(crate) async fn completions(
                     sampling: request.sampling.clone(),
                     scoring,
                     sources: None,
+                    routed: routed.clone(),
                 })
             })
             .collect()
-    })();
+    }
+    .await;
     answer(gateway, Shape::Text, prepared).await
 }

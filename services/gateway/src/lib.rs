@@ -1,4 +1,4 @@
-//! The gateway: an OpenAI-compatible HTTP API over the champion model.
+//! The gateway: an OpenAI-compatible HTTP API over every model an alias points at.
 //!
 //! - `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or server-sent events with
 //!   `"stream": true`), `GET /v1/models`, `GET /v1/models/{id}`; errors in OpenAI's shape;
@@ -12,10 +12,12 @@
 //!   request id served by any gateway → feedback.received, caused by that response's event
 //!   (the augmenter joins the two); an id no gateway can have issued gets 404.
 //! - `GET /v1/admin/status`, `POST /v1/admin/retrain` (API key).
-//! - Hot swap: on model.promoted the new champion is loaded beside the old one and replaces
-//!   it; requests in flight finish on the model they started with. The promotion carries the
-//!   checkpoint; the gateway keeps the champion in its own table (`gateway_lineage`), so a
-//!   restarted gateway serves it at start without asking any other service.
+//! - Several models at once (`fleet`): every alias (champion, challenger, previous, named) is
+//!   served, within a memory budget; a request's `model` names an alias or a model id. Hot
+//!   swap: on model.promoted the new model is loaded beside the old one and replaces it;
+//!   requests in flight finish on the model they started with. The promotion carries the
+//!   checkpoint; the gateway keeps the aliases in its own table (`gateway_lineage`), so a
+//!   restarted gateway serves them at start without asking any other service.
 //! - Moderation (`moderation`): prompts and answers read by the learnt safety classifier,
 //!   blocked, redacted or flagged per category; `POST /v1/moderations` in OpenAI's shape.
 //! - Telemetry: per window and model, requests, errors, latency percentiles, tokens,
@@ -27,27 +29,28 @@ mod chat_input;
 mod completions;
 mod embeddings;
 mod feedback;
+mod fleet;
 pub mod knowledge;
 mod logprobs;
 pub mod moderation;
 mod reply;
+mod router;
 mod routes;
 pub mod served;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use axum::serve::ListenerExt;
 use quark_events::bus::{Handler, HandlerError, Publisher};
-use quark_events::{Alias, Event, EventHeader, EventKind, Id, TelemetryReported, Timestamp};
-use quark_lineage::{Lineage, Model};
+use quark_events::{Event, EventHeader, EventKind, Id, TelemetryReported, Timestamp};
+use quark_lineage::Lineage;
+use quark_ml::Tokenizer;
 use quark_ml::batch::{BatchLimits, Engine};
-use quark_ml::{Tokenizer, checkpoint};
 use quark_runtime::ArtifactStore;
 use quark_runtime::config::GatewaySettings;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -59,13 +62,13 @@ pub const LINEAGE: Lineage = Lineage::new(NAME);
 /// model (`quark_ml::batch`); anything else on the model runs there between decode steps.
 pub struct Served {
     pub model_id: Id,
+    /// Models trained with one tokenizer read each other's token ids.
+    pub tokenizer_id: Id,
     pub engine: Engine,
     /// The model's context, in tokens.
     pub context: usize,
     pub tokenizer: Tokenizer,
     pub created: i64,
-    /// When the promotion that made it champion took effect.
-    pub promoted_at: i64,
 }
 
 #[derive(Default)]
@@ -86,9 +89,12 @@ pub struct Gateway {
     models_dir: PathBuf,
     db: DatabaseConnection,
     publisher: Publisher,
-    served: RwLock<Option<Arc<Served>>>,
+    fleet: Mutex<fleet::Fleet>,
+    loading: tokio::sync::Mutex<()>,
     knowledge: std::sync::OnceLock<knowledge::Knowledge>,
     screen: std::sync::OnceLock<Arc<moderation::Screen>>,
+    /// The router's intent classifier (its tensors are read by one thread at a time).
+    intents: std::sync::OnceLock<Arc<Mutex<quark_ml::intents::IntentClassifier>>>,
     window: Mutex<(Timestamp, HashMap<Id, Counts>)>,
 }
 
@@ -106,9 +112,11 @@ impl Gateway {
             models_dir: data_dir.join("models"),
             db,
             publisher,
-            served: RwLock::new(None),
+            fleet: Mutex::default(),
+            loading: tokio::sync::Mutex::new(()),
             knowledge: std::sync::OnceLock::new(),
             screen: std::sync::OnceLock::new(),
+            intents: std::sync::OnceLock::new(),
             window: Mutex::new((Timestamp::now(), HashMap::new())),
         })
     }
@@ -132,71 +140,12 @@ impl Gateway {
         self.screen.get().cloned()
     }
 
-    pub fn served(&self) -> Option<Arc<Served>> {
-        self.served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Loads a model promoted at `promoted_at` and serves it, unless what is served was
-    /// promoted later (an old promotion redelivered must not swap back).
-    pub async fn serve(&self, model: &Model, promoted_at: i64) -> anyhow::Result<()> {
-        if self
-            .served()
-            .is_some_and(|s| s.model_id == model.model_id || s.promoted_at > promoted_at)
-        {
-            return Ok(());
-        }
-        let dir = self
-            .store
-            .get_dir(
-                &model.checkpoint,
-                &self.models_dir.join(model.model_id.to_string()),
-            )
-            .await?;
-        let device = quark_ml::device::select(&self.settings.device)?;
-        let (gpt, tokenizer) = tokio::task::block_in_place(|| checkpoint::load(&dir, device))
-            .with_context(|| format!("cannot load model {}", model.model_id))?;
-        let context = gpt.config.block_size as usize;
-        let engine = Engine::spawn(gpt, tokenizer.clone(), self.batch_limits())?;
-        let served = Arc::new(Served {
-            model_id: model.model_id,
-            context,
-            engine,
-            tokenizer,
-            created: model.trained_at.0 / 1000,
-            promoted_at,
-        });
-        let mut slot = self.served.write().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|s| s.promoted_at > promoted_at) {
-            return Ok(());
-        }
-        *slot = Some(served);
-        info!(model = %model.model_id, "serving");
-        Ok(())
-    }
-
     fn batch_limits(&self) -> BatchLimits {
         let b = self.settings.batch;
         BatchLimits {
             max_requests: b.max_requests,
             max_tokens: b.max_tokens,
             max_prefill_tokens: b.max_prefill_tokens,
-        }
-    }
-
-    /// Serves the champion this gateway last folded from model.promoted, if any (at start-up).
-    pub async fn serve_champion(&self) -> anyhow::Result<()> {
-        match LINEAGE.champion(&self.db).await? {
-            Some(champion) => {
-                let at = champion.promotion.header.occurred_at.0;
-                self.serve(&champion.model, at).await
-            }
-            None => {
-                info!("no champion known yet: waiting for model.promoted");
-                Ok(())
-            }
         }
     }
 
@@ -247,8 +196,8 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        if let Err(e) = self.serve_champion().await {
-            warn!(error = %e, "cannot load the champion yet");
+        if let Err(e) = self.serve_aliases().await {
+            warn!(error = %format!("{e:#}"), "cannot load the champion yet");
         }
         let reporter = {
             let gateway = self.clone();
@@ -286,7 +235,7 @@ impl Gateway {
     }
 }
 
-/// Follows model.promoted and swaps the served model. Each gateway instance is its own
+/// Follows model.promoted: every alias move (see [`fleet`]). Each gateway instance is its own
 /// consumer group (`gateway-<instance>`): every instance sees every promotion.
 pub struct PromotionFollower {
     pub gateway: Arc<Gateway>,
@@ -307,22 +256,15 @@ impl Handler for PromotionFollower {
         let Event::ModelPromoted(p) = event else {
             return Ok(vec![]);
         };
-        if p.alias != Alias::Champion {
-            return Ok(vec![]);
-        }
-        let Some(model) = Model::promoted(p) else {
-            warn!(model = %p.model_id, "the promotion carries no checkpoint (written by an older registry): not served");
-            return Ok(vec![]);
-        };
         self.gateway
-            .serve(&model, p.header.occurred_at.0)
+            .follow(p)
             .await
             .map_err(|e| HandlerError::Transient(format!("{e:#}")))?;
         Ok(vec![])
     }
 
-    /// Remembers the champion in the gateway's own table, with the offset: a restarted
-    /// gateway resumes after this promotion and serves it from the table.
+    /// Remembers every alias in the gateway's own table, with the offset: a restarted gateway
+    /// resumes after this promotion and serves them from the table.
     async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
         LINEAGE.apply(txn, event).await
     }

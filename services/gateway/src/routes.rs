@@ -2,8 +2,10 @@
 
 use crate::api::{ApiError, ChatRequest, Sampling, Usage};
 use crate::chat_input::ChatMessage;
+use crate::fleet::{Listed, unknown_model};
 use crate::moderation::{Answered, generate_screened};
 use crate::reply::{Answer, Reply, Shape};
+use crate::router::{Route, ShadowJob};
 use crate::served::{self, Exchange, new_request_id};
 use crate::{Gateway, Served, knowledge};
 use axum::extract::rejection::JsonRejection;
@@ -76,41 +78,33 @@ fn now_s() -> i64 {
     quark_events::Timestamp::now().0 / 1000
 }
 
-fn model_object(served: &Served) -> serde_json::Value {
-    serde_json::json!({"id": served.model_id.to_string(), "object": "model", "created": served.created, "owned_by": "quark"})
+fn model_object(listed: &Listed) -> serde_json::Value {
+    serde_json::json!({
+        "id": listed.model.model_id.to_string(),
+        "object": "model",
+        "created": listed.model.trained_at.0 / 1000,
+        "owned_by": "quark",
+        "aliases": listed.aliases,
+        "loaded": listed.loaded,
+    })
 }
 
+/// `GET /v1/models`: every model an alias points at, with its aliases.
 async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
-    let data: Vec<_> = gateway.served().iter().map(|s| model_object(s)).collect();
+    let data: Vec<_> = gateway.listing().iter().map(model_object).collect();
     Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 
-/// `GET /v1/models/{id}`: the served model by its id or alias.
+/// `GET /v1/models/{id}`: a served model by its id or by one of its aliases.
 async fn model(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
-    match resolve(&gateway, &id) {
-        Ok(served) => Json(model_object(&served)).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// The served model, if the request names it (its id, `champion` or `quark`).
-pub(crate) fn resolve(gateway: &Gateway, model: &str) -> Result<Arc<Served>, ApiError> {
-    let served = gateway.served().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no model is promoted yet: the first one is still training",
-        )
-    })?;
-    if model == served.model_id.to_string() || model == "champion" || model == "quark" {
-        Ok(served)
-    } else {
-        Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!(
-                "the model '{model}' does not exist; GET /v1/models lists the one served"
-            ),
-            param: Some("model"),
-        })
+    let alias = if id == "quark" { "champion" } else { &id };
+    let found = gateway
+        .listing()
+        .into_iter()
+        .find(|l| l.model.model_id.to_string() == id || l.aliases.iter().any(|a| a == alias));
+    match found {
+        Some(listed) => Json(model_object(&listed)).into_response(),
+        None => unknown_model(&id).into_response(),
     }
 }
 
@@ -201,6 +195,8 @@ struct Job {
     /// What response.served will say of it.
     exchange: Exchange,
     sources: Option<serde_json::Value>,
+    /// The alias that also answers it, unseen (shadow traffic).
+    shadow: Option<String>,
 }
 
 /// A generation and, when asked, the log-probabilities of its prompt's tokens.
@@ -264,6 +260,15 @@ async fn run(
         && job.options.max_tokens > 0
     {
         served::publish(&gateway, &job.exchange, model_id, &o.answered, latency).await;
+        if let Some(alias) = &job.shadow {
+            tokio::spawn(gateway.clone().shadow(ShadowJob {
+                alias: alias.clone(),
+                live: job.served.clone(),
+                ids: job.ids.clone(),
+                options: job.options.clone(),
+                exchange: job.exchange.clone(),
+            }));
+        }
     }
     gateway.count(model_id, |c| {
         c.requests += 1;
@@ -367,6 +372,8 @@ pub(crate) struct Prepared {
     pub sampling: Sampling,
     pub scoring: Scoring,
     pub sources: Option<serde_json::Value>,
+    /// The router's decision, for a request that named `quark`.
+    pub routed: Option<Route>,
 }
 
 impl Shape {
@@ -381,7 +388,11 @@ impl Shape {
 /// The job of a prepared request under `request_id`.
 fn job(gateway: &Gateway, request_id: String, shape: &Shape, p: Prepared) -> Result<Job, ApiError> {
     let stream = p.sampling.stream;
-    let options = options(gateway, p.sampling, p.stop_tokens, p.scoring)?;
+    let mut sampling = p.sampling;
+    if let Some(cap) = p.routed.as_ref().and_then(|r| r.max_tokens) {
+        sampling.max_completion_tokens = Some(requested_tokens(gateway, &sampling).min(cap));
+    }
+    let options = options(gateway, sampling, p.stop_tokens, p.scoring)?;
     let exchange = Exchange {
         request_id,
         route: p.route,
@@ -389,6 +400,8 @@ fn job(gateway: &Gateway, request_id: String, shape: &Shape, p: Prepared) -> Res
         prompt: p.prompt.clone(),
         messages: p.messages,
         streamed: stream,
+        routing: p.routed.as_ref().map(|r| r.routing.clone()),
+        shadow_of: None,
     };
     Ok(Job {
         served: p.served,
@@ -397,6 +410,7 @@ fn job(gateway: &Gateway, request_id: String, shape: &Shape, p: Prepared) -> Res
         echo: p.scoring.echo.then_some(p.prompt),
         exchange,
         sources: p.sources,
+        shadow: p.routed.and_then(|r| r.shadow),
     })
 }
 
@@ -519,11 +533,15 @@ async fn prepare_chat(
     if asked.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let served = resolve(gateway, &request.model)?;
     let prompt = last_user_message(&asked);
+    let (served, routed) = gateway.choose(&request.model, &prompt).await?;
+    let wanted = routed
+        .as_ref()
+        .and_then(|r| r.retrieval)
+        .unwrap_or_else(|| knowledge::wanted(&request.quark, headers));
     let knowledge = gateway
         .knowledge()
-        .filter(|_| knowledge::wanted(&request.quark, headers) && !prompt.trim().is_empty());
+        .filter(|_| wanted && !prompt.trim().is_empty());
     let (messages, sources) = match knowledge {
         Some(k) => {
             let hits = knowledge::retrieve(k, &prompt, &request.quark).await?;
@@ -551,6 +569,7 @@ async fn prepare_chat(
         sampling: request.sampling,
         scoring,
         sources,
+        routed,
     })
 }
 

@@ -8,7 +8,7 @@
 use crate::Gateway;
 use crate::moderation::Answered;
 use quark_curate::pii;
-use quark_events::{EventHeader, Id, ResponseServed, ServedMessage, Timestamp};
+use quark_events::{EventHeader, Id, ResponseServed, Routing, ServedMessage, Timestamp};
 use quark_ml::chat::Message;
 use std::time::Instant;
 use tracing::{debug, warn};
@@ -53,6 +53,7 @@ pub fn response_header(request_id: &str, producer: &str) -> EventHeader {
 }
 
 /// What the gateway knows of one request when its generation ends.
+#[derive(Clone)]
 pub(crate) struct Exchange {
     pub request_id: String,
     /// The model or alias the request named.
@@ -62,6 +63,10 @@ pub(crate) struct Exchange {
     pub prompt: String,
     pub messages: Vec<Message>,
     pub streamed: bool,
+    /// How the router chose the model, for a routed request.
+    pub routing: Option<Routing>,
+    /// For a shadow answer: the live request's id.
+    pub shadow_of: Option<String>,
 }
 
 fn scrub(text: &str) -> String {
@@ -88,8 +93,14 @@ pub(crate) fn event(
             content: scrub(&m.content),
         })
         .collect();
+    let mut header = response_header(&exchange.request_id, crate::NAME);
+    if let Some(live) = &exchange.shadow_of {
+        // In the live response's chain: on its partition, after it.
+        header.correlation_id = response_event_id(live);
+        header.causation_id = Some(header.correlation_id);
+    }
     ResponseServed {
-        header: response_header(&exchange.request_id, crate::NAME),
+        header,
         request_id: exchange.request_id.clone(),
         model_id,
         route: exchange.route.clone(),
@@ -103,6 +114,8 @@ pub(crate) fn event(
         latency_ms,
         streamed: exchange.streamed,
         instance: instance.to_string(),
+        routing: exchange.routing.clone(),
+        shadow_of: exchange.shadow_of.clone(),
     }
 }
 

@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(quark_evaluator::LINEAGE.migration()),
             Box::new(quark_registry::ForgottenMigration),
             Box::new(quark_augmenter::ratings::RatingsMigration),
+            Box::new(quark_evaluator::shadow::ShadowMigration),
         ]
     }
 }

@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
-    generate, ingest, models, moderation, plan, publish, quantize, replay, run, schema_registry,
-    search, topics, trace, train, watch,
+    generate, ingest, models, moderation, plan, promote, publish, quantize, replay, run,
+    schema_registry, search, topics, trace, train, watch,
 };
 use quark::services::Service;
 use quark::shutdown;
@@ -43,6 +43,15 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Point a named alias (a domain model, a distilled or quantized variant) at a model the
+    /// registry knows; the gateway serves it under that name. Publishes model.promoted.
+    Promote {
+        /// The model's id, as `quark models` lists it.
+        model_id: String,
+        /// The alias's name (not champion, challenger or previous: the registry moves those).
+        #[arg(long)]
+        alias: String,
     },
     /// Drop the registry and rebuild it from the topics. Refuses if a message does not decode.
     Replay {
@@ -195,6 +204,10 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", models::render(&listing));
             }
             Ok(())
+        }
+        Command::Promote { model_id, alias } => {
+            let event = promote::named(&settings, model_id.parse()?, &alias).await?;
+            publish_one(&settings, &event).await
         }
         Command::Replay { skip_undecodable } => {
             let replayed = replay::replay(&settings, skip_undecodable).await?;

@@ -40,13 +40,26 @@ impl Service {
     ];
 
     /// The consumers a service runs beside its main one: the trainer and the evaluator keep
-    /// their own lineage projection in a consumer of its own, so a long job never holds it back.
-    pub fn followers(self) -> Vec<Arc<dyn Handler>> {
-        match self {
+    /// their own lineage projection in a consumer of its own, so a long job never holds it
+    /// back; the evaluator also judges the challenger's shadow answers.
+    pub fn followers(
+        self,
+        settings: &Settings,
+        db: &DatabaseConnection,
+    ) -> anyhow::Result<Vec<Arc<dyn Handler>>> {
+        Ok(match self {
             Service::Trainer => vec![Arc::new(quark_trainer::follower())],
-            Service::Evaluator => vec![Arc::new(quark_evaluator::follower())],
+            Service::Evaluator => vec![
+                Arc::new(quark_evaluator::follower()),
+                Arc::new(quark_evaluator::shadow::ShadowJudge::new(
+                    Arc::new(settings.artifact_store()?),
+                    db.clone(),
+                    &settings.data_dir,
+                    settings.evaluate.shadow_batch,
+                )),
+            ],
             _ => vec![],
-        }
+        })
     }
 
     /// How its consumers retry transient errors. A trainer or evaluator job that refers to

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 mod batch;
 mod moderation;
 mod retrieval;
+mod router;
 pub use batch::BatchSettings;
 pub use moderation::ModerationSettings;
 pub use retrieval::{RetrievalSettings, StorageOptions};
+pub use router::{RouteRule, RouterSettings, ShadowAlias};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +194,14 @@ pub struct EvaluateSettings {
     pub max_new_tokens: usize,
     /// Held-out windows scored for perplexity (0: the whole validation split).
     pub validation_windows: usize,
+    /// Shadow answers (the challenger's, to production prompts the champion answered live)
+    /// compared per report: each batch → eval.completed with source `shadow_traffic`.
+    #[serde(default = "shadow_batch")]
+    pub shadow_batch: usize,
+}
+
+fn shadow_batch() -> usize {
+    32
 }
 
 /// When the registry rolls the champion back on live telemetry.
@@ -233,6 +243,16 @@ pub struct GatewaySettings {
     /// Where served models run: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:<n>`.
     #[serde(default = "auto")]
     pub device: String,
+    /// Weights of the models loaded at once (every alias is served; the least recently used
+    /// is unloaded to make room, the champion never), in MiB.
+    #[serde(default = "models_memory_mb")]
+    pub models_memory_mb: u64,
+    #[serde(default)]
+    pub router: RouterSettings,
+}
+
+fn models_memory_mb() -> u64 {
+    4_096
 }
 
 fn auto() -> String {
@@ -474,6 +494,7 @@ impl Default for Settings {
                 min_reward_win_rate: 0.4,
                 max_new_tokens: 24,
                 validation_windows: 64,
+                shadow_batch: shadow_batch(),
             },
             registry: RegistrySettings {
                 min_requests: 50,
@@ -492,6 +513,8 @@ impl Default for Settings {
                 moderation: ModerationSettings::default(),
                 batch: BatchSettings::default(),
                 device: auto(),
+                models_memory_mb: models_memory_mb(),
+                router: RouterSettings::default(),
             },
             augment: AugmentSettings {
                 min_examples: 8,
@@ -511,6 +534,8 @@ pub enum ConfigError {
     Invalid(#[from] config::ConfigError),
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
+    #[error("configuration: {0}")]
+    Inconsistent(String),
 }
 
 impl Settings {
@@ -533,7 +558,12 @@ impl Settings {
             .add_source(file_source)
             .add_source(env.prefix_separator("__").separator("__").try_parsing(true))
             .build()?
-            .try_deserialize()?;
+            .try_deserialize::<Settings>()?;
+        settings
+            .gateway
+            .router
+            .check()
+            .map_err(ConfigError::Inconsistent)?;
         Ok(settings)
     }
 

@@ -3,10 +3,12 @@
 pub mod corpus;
 pub mod generate;
 pub mod ingest;
+pub mod intents;
 pub mod models;
 pub mod moderation;
 pub mod plan;
 pub mod progress;
+pub mod promote;
 pub mod publish;
 pub mod quantize;
 pub mod replay;

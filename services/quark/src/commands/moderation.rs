@@ -27,7 +27,7 @@ fn venv() -> Option<PathBuf> {
     std::env::var_os("QUARK_VENV").map(PathBuf::from)
 }
 
-fn encoder_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
+pub(crate) fn encoder_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
     settings
         .retrieval
         .encoder_dir(venv().as_deref())

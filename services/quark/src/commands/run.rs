@@ -160,7 +160,7 @@ async fn serve(
                 shutdown.clone(),
             ));
         }
-        for handler in std::iter::once(handler).chain(service.followers()) {
+        for handler in std::iter::once(handler).chain(service.followers(settings, &database)?) {
             let runner = Runner::new(handler, settings.bus.clone(), database.clone())
                 .with_retry(service.retry());
             let token = shutdown.clone();
@@ -201,6 +201,7 @@ async fn gateway(
     if config.moderation.enabled {
         attach_moderation(settings, &gateway).await?;
     }
+    attach_intents(settings, &gateway).await?;
     match super::search::knowledge(settings).await {
         Ok(knowledge) => gateway.attach_knowledge(knowledge),
         Err(e) => warn!(
@@ -257,6 +258,29 @@ async fn attach_moderation(
             error = format!("{e:#}"),
             "no moderation classifier: the gateway answers unfiltered"
         ),
+    }
+    Ok(())
+}
+
+/// Loads the router's intent classifier (training it at the first start), when
+/// `gateway.router.intents` names labelled intents.
+async fn attach_intents(
+    settings: &Settings,
+    gateway: &quark_gateway::Gateway,
+) -> anyhow::Result<()> {
+    let opened = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || super::intents::open(&settings)).await?
+    };
+    if let Some((classifier, report, trained)) = opened.context("gateway.router")? {
+        info!(
+            intents = ?classifier.intents(),
+            trained_now = trained,
+            held_out = report.held_out,
+            accuracy = report.accuracy,
+            "intent classifier on"
+        );
+        gateway.attach_intents(classifier);
     }
     Ok(())
 }

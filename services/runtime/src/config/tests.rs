@@ -118,3 +118,39 @@ fn a_missing_explicit_file_is_an_error() {
         Settings::load_from(Some(Path::new("/nonexistent/quark.toml")), env(&[])).unwrap_err();
     assert!(matches!(error, ConfigError::MissingFile(_)));
 }
+
+#[test]
+fn router_rules_come_from_the_file_and_inconsistent_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quark.toml");
+    let rules = "[gateway.router]\nshadow_share = 0.05\n\
+         [[gateway.router.rules]]\nname = \"code\"\nintent = \"code\"\nalias = \"coder\"\nfallback = \"champion\"\nmax_tokens = 64\n\
+         [[gateway.router.rules]]\nname = \"default\"\nalias = \"champion\"\ncanary_share = 0.1\ncanary_alias = \"challenger\"\n";
+    std::fs::write(&file, rules).unwrap();
+    let router = Settings::load_from(Some(&file), env(&[]))
+        .unwrap()
+        .gateway
+        .router;
+    assert_eq!(router.shadow_alias.0, "challenger");
+    assert_eq!(router.rules.len(), 2);
+    assert_eq!(router.rules[0].intent.as_deref(), Some("code"));
+    assert_eq!(router.rules[0].max_tokens, Some(64));
+    assert_eq!(router.rules[1].intent, None);
+    assert_eq!(router.rules[1].canary_share, 0.1);
+
+    std::fs::write(
+        &file,
+        rules.replace("canary_share = 0.1", "canary_share = 1.5"),
+    )
+    .unwrap();
+    let error = Settings::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("canary_share 1.5"), "{error}");
+    let no_canary = rules.replace("canary_alias = \"challenger\"\n", "");
+    std::fs::write(&file, no_canary).unwrap();
+    let error = Settings::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("without canary_alias"), "{error}");
+}
