@@ -64,7 +64,7 @@ pub struct EvaluatorService {
     /// Checkpoints unpacked for evaluation, by model id.
     models: PathBuf,
     settings: EvaluateSettings,
-    red_team: Option<Arc<suite::RedTeam>>,
+    red_team: suite::RedTeamLoader,
 }
 
 /// Which model of the comparison is measured.
@@ -80,14 +80,14 @@ impl EvaluatorService {
         db: DatabaseConnection,
         data_dir: &Path,
         settings: EvaluateSettings,
-        red_team: Option<suite::RedTeam>,
+        red_team: suite::RedTeamLoader,
     ) -> Self {
         EvaluatorService {
             store,
             db,
             models: data_dir.join("models"),
             settings,
-            red_team: red_team.map(Arc::new),
+            red_team,
         }
     }
 
@@ -173,7 +173,7 @@ impl EvaluatorService {
             learnt,
             taught,
             cases,
-            red_team: self.red_team.clone(),
+            red_team: tokio::task::block_in_place(|| self.red_team.get()),
             max_new_tokens: self.settings.max_new_tokens,
             windows: self.settings.validation_windows,
         })

@@ -73,6 +73,47 @@ pub struct RedTeam {
     pub moderator: Arc<dyn Moderator>,
 }
 
+/// The red-team suite, loaded on a thread of its own: loading may first train the moderation
+/// classifier (a minute or more on a cold start), which must hold back neither the other
+/// services' start nor a shutdown. The first evaluation waits for it.
+pub struct RedTeamLoader {
+    pending: std::sync::Mutex<Option<std::sync::mpsc::Receiver<Option<RedTeam>>>>,
+    loaded: std::sync::OnceLock<Option<Arc<RedTeam>>>,
+}
+
+impl RedTeamLoader {
+    /// Starts `load` on a thread (a plain one: a process that exits does not wait for it).
+    pub fn spawn(load: impl FnOnce() -> Option<RedTeam> + Send + 'static) -> RedTeamLoader {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(load()));
+        RedTeamLoader {
+            pending: std::sync::Mutex::new(Some(rx)),
+            loaded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A suite already in hand (or none: no safety measurement).
+    pub fn ready(red_team: Option<RedTeam>) -> RedTeamLoader {
+        RedTeamLoader {
+            pending: std::sync::Mutex::new(None),
+            loaded: std::sync::OnceLock::from(red_team.map(Arc::new)),
+        }
+    }
+
+    /// The suite, once loaded (blocks until then).
+    pub fn get(&self) -> Option<Arc<RedTeam>> {
+        self.loaded
+            .get_or_init(|| {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending
+                    .take()
+                    .and_then(|rx| rx.recv().ok().flatten())
+                    .map(Arc::new)
+            })
+            .clone()
+    }
+}
+
 /// Everything measured about one model.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Measurement {

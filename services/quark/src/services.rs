@@ -108,7 +108,12 @@ impl Service {
                 db.clone(),
                 &settings.data_dir,
                 settings.evaluate.clone(),
-                tokio::task::block_in_place(|| crate::commands::moderation::red_team(settings)),
+                {
+                    let settings = settings.clone();
+                    quark_evaluator::suite::RedTeamLoader::spawn(move || {
+                        crate::commands::moderation::red_team(&settings)
+                    })
+                },
             )),
             Service::Augmenter => Arc::new(quark_augmenter::AugmenterService::new(
                 store()?,

@@ -34,8 +34,13 @@ pub(crate) fn encoder_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// Serialises [`open`]: the evaluator's red team and the gateway open the classifier at one
+/// start; the second waits for the first to train it, then loads it.
+static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The gateway's classifier, trained into its directory first if there is none.
 pub fn open(settings: &Settings) -> anyhow::Result<(LearntModerator, Report, bool)> {
+    let _one_at_a_time = OPENING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = settings.gateway.moderation.model_dir(&settings.data_dir);
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;

@@ -199,9 +199,9 @@ async fn gateway(
         Publisher::new(&settings.bus, quark_gateway::NAME)?,
     );
     if config.moderation.enabled {
-        attach_moderation(settings, &gateway).await?;
+        attach_moderation(settings, &gateway, shutdown).await?;
     }
-    attach_intents(settings, &gateway).await?;
+    attach_intents(settings, &gateway, shutdown).await?;
     match super::search::knowledge(settings).await {
         Ok(knowledge) => gateway.attach_knowledge(knowledge),
         Err(e) => warn!(
@@ -232,10 +232,12 @@ async fn gateway(
 async fn attach_moderation(
     settings: &Settings,
     gateway: &quark_gateway::Gateway,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let opened = {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || super::moderation::open(&settings)).await?
+    let settings_ = settings.clone();
+    let Some(opened) = off_thread(shutdown, move || super::moderation::open(&settings_)).await
+    else {
+        return Ok(());
     };
     match opened {
         Ok((moderator, report, trained)) => {
@@ -267,10 +269,11 @@ async fn attach_moderation(
 async fn attach_intents(
     settings: &Settings,
     gateway: &quark_gateway::Gateway,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let opened = {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || super::intents::open(&settings)).await?
+    let settings_ = settings.clone();
+    let Some(opened) = off_thread(shutdown, move || super::intents::open(&settings_)).await else {
+        return Ok(());
     };
     if let Some((classifier, report, trained)) = opened.context("gateway.router")? {
         info!(
@@ -283,4 +286,19 @@ async fn attach_intents(
         gateway.attach_intents(classifier);
     }
     Ok(())
+}
+
+/// `work`'s result, run on a thread of its own (it may train a classifier for a minute or
+/// more); none if `shutdown` comes first, which then need not wait for it (the process does
+/// not wait for such a thread when it exits).
+async fn off_thread<T: Send + 'static>(
+    shutdown: &CancellationToken,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || tx.send(work()));
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        done = rx => done.ok(),
+    }
 }
