@@ -421,10 +421,12 @@ impl RetrainRequested {
         }
     }
 
-    /// Whether it asks the policy (names no dataset) rather than a trainer. A quantize run
-    /// reads only its base: it is for the trainer with no dataset.
+    /// Whether it asks the policy (names no dataset) rather than a trainer. A quantize or
+    /// distill run reads its base (and a distill run the pre-training data): it is for the
+    /// trainer with no dataset.
     pub fn is_for_policy(&self) -> bool {
-        self.dataset_ids.is_empty() && self.run_kind != RunKind::Quantize
+        self.dataset_ids.is_empty()
+            && !matches!(self.run_kind, RunKind::Quantize | RunKind::Distill)
     }
 }
 

@@ -75,10 +75,14 @@ enum Command {
         #[arg(long, default_value = "requested with quark retrain")]
         reason: String,
         /// Instead: quantize a model's weights to int8 (a quantize run; the gate then judges it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "distill")]
         quantize: bool,
-        /// With --quantize, the model (its id); default the champion.
-        #[arg(long, requires = "quantize")]
+        /// Instead: distil a model into a student with half its layers (a distill run, on the
+        /// newest pre-training dataset; the gate then judges it).
+        #[arg(long)]
+        distill: bool,
+        /// With --quantize or --distill, the model (its id); default the champion.
+        #[arg(long)]
         base: Option<String>,
     },
     /// Run one service against the configured cluster.
@@ -241,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Retrain {
             reason,
             quantize,
+            distill,
             base,
         } => {
             let mut request = quark_events::RetrainRequested::to_policy(
@@ -248,8 +253,14 @@ async fn main() -> anyhow::Result<()> {
                 quark_events::RetrainTrigger::Manual,
                 &reason,
             );
-            if quantize {
-                request.run_kind = quark_events::RunKind::Quantize;
+            let kind = match (quantize, distill) {
+                (true, _) => Some(quark_events::RunKind::Quantize),
+                (_, true) => Some(quark_events::RunKind::Distill),
+                _ if base.is_some() => anyhow::bail!("--base goes with --quantize or --distill"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                request.run_kind = kind;
                 request.base_model_id = base.as_deref().map(str::parse).transpose()?;
             }
             let event = quark_events::Event::RetrainRequested(request);

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 mod batch;
+mod distill;
 mod moderation;
 mod retrieval;
 mod router;
 pub use batch::BatchSettings;
+pub use distill::DistillSettings;
 pub use moderation::ModerationSettings;
 pub use retrieval::{RetrievalSettings, StorageOptions};
 pub use router::{RouteRule, RouterSettings, ShadowAlias};
@@ -105,6 +107,9 @@ pub struct TrainerSettings {
     pub align: AlignSettings,
     /// Policy optimisation (ppo runs, by RLOO) on prompts from served traffic.
     pub rloo: RlooSettings,
+    /// Distillation of the champion into a smaller student (distill runs).
+    #[serde(default)]
+    pub distill: DistillSettings,
 }
 
 /// RLOO of the champion against the newest reward model trained from it (LoRA adapters when
@@ -479,6 +484,7 @@ impl Default for Settings {
                     temperature: 1.0,
                     max_new_tokens: 24,
                 },
+                distill: DistillSettings::default(),
             },
             evaluate: EvaluateSettings {
                 max_perplexity_increase: 0.02,

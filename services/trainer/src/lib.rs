@@ -32,6 +32,7 @@
 
 mod align;
 mod data;
+mod distill;
 mod plan;
 mod quantize;
 mod rloo;
@@ -294,6 +295,14 @@ impl TrainerService {
                     forgotten: &forgotten,
                 };
                 self.align_job(inputs, dir, &run).await
+            }
+            Plan::Distill {
+                base,
+                dataset,
+                forgotten,
+            } => {
+                self.distill_job(&base, &dataset, &forgotten, dir, &run)
+                    .await
             }
             Plan::Quantize { .. } => Err(HandlerError::permanent(
                 "a quantize run trains nothing: it has no training job",

@@ -43,6 +43,12 @@ pub(crate) enum Plan {
     },
     /// The base's weights to int8: no training, no data.
     Quantize { base: Box<Model> },
+    /// A smaller student of the base, on the newest pre-training dataset.
+    Distill {
+        base: Box<Model>,
+        dataset: Box<DatasetPrepared>,
+        forgotten: Forgotten,
+    },
 }
 
 impl TrainerService {
@@ -64,6 +70,9 @@ impl TrainerService {
                 Ok(Some(Plan::Quantize {
                     base: Box::new(base),
                 }))
+            }
+            Event::RetrainRequested(r) if r.run_kind == RunKind::Distill => {
+                self.distill_plan(r).await
             }
             Event::RetrainRequested(r) if r.is_for_policy() => Ok(None),
             Event::RetrainRequested(r) if r.run_kind == RunKind::Pretrain => {
@@ -152,6 +161,23 @@ impl TrainerService {
             .await
             .map_err(HandlerError::transient)?
             .ok_or_else(|| not_yet(format!("model {base_id}")))
+    }
+
+    /// A student of the base a request names (the champion unless it names one), on the
+    /// newest pre-training dataset.
+    async fn distill_plan(&self, request: &RetrainRequested) -> Result<Option<Plan>, HandlerError> {
+        let base = self.base_of(request).await?;
+        let dataset = LINEAGE
+            .datasets_of_kind(&self.db, DatasetKind::Pretrain)
+            .await
+            .map_err(HandlerError::transient)?
+            .pop()
+            .ok_or_else(|| not_yet("a pre-training dataset".into()))?;
+        Ok(Some(Plan::Distill {
+            base: Box::new(base),
+            dataset: Box::new(dataset),
+            forgotten: self.forgotten().await?,
+        }))
     }
 
     /// The base a request names (the champion unless it names one) and its datasets of `kind`.
