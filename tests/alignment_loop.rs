@@ -11,8 +11,8 @@
 use quark_e2e::*;
 use quark_events::bus::{Publisher, dlq_topic, headers};
 use quark_events::{
-    DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelTrained, PromotionReason,
-    RetrainRequested, RetrainTrigger, RunKind,
+    Alias, DatasetKind, DatasetPrepared, Event, EventHeader, EventKind, Id, ModelTrained,
+    PromotionReason, RetrainRequested, RetrainTrigger, RunKind,
 };
 use quark_runtime::ArtifactStore;
 use serde_json::json;
@@ -276,7 +276,7 @@ fn preference_feedback_aligns_the_champion_by_dpo_through_the_gate_once() {
         promotions
             .into_iter()
             .filter_map(|e| match e {
-                Event::ModelPromoted(p) => Some(p),
+                Event::ModelPromoted(p) if p.alias == Alias::Champion => Some(p),
                 _ => None,
             })
             .max_by_key(|p| p.header.occurred_at)

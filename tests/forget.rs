@@ -41,9 +41,8 @@ fn listed(stack: &Stack, model: &str) -> Value {
 fn a_forgotten_document_leaves_the_index_flags_its_models_and_is_left_out_of_the_retrain() {
     let mut stack = Stack::new();
     stack.up();
-    let champion = stack.wait(EventKind::ModelPromoted, |e| match e {
-        Event::ModelPromoted(p) => Some(p.model_id.to_string()),
-        _ => None,
+    let champion = stack.wait(EventKind::ModelPromoted, |e| {
+        promoted(e).map(|(id, _)| id.to_string())
     });
     let notes = stack.data.path().join("notes");
     std::fs::create_dir_all(&notes).unwrap();

@@ -22,10 +22,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every `.txt` file under `dir`, depth first, in name order.
-/// The model a promotion promoted, and why.
+/// The model a promotion made champion, and why (other aliases' moves are not promotions).
 pub fn promoted(event: &Event) -> Option<(Id, PromotionReason)> {
     match event {
-        Event::ModelPromoted(p) => Some((p.model_id, p.reason)),
+        Event::ModelPromoted(p) if p.alias == quark_events::Alias::Champion => {
+            Some((p.model_id, p.reason))
+        }
         _ => None,
     }
 }

@@ -215,6 +215,7 @@ impl Stack {
         (status, response.json().unwrap_or(Value::Null))
     }
 
+    /// The champion the gateway serves, by `GET /v1/models`.
     pub fn served_model(&self) -> Option<String> {
         let models: Value = self
             .http
@@ -223,7 +224,12 @@ impl Stack {
             .ok()?
             .json()
             .ok()?;
-        models["data"][0]["id"].as_str().map(str::to_string)
+        let champion = models["data"].as_array()?.iter().find(|m| {
+            m["aliases"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a == "champion"))
+        })?;
+        champion["id"].as_str().map(str::to_string)
     }
 
     /// Asks the champion a question; returns the request id.
