@@ -1,7 +1,9 @@
 //! Choosing where to train: CUDA when there is one, the CPU otherwise, or what the user forces.
 
 use crate::MlError;
-use tch::{Cuda, Device};
+use tch::Cuda;
+/// Where a model lives (libtorch's), for callers that do not depend on tch.
+pub use tch::Device;
 
 /// `auto`, `cpu`, `cuda` or `cuda:<n>`.
 pub fn select(preference: &str) -> Result<Device, MlError> {

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
-    generate, ingest, models, moderation, plan, promote, publish, quantize, replay, run,
+    compare, generate, ingest, models, moderation, plan, promote, publish, quantize, replay, run,
     schema_registry, search, topics, trace, train, watch,
 };
 use quark::services::Service;
@@ -133,6 +133,9 @@ enum Command {
     /// Quantize a checkpoint's weights to int8 (per output channel) into a new checkpoint; with
     /// --held-out and --decode-tokens, compare perplexity and decode speed with the original.
     Quantize(quantize::QuantizeArgs),
+    /// Models side by side on one held-out text and one decode: parameters, layers, weight
+    /// size, perplexity and greedy decode speed (JSON).
+    Compare(compare::CompareArgs),
     /// Size, FLOPs, memory and time of a training run, the compute-optimal size for a budget,
     /// and the task catalogue. Defaults: GPT-2 small on 10B tokens on an H100.
     Plan {
@@ -370,6 +373,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Moderation(command) => {
             tokio::task::spawn_blocking(move || moderation::run(&settings, command)).await?
+        }
+        Command::Compare(args) => {
+            let report = tokio::task::spawn_blocking(move || compare::run(&args)).await??;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
         Command::Quantize(args) => {
             let report = tokio::task::spawn_blocking(move || quantize::run(&args)).await??;

@@ -1,9 +1,11 @@
 //! One module per `quark` sub-command.
 
+pub mod compare;
 pub mod corpus;
 pub mod generate;
 pub mod ingest;
 pub mod intents;
+pub mod measure;
 pub mod models;
 pub mod moderation;
 pub mod plan;

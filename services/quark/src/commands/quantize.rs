@@ -2,16 +2,11 @@
 //! checkpoint; with `--held-out`, both models' perplexity on that text, and with
 //! `--decode-tokens`, both models' decode speed (greedy, batch of one, KV cache).
 
+use super::measure::{decode_speeds, perplexities};
 use super::train::resolve_checkpoint;
 use quark_ml::checkpoint;
-use quark_ml::data::validation_batches;
-use quark_ml::generate::{GenerateOptions, generate};
-use quark_ml::gpt::Gpt;
-use quark_ml::shards::{self, Shard};
 use serde_json::{Value, json};
-use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
@@ -50,46 +45,17 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Value> {
         "smaller": before as f64 / after as f64,
     });
     if let Some(text) = &args.held_out {
-        let shard_path = args.out.with_extension("held-out.tok");
-        let text = std::fs::read_to_string(text)?;
-        shards::write(&tokenizer, &[text], &shard_path)?;
-        let shard = Shard::open(&shard_path)?;
-        let block = fp32.config.block_size as usize;
-        let batches = validation_batches(&shard, block, 8, None, cpu)?;
-        let ppl = |m: &Gpt| quark_ml::train::evaluate(m, &batches).map(f64::exp);
-        let (a, b) = (ppl(&fp32)?, ppl(&int8)?);
-        report["perplexity_fp32"] = json!(a);
-        report["perplexity_int8"] = json!(b);
-        report["perplexity_change"] = json!(b / a - 1.0);
-        std::fs::remove_file(&shard_path)?;
+        let scratch = args.out.with_extension("held-out.tok");
+        let ppl = perplexities(&[&fp32, &int8], &tokenizer, text, &scratch)?;
+        report["perplexity_fp32"] = json!(ppl[0]);
+        report["perplexity_int8"] = json!(ppl[1]);
+        report["perplexity_change"] = json!(ppl[1] / ppl[0] - 1.0);
     }
     if args.decode_tokens > 0 {
-        let speed = |m: &Gpt| decode_speed(m, &tokenizer, args.decode_tokens);
-        // Each model twice, alternating: the first pass warms the allocator and caches.
-        let (_, _) = (speed(&fp32)?, speed(&int8)?);
-        let (a, b) = (speed(&fp32)?, speed(&int8)?);
-        report["decode_tokens_per_s_fp32"] = json!(a);
-        report["decode_tokens_per_s_int8"] = json!(b);
-        report["decode_speedup"] = json!(b / a);
+        let speed = decode_speeds(&[&fp32, &int8], &tokenizer, args.decode_tokens)?;
+        report["decode_tokens_per_s_fp32"] = json!(speed[0]);
+        report["decode_tokens_per_s_int8"] = json!(speed[1]);
+        report["decode_speedup"] = json!(speed[1] / speed[0]);
     }
     Ok(report)
-}
-
-/// Greedy tokens per second from a one-token prompt, every position the context allows up
-/// to `tokens` (the end-of-text id never stops it: no stop tokens).
-fn decode_speed(
-    model: &Gpt,
-    tokenizer: &quark_ml::Tokenizer,
-    tokens: usize,
-) -> anyhow::Result<f64> {
-    let max_tokens = tokens.min(model.config.block_size as usize - 1);
-    let options = GenerateOptions {
-        max_tokens,
-        ..Default::default()
-    };
-    let started = Instant::now();
-    let g = generate(model, tokenizer, &[0], &options, |_| {
-        ControlFlow::Continue(())
-    })?;
-    Ok(g.tokens.len() as f64 / started.elapsed().as_secs_f64())
 }

@@ -9,6 +9,7 @@ use quark_ml::chat;
 use quark_ml::checkpoint;
 use quark_ml::corpus::{self, TokenizerSpec};
 use quark_ml::data::{Batches, Packed, Windows, validation_batches};
+use quark_ml::distill::DistillConfig;
 use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::preference::{self, Pairs};
@@ -53,6 +54,19 @@ pub struct TrainArgs {
     /// The checkpoint to start from (a checkpoint or a run directory: its latest).
     #[arg(long)]
     pub from: Option<PathBuf>,
+    /// A checkpoint to distil: a student of --n-layer layers, started from its blocks, learns
+    /// its next-token distribution over --data (forward KL mixed with the next-token loss).
+    #[arg(long, requires = "data", conflicts_with_all = ["from", "sft", "dpo", "reward"])]
+    #[serde(default)]
+    pub distill: Option<PathBuf>,
+    /// Distillation: the KL term's weight (the rest is the next-token loss).
+    #[arg(long, default_value_t = 0.9)]
+    #[serde(default)]
+    pub kl_share: f64,
+    /// Distillation: the softening of both distributions in the KL term.
+    #[arg(long, default_value_t = 2.0)]
+    #[serde(default)]
+    pub distill_temperature: f64,
     /// `char`, `bpe` (byte-level BPE trained on the data) or a tokenizer.json.
     #[arg(long, default_value = "bpe")]
     pub tokenizer: String,
@@ -175,6 +189,11 @@ impl TrainArgs {
         } else if self.reward.is_some() {
             Objective::Reward(RewardConfig {
                 center_rewards_coefficient: self.center_rewards,
+            })
+        } else if self.distill.is_some() {
+            Objective::Distill(DistillConfig {
+                kl_share: self.kl_share,
+                temperature: self.distill_temperature,
             })
         } else {
             Objective::NextToken
@@ -321,6 +340,68 @@ fn prepare(args: &TrainArgs, spec: &TokenizerSpec, out: &Path) -> anyhow::Result
     Ok(prepared)
 }
 
+/// The model a new run starts from: a checkpoint (--from, LoRA attached or a score head added
+/// as the run asks), a student of a checkpoint (--distill), or a new one; its tokenizer; the
+/// checkpoint it came from.
+fn starting_model(
+    args: &TrainArgs,
+    out: &Path,
+    device: quark_ml::device::Device,
+) -> anyhow::Result<(Gpt, quark_ml::Tokenizer, Option<PathBuf>)> {
+    if let Some(teacher) = &args.distill {
+        let dir = resolve_checkpoint(teacher)?;
+        let (teacher, tokenizer) = checkpoint::load(&dir, device)?;
+        let student = quark_ml::distill::student_of(&teacher, args.n_layer)?;
+        prepare(
+            args,
+            &TokenizerSpec::File(dir.join(checkpoint::TOKENIZER)),
+            out,
+        )?;
+        return Ok((student, tokenizer, Some(dir)));
+    }
+    Ok(match &args.from {
+        Some(from) => {
+            let dir = resolve_checkpoint(from)?;
+            let (mut model, tokenizer) = checkpoint::load(&dir, device)?;
+            if args.lora_rank > 0 {
+                let lora = quark_ml::lora::LoraConfig {
+                    rank: args.lora_rank,
+                    alpha: args.lora_alpha,
+                    targets: args.lora_targets.clone(),
+                };
+                quark_ml::lora::attach(&mut model, &lora, args.seed)?;
+            }
+            if args.reward.is_some() && !model.has_score_head() {
+                model.add_score_head(Some(args.seed))?;
+            }
+            if !args.data.is_empty() {
+                // Continued pre-training keeps the checkpoint's tokenizer.
+                let spec = TokenizerSpec::File(dir.join(checkpoint::TOKENIZER));
+                prepare(args, &spec, out)?;
+            }
+            (model, tokenizer, Some(dir))
+        }
+        None => {
+            if args.data.is_empty() {
+                bail!(
+                    "nothing to train on: give --data FILES (pre-training) or --sft FILE --from CHECKPOINT"
+                );
+            }
+            let prepared = prepare(args, &args.tokenizer_spec(), out)?;
+            let shape = GptConfig {
+                vocab_size: prepared.tokenizer.get_vocab_size(true) as i64,
+                block_size: args.block_size,
+                n_layer: args.n_layer,
+                n_head: args.n_head,
+                n_embd: args.n_embd,
+                dropout: args.dropout,
+            };
+            let model = Gpt::new(shape, device, args.seed)?;
+            (model, prepared.tokenizer, None)
+        }
+    })
+}
+
 /// Starts a run in `out`, or resumes the one there.
 pub fn train(
     args: Option<TrainArgs>,
@@ -346,47 +427,7 @@ pub fn train(
             let device = quark_ml::device::select(&args.device)?;
             let config = args.train_config();
             config.validate()?;
-            let (model, tokenizer, parent) = match &args.from {
-                Some(from) => {
-                    let dir = resolve_checkpoint(from)?;
-                    let (mut model, tokenizer) = checkpoint::load(&dir, device)?;
-                    if args.lora_rank > 0 {
-                        let lora = quark_ml::lora::LoraConfig {
-                            rank: args.lora_rank,
-                            alpha: args.lora_alpha,
-                            targets: args.lora_targets.clone(),
-                        };
-                        quark_ml::lora::attach(&mut model, &lora, args.seed)?;
-                    }
-                    if args.reward.is_some() && !model.has_score_head() {
-                        model.add_score_head(Some(args.seed))?;
-                    }
-                    if !args.data.is_empty() {
-                        // Continued pre-training keeps the checkpoint's tokenizer.
-                        let spec = TokenizerSpec::File(dir.join(checkpoint::TOKENIZER));
-                        prepare(&args, &spec, out)?;
-                    }
-                    (model, tokenizer, Some(dir))
-                }
-                None => {
-                    if args.data.is_empty() {
-                        bail!(
-                            "nothing to train on: give --data FILES (pre-training) or --sft FILE --from CHECKPOINT"
-                        );
-                    }
-                    let prepared = prepare(&args, &args.tokenizer_spec(), out)?;
-                    let shape = GptConfig {
-                        vocab_size: prepared.tokenizer.get_vocab_size(true) as i64,
-                        block_size: args.block_size,
-                        n_layer: args.n_layer,
-                        n_head: args.n_head,
-                        n_embd: args.n_embd,
-                        dropout: args.dropout,
-                    };
-                    let model = Gpt::new(shape, device, args.seed)?;
-                    (model, prepared.tokenizer, None)
-                }
-            };
+            let (model, tokenizer, parent) = starting_model(&args, out, device)?;
             if args.block_size > model.config.block_size {
                 bail!(
                     "block size {} is larger than the model's {}",
@@ -402,6 +443,10 @@ pub fn train(
             (args, trainer)
         }
     };
+    if let Some(teacher) = &args.distill {
+        let (teacher, _) = checkpoint::load(&resolve_checkpoint(teacher)?, trainer.model.device())?;
+        trainer = trainer.with_teacher(teacher);
+    }
     let data = data_for(&args, out, &trainer.model, &trainer.tokenizer, resuming)?;
     eprintln!(
         "{} {} parameters on {:?}, from step {}",
