@@ -302,30 +302,17 @@ async fn all_served(cluster: &Cluster, lives: usize) -> Vec<ResponseServed> {
     }
 }
 
-fn rule(name: &str, intent: Option<&str>, alias: &str) -> RouteRule {
-    RouteRule {
-        name: name.into(),
-        intent: intent.map(str::to_string),
-        alias: alias.into(),
-        canary_share: 0.0,
-        canary_alias: None,
-        fallback: None,
-        retrieval: None,
-        max_tokens: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_are_routed_by_intent_split_fall_back_and_are_shadowed() {
     let cluster = Cluster::start().await;
     let classifier = intent_classifier();
     let db = open::<GatewayTables>(cluster.dir.path(), "r.db").await;
-    let mut rest = rule("rest", None, "champion");
+    let mut rest = RouteRule::to("rest", None, "champion");
     (rest.canary_share, rest.canary_alias) = (0.1, Some("challenger".into()));
-    let mut writing = rule("writing", Some("writing"), "broken");
+    let mut writing = RouteRule::to("writing", Some("writing"), "broken");
     writing.fallback = Some("champion".into());
     let router = RouterSettings {
-        rules: vec![rule("code", Some("code"), "coder"), writing, rest],
+        rules: vec![RouteRule::to("code", Some("code"), "coder"), writing, rest],
         shadow_share: 0.5,
         ..RouterSettings::default()
     };

@@ -438,6 +438,32 @@ impl RunKind {
 }
 
 impl ModelPromoted {
+    /// A move of `alias` to `model_id` for `reason`, carrying nothing yet (the registry's
+    /// projection fills in the model: `quark_registry::carry_model`).
+    pub fn moving(
+        header: EventHeader,
+        alias: Alias,
+        model_id: Id,
+        reason: PromotionReason,
+    ) -> Self {
+        ModelPromoted {
+            header,
+            model_id,
+            alias,
+            previous_model_id: None,
+            reason,
+            evaluation_id: None,
+            checkpoint: None,
+            tokenizer_id: None,
+            tokenizer: None,
+            run_kind: None,
+            parent_model_id: None,
+            dataset_ids: None,
+            trained_at: None,
+            alias_name: None,
+        }
+    }
+
     /// The alias as it is known: `champion`, `challenger`, `previous`, or the name of a named
     /// alias.
     pub fn alias_key(&self) -> String {

@@ -55,6 +55,46 @@ pub fn follower() -> Follower {
 }
 
 pub const NAME: &str = "evaluator";
+
+/// The newest reward model trained from `champion`: the judge between its answers and a
+/// candidate's.
+async fn reward_model(
+    db: &DatabaseConnection,
+    champion: Id,
+) -> Result<Option<Model>, HandlerError> {
+    LINEAGE
+        .newest_child(db, champion, RunKind::Reward)
+        .await
+        .map_err(HandlerError::transient)
+}
+
+/// The candidate's reward-model win rate over the champion and the prompts it is taken over
+/// (none when they answered no prompt in common), by `judge`, unpacked under `models`.
+async fn win_rate(
+    store: &ArtifactStore,
+    models: &Path,
+    judge: &Model,
+    candidate: &Measurement,
+    champion: &Measurement,
+) -> Result<Vec<(String, f64)>, HandlerError> {
+    let dir = store
+        .get_dir(&judge.checkpoint, &models.join(judge.model_id.to_string()))
+        .await
+        .map_err(HandlerError::transient)?;
+    let rate = tokio::task::block_in_place(|| {
+        let (model, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
+        reward::win_rate(&model, &tokenizer, candidate, champion)
+    })
+    .map_err(HandlerError::permanent)?;
+    Ok(rate
+        .map(|(rate, prompts)| {
+            vec![
+                (reward::WIN_RATE.to_string(), rate),
+                (reward::PROMPTS.to_string(), prompts as f64),
+            ]
+        })
+        .unwrap_or_default())
+}
 /// Evaluation cases used per run, the most recent first.
 const MAX_CASES: usize = 64;
 
@@ -212,46 +252,6 @@ impl EvaluatorService {
         .map_err(HandlerError::permanent)
     }
 
-    /// The newest reward model trained from `champion`: the judge between its answers and a
-    /// candidate's.
-    async fn reward_model(&self, champion: Id) -> Result<Option<Model>, HandlerError> {
-        LINEAGE
-            .newest_child(&self.db, champion, RunKind::Reward)
-            .await
-            .map_err(HandlerError::transient)
-    }
-
-    /// The candidate's reward-model win rate over the champion (and the prompts it is taken
-    /// over), by `judge`.
-    async fn win_rate(
-        &self,
-        judge: &Model,
-        candidate: &Measurement,
-        champion: &Measurement,
-    ) -> Result<Vec<(String, f64)>, HandlerError> {
-        let dir = self
-            .store
-            .get_dir(
-                &judge.checkpoint,
-                &self.models.join(judge.model_id.to_string()),
-            )
-            .await
-            .map_err(HandlerError::transient)?;
-        let rate = tokio::task::block_in_place(|| {
-            let (model, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
-            reward::win_rate(&model, &tokenizer, candidate, champion)
-        })
-        .map_err(HandlerError::permanent)?;
-        Ok(rate
-            .map(|(rate, prompts)| {
-                vec![
-                    (reward::WIN_RATE.to_string(), rate),
-                    (reward::PROMPTS.to_string(), prompts as f64),
-                ]
-            })
-            .unwrap_or_default())
-    }
-
     async fn evaluate(&self, candidate: &ModelTrained) -> Result<Event, HandlerError> {
         if let Some(choice) = candidate.choice.as_ref().filter(|c| !c.fits_gate) {
             info!(model = %candidate.model_id, step = choice.step, "no checkpoint of the run fits the gate's limits: rejected without measuring");
@@ -287,9 +287,9 @@ impl EvaluatorService {
             let champion = self
                 .measure(b.model_id, &b.checkpoint, &suite, Role::Champion)
                 .await?;
-            judge = self.reward_model(b.model_id).await?;
+            judge = reward_model(&self.db, b.model_id).await?;
             if let Some(judge) = &judge {
-                let rate = self.win_rate(judge, &measured, &champion).await?;
+                let rate = win_rate(&self.store, &self.models, judge, &measured, &champion).await?;
                 measured.metrics.extend(rate);
             }
             base = Some(champion);

@@ -9,14 +9,13 @@
 //! A decision is a function of the event and the table as it stands, taken in `handle` and
 //! again in `apply` (which records it), so a replay re-derives it exactly.
 
+use crate::NAME;
 use crate::suite::{Measurement, Sample};
-use crate::{LINEAGE, NAME, reward};
 use async_trait::async_trait;
 use quark_events::bus::{Handler, HandlerError};
 use quark_events::{
     EvalCompleted, Event, EventHeader, EventKind, Id, RegressionSource, ResponseServed,
 };
-use quark_ml::checkpoint;
 use quark_runtime::ArtifactStore;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
@@ -185,29 +184,11 @@ impl ShadowJudge {
             (PAIRS.to_string(), pairs.len() as f64),
             (SAME_ANSWER.to_string(), same as f64 / pairs.len() as f64),
         ]);
-        let judge = LINEAGE
-            .newest_child(&self.db, champion, quark_events::RunKind::Reward)
-            .await
-            .map_err(HandlerError::transient)?;
+        let judge = crate::reward_model(&self.db, champion).await?;
         if let Some(judge) = &judge {
-            let dir = self
-                .store
-                .get_dir(
-                    &judge.checkpoint,
-                    &self.models.join(judge.model_id.to_string()),
-                )
-                .await
-                .map_err(HandlerError::transient)?;
             let (candidate, live) = measurements(pairs);
-            let rate = tokio::task::block_in_place(|| {
-                let (model, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
-                reward::win_rate(&model, &tokenizer, &candidate, &live)
-            })
-            .map_err(HandlerError::permanent)?;
-            if let Some((rate, prompts)) = rate {
-                metrics.insert(reward::WIN_RATE.into(), rate);
-                metrics.insert(reward::PROMPTS.into(), prompts as f64);
-            }
+            let rate = crate::win_rate(&self.store, &self.models, judge, &candidate, &live).await?;
+            metrics.extend(rate);
         }
         let body = serde_json::json!({
             "champion": champion,

@@ -41,16 +41,7 @@ pub(crate) fn route(
     canary_draw: f64,
     shadow_draw: f64,
 ) -> Route {
-    let default = RouteRule {
-        name: "default".into(),
-        intent: None,
-        alias: "champion".into(),
-        canary_share: 0.0,
-        canary_alias: None,
-        fallback: None,
-        retrieval: None,
-        max_tokens: None,
-    };
+    let default = RouteRule::to("default", None, "champion");
     let rule = settings
         .rules
         .iter()
@@ -222,25 +213,12 @@ mod tests {
     use super::*;
     use quark_runtime::config::ShadowAlias;
 
-    fn rule(name: &str, intent: Option<&str>, alias: &str) -> RouteRule {
-        RouteRule {
-            name: name.into(),
-            intent: intent.map(str::to_string),
-            alias: alias.into(),
-            canary_share: 0.0,
-            canary_alias: None,
-            fallback: None,
-            retrieval: None,
-            max_tokens: None,
-        }
-    }
-
     #[test]
     fn the_first_rule_that_takes_the_intent_routes_and_draws_split_it() {
-        let mut default = rule("rest", None, "champion");
+        let mut default = RouteRule::to("rest", None, "champion");
         (default.canary_share, default.canary_alias) = (0.1, Some("challenger".into()));
         let settings = RouterSettings {
-            rules: vec![rule("code", Some("code"), "coder"), default],
+            rules: vec![RouteRule::to("code", Some("code"), "coder"), default],
             shadow_share: 0.25,
             shadow_alias: ShadowAlias("challenger".into()),
             ..RouterSettings::default()

@@ -29,22 +29,7 @@ fn moved(
     };
     let mut header = EventHeader::caused_by(cause, NAME, &slot);
     header.occurred_at = cause.occurred_at;
-    ModelPromoted {
-        header,
-        model_id,
-        alias,
-        previous_model_id: None,
-        reason,
-        evaluation_id: None,
-        checkpoint: None,
-        tokenizer_id: None,
-        tokenizer: None,
-        run_kind: None,
-        parent_model_id: None,
-        dataset_ids: None,
-        trained_at: None,
-        alias_name: None,
-    }
+    ModelPromoted::moving(header, alias, model_id, reason)
 }
 
 /// The alias moves `event` calls for: none, a new challenger, or a new champion with the

@@ -28,22 +28,10 @@ pub async fn named(settings: &Settings, model_id: Id, name: &str) -> anyhow::Res
         .await?
         .into_iter()
         .find_map(|(alias, id)| (alias == name).then_some(id));
-    let promotion = ModelPromoted {
-        header: EventHeader::root("quark-promote"),
-        model_id,
-        alias: Alias::Named,
-        previous_model_id: previous,
-        reason: PromotionReason::Manual,
-        evaluation_id: None,
-        checkpoint: None,
-        tokenizer_id: None,
-        tokenizer: None,
-        run_kind: None,
-        parent_model_id: None,
-        dataset_ids: None,
-        trained_at: None,
-        alias_name: Some(name.to_string()),
-    };
+    let header = EventHeader::root("quark-promote");
+    let mut promotion =
+        ModelPromoted::moving(header, Alias::Named, model_id, PromotionReason::Manual);
+    (promotion.previous_model_id, promotion.alias_name) = (previous, Some(name.to_string()));
     let promotion = quark_registry::carry_model(&database, promotion).await?;
     database.close().await.ok();
     Ok(Event::ModelPromoted(promotion))

@@ -58,6 +58,22 @@ pub struct RouteRule {
     pub max_tokens: Option<usize>,
 }
 
+impl RouteRule {
+    /// The rule `name` that sends `intent` (any, if none) to `alias`, and nothing more.
+    pub fn to(name: &str, intent: Option<&str>, alias: &str) -> RouteRule {
+        RouteRule {
+            name: name.into(),
+            intent: intent.map(str::to_string),
+            alias: alias.into(),
+            canary_share: 0.0,
+            canary_alias: None,
+            fallback: None,
+            retrieval: None,
+            max_tokens: None,
+        }
+    }
+}
+
 impl RouterSettings {
     /// What is wrong with the rules, if anything.
     pub fn check(&self) -> Result<(), String> {
