@@ -7,6 +7,7 @@
 use quark_e2e::{Cluster, GatewayTables, KEY, encoder_dir, open, promotion_sized};
 use quark_events::bus::{LedgerMigration, Publisher};
 use quark_events::*;
+use quark_gateway::intents::Intents;
 use quark_ml::checkpoint;
 use quark_ml::classifier::ClassifierConfig;
 use quark_ml::encoder::SentenceEncoder;
@@ -253,7 +254,7 @@ async fn every_alias_is_served_within_the_memory_budget() {
 
 /// The classifier trained on the labelled intents shipped in `examples/`, with its held-out
 /// accuracy.
-fn intent_classifier() -> IntentClassifier {
+fn intent_classifier() -> Intents {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/intents.jsonl");
     let (training, held_out) = intents::split(intents::read_examples(&path).unwrap());
     let encoder = SentenceEncoder::load(&encoder_dir(), tch::Device::Cpu).unwrap();
@@ -266,7 +267,10 @@ fn intent_classifier() -> IntentClassifier {
     );
     assert!(report.held_out >= 20, "{report:?}");
     assert!(report.accuracy >= 0.8, "held-out accuracy {report:?}");
-    classifier
+    Intents {
+        classifier: std::sync::Mutex::new(classifier),
+        report,
+    }
 }
 
 /// Every response.served on the log once `lives` live answers and the shadow answer of each

@@ -39,6 +39,8 @@ pub enum DatasetKind {
     Knowledge,
     // Prompts from served traffic, which a policy answers and a reward model judges (RLOO).
     Prompts,
+    // Labelled requests (text, intent) the router's intent classifier learns.
+    Intents,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
@@ -377,13 +379,14 @@ pub struct DocumentForgotten {
 }
 
 impl DatasetKind {
-    pub const ALL: [DatasetKind; 6] = [
+    pub const ALL: [DatasetKind; 7] = [
         DatasetKind::Pretrain,
         DatasetKind::Sft,
         DatasetKind::Preference,
         DatasetKind::Eval,
         DatasetKind::Knowledge,
         DatasetKind::Prompts,
+        DatasetKind::Intents,
     ];
 
     /// The symbol the schema gives it (`pretrain`, `sft`, …).
@@ -395,6 +398,7 @@ impl DatasetKind {
             DatasetKind::Eval => "eval",
             DatasetKind::Knowledge => "knowledge",
             DatasetKind::Prompts => "prompts",
+            DatasetKind::Intents => "intents",
         }
     }
 
@@ -485,10 +489,24 @@ impl Alias {
     }
 }
 
+/// The prefix of a feedback label that names the prompt's intent (`intent:billing`).
+pub const INTENT_LABEL: &str = "intent:";
+
 impl FeedbackReceived {
     /// Ratings of 1 and 2 (of 5) are negative feedback.
     pub fn is_negative(&self) -> bool {
         self.rating <= 2
+    }
+
+    /// The intent a label `intent:<name>` gives the prompt (the last such label wins); none
+    /// without one, or with an empty name.
+    pub fn intent_label(&self) -> Option<&str> {
+        self.labels
+            .iter()
+            .rev()
+            .filter_map(|label| label.strip_prefix(INTENT_LABEL))
+            .map(str::trim)
+            .find(|name| !name.is_empty())
     }
 }
 

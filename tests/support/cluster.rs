@@ -6,7 +6,7 @@ use quark_events::bus::LedgerMigration;
 use quark_events::bus::{Handler, Publisher, Runner, ensure_topics};
 use quark_events::*;
 use quark_gateway::knowledge::Knowledge;
-use quark_gateway::{Gateway, PromotionFollower};
+use quark_gateway::{Follower, Gateway};
 use quark_ml::gpt::{Gpt, GptConfig};
 use quark_ml::{checkpoint, tokenizer};
 use quark_runtime::ArtifactStore;
@@ -140,7 +140,7 @@ impl Cluster {
     }
 
     /// Starts gateway `instance` on a free port with database `db`; with `follow`, also its
-    /// promotion consumer; with `knowledge`, retrieval. Returns its base URL.
+    /// follower (promotions, intents datasets); with `knowledge`, retrieval. Returns its base URL.
     pub async fn gateway(
         &self,
         instance: &str,
@@ -179,7 +179,7 @@ impl Cluster {
         if follow {
             let name = format!("{}-{instance}", quark_gateway::NAME);
             let gateway = gateway.clone();
-            self.consume(Arc::new(PromotionFollower { gateway, name }), db);
+            self.consume(Arc::new(Follower { gateway, name }), db);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -4,12 +4,14 @@
 //! - a preferred response → a preference pair (prompt, chosen = preferred, rejected = served);
 //! - a negative rating without a correction → an evaluation case (prompt, rejected = served);
 //! - a rating up and one down of two responses to the same prompt → a preference pair
-//!   ([`ratings`]).
+//!   ([`ratings`]);
+//! - a label `intent:<name>` → a labelled request (text = prompt, intent = name) for the
+//!   router's intent classifier, which the gateway retrains on each intents dataset.
 //!
 //! Text is PII-scrubbed; examples are keyed by their normalised content, so a replayed or
 //! repeated feedback never adds an example twice. Examples wait in the database until the
 //! policy releases them:
-//! - `min_examples` pending corrections, or `min_examples` pending preference pairs;
+//! - `min_examples` pending corrections, preference pairs or labelled requests;
 //! - a live regression of the champion (when a correction is pending);
 //! - a retrain.requested that names no dataset ([`RetrainRequested::to_policy`]): `quark
 //!   retrain` and the admin endpoint (manual), or [`schedule`] every `release_interval_secs`.
@@ -106,6 +108,12 @@ pub fn examples(feedback: &FeedbackReceived) -> Vec<(DatasetKind, serde_json::Va
         out.push((
             DatasetKind::Preference,
             serde_json::json!({"prompt": prompt, "chosen": clean(preferred), "rejected": served}),
+        ));
+    }
+    if let Some(intent) = feedback.intent_label() {
+        out.push((
+            DatasetKind::Intents,
+            serde_json::json!({"text": prompt, "intent": intent}),
         ));
     }
     if feedback.correction.is_none() && feedback.is_negative() {
@@ -237,16 +245,27 @@ async fn decide<C: ConnectionTrait>(
         .await?;
     pending.extend(new.iter().cloned());
     let count = |kind: DatasetKind| pending.iter().filter(|e| e.kind == kind.name()).count();
-    let (corrections, pairs) = (count(DatasetKind::Sft), count(DatasetKind::Preference));
+    let corrections = count(DatasetKind::Sft);
     let enough = settings.min_examples.max(1);
     let due = match trigger {
-        RetrainTrigger::FeedbackThreshold => corrections >= enough || pairs >= enough,
+        RetrainTrigger::FeedbackThreshold => [
+            DatasetKind::Sft,
+            DatasetKind::Preference,
+            DatasetKind::Intents,
+        ]
+        .into_iter()
+        .any(|kind| count(kind) >= enough),
         RetrainTrigger::Regression => corrections > 0,
         RetrainTrigger::Schedule | RetrainTrigger::Manual => !pending.is_empty(),
     };
     let mut release = Vec::new();
     if due {
-        for kind in [DatasetKind::Sft, DatasetKind::Preference, DatasetKind::Eval] {
+        for kind in [
+            DatasetKind::Sft,
+            DatasetKind::Preference,
+            DatasetKind::Eval,
+            DatasetKind::Intents,
+        ] {
             let of_kind: Vec<_> = pending
                 .iter()
                 .filter(|e| e.kind == kind.name())

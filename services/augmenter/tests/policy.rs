@@ -103,6 +103,57 @@ async fn preference_pairs_reach_the_threshold_on_their_own_and_ask_for_dpo() {
     assert!(policy.feed(&second).await.is_empty());
 }
 
+fn labelled(prompt: &str, labels: &[&str]) -> Event {
+    let Event::FeedbackReceived(mut f) = feedback(4, prompt, None, None) else {
+        unreachable!()
+    };
+    f.labels = labels.iter().map(|l| l.to_string()).collect();
+    Event::FeedbackReceived(f)
+}
+
+#[tokio::test]
+async fn intent_labels_become_an_intents_dataset_and_ask_for_no_training() {
+    let policy = Policy::new(2).await;
+    // Not an intent label, and an intent label without a name: nothing to learn.
+    assert!(
+        policy
+            .feed(&labelled("Hello", &["task:qa", "intent: "]))
+            .await
+            .is_empty()
+    );
+    let first = labelled(
+        "Can I get a refund for my order?",
+        &["intent:chat", "intent:billing"],
+    );
+    assert!(policy.feed(&first).await.is_empty());
+    let out = policy
+        .feed(&labelled(
+            "Why was my card charged twice?",
+            &["intent:billing"],
+        ))
+        .await;
+    let released = datasets(&out);
+    assert_eq!(released.keys().collect::<Vec<_>>(), [&DatasetKind::Intents]);
+    let mut records: Vec<serde_json::Value> = policy
+        .lines(&released[&DatasetKind::Intents])
+        .await
+        .iter()
+        .map(|line| serde_json::from_str(line["text"].as_str().unwrap()).unwrap())
+        .collect();
+    records.sort_by_key(|r| r["text"].as_str().unwrap().to_string());
+    // The last intent label of a feedback is its intent.
+    assert_eq!(
+        records,
+        [
+            serde_json::json!({"text": "Can I get a refund for my order?", "intent": "billing"}),
+            serde_json::json!({"text": "Why was my card charged twice?", "intent": "billing"}),
+        ]
+    );
+    // The gateway learns intents datasets itself: no trainer is asked.
+    assert!(requests(&out).is_empty(), "{out:?}");
+    assert!(policy.feed(&first).await.is_empty());
+}
+
 /// A response.served of `prompt`, served `at` ms after the epoch.
 fn served(request_id: &str, prompt: &str, at: i64) -> Event {
     let Event::ResponseServed(mut r) = samples::sample(EventKind::ResponseServed, "gateway") else {

@@ -1,4 +1,5 @@
-//! The API key's routes: the gateway's status (its models, their batches) and a manual retrain.
+//! The API key's routes: the gateway's status (its models, their batches, the router's
+//! intent classifier) and a manual retrain.
 
 use crate::api::ApiError;
 use crate::routes::authorise;
@@ -33,6 +34,8 @@ pub(crate) async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderM
         "instance": gateway.settings.instance,
         "models": models,
         "batch": gateway.served().map(|s| batch(&s)),
+        // Its intents with their held-out scores, examples trained on and held out, accuracy.
+        "intents": gateway.intents().map(|i| i.report.clone()),
     }))
     .into_response()
 }

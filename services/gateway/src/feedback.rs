@@ -1,5 +1,6 @@
-//! `POST /v1/feedback`: a rating, a correction or a preferred response for a request id that
-//! any gateway served → feedback.received.
+//! `POST /v1/feedback`: a rating, a correction, a preferred response or labels (`intent:<name>`
+//! teaches the router's intent classifier) for a request id that any gateway served →
+//! feedback.received.
 //!
 //! The gateway does not need to have served the request: the feedback carries the request id
 //! and names the response's event (derived from the request id, see [`crate::served`]) as its
@@ -15,7 +16,7 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use quark_events::{Event, EventHeader, FeedbackReceived, Id, Timestamp};
+use quark_events::{Event, EventHeader, FeedbackReceived, INTENT_LABEL, Id, Timestamp};
 use std::sync::Arc;
 use tracing::info;
 
@@ -57,6 +58,16 @@ fn validate(request: &FeedbackRequest) -> Result<(), ApiError> {
         .is_some_and(|c| c.trim().is_empty())
     {
         return Err(ApiError::invalid("correction", "the correction is empty"));
+    }
+    if request.labels.iter().any(|label| {
+        label
+            .strip_prefix(INTENT_LABEL)
+            .is_some_and(|name| name.trim().is_empty())
+    }) {
+        return Err(ApiError::invalid(
+            "labels",
+            "an intent label names the intent: intent:<name>",
+        ));
     }
     if !is_request_id(&request.request_id) {
         return Err(ApiError {

@@ -30,6 +30,7 @@ mod completions;
 mod embeddings;
 mod feedback;
 mod fleet;
+pub mod intents;
 pub mod knowledge;
 mod logprobs;
 pub mod moderation;
@@ -93,8 +94,9 @@ pub struct Gateway {
     loading: tokio::sync::Mutex<()>,
     knowledge: std::sync::OnceLock<knowledge::Knowledge>,
     screen: std::sync::OnceLock<Arc<moderation::Screen>>,
-    /// The router's intent classifier (its tensors are read by one thread at a time).
-    intents: std::sync::OnceLock<Arc<Mutex<quark_ml::intents::IntentClassifier>>>,
+    /// The router's intent classifier, replaced when it is retrained.
+    intents: std::sync::RwLock<Option<Arc<intents::Intents>>>,
+    intent_learner: std::sync::OnceLock<Arc<intents::IntentLearner>>,
     window: Mutex<(Timestamp, HashMap<Id, Counts>)>,
 }
 
@@ -116,7 +118,8 @@ impl Gateway {
             loading: tokio::sync::Mutex::new(()),
             knowledge: std::sync::OnceLock::new(),
             screen: std::sync::OnceLock::new(),
-            intents: std::sync::OnceLock::new(),
+            intents: std::sync::RwLock::default(),
+            intent_learner: std::sync::OnceLock::new(),
             window: Mutex::new((Timestamp::now(), HashMap::new())),
         })
     }
@@ -235,36 +238,41 @@ impl Gateway {
     }
 }
 
-/// Follows model.promoted: every alias move (see [`fleet`]). Each gateway instance is its own
-/// consumer group (`gateway-<instance>`): every instance sees every promotion.
-pub struct PromotionFollower {
+/// Follows model.promoted, every alias move (see [`fleet`]), and intents datasets, which
+/// retrain the router's classifier (see [`intents`]). Each gateway instance is its own
+/// consumer group (`gateway-<instance>`): every instance sees every event.
+pub struct Follower {
     pub gateway: Arc<Gateway>,
     pub name: String,
 }
 
 #[async_trait]
-impl Handler for PromotionFollower {
+impl Handler for Follower {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn consumes(&self) -> Vec<EventKind> {
-        vec![EventKind::ModelPromoted]
+        vec![EventKind::ModelPromoted, EventKind::DatasetPrepared]
     }
 
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
-        let Event::ModelPromoted(p) = event else {
-            return Ok(vec![]);
-        };
-        self.gateway
-            .follow(p)
-            .await
-            .map_err(|e| HandlerError::Transient(format!("{e:#}")))?;
+        match event {
+            Event::ModelPromoted(p) => self
+                .gateway
+                .follow(p)
+                .await
+                .map_err(|e| HandlerError::Transient(format!("{e:#}")))?,
+            Event::DatasetPrepared(d) if d.kind == quark_events::DatasetKind::Intents => {
+                self.gateway.learn_intents(d).await?
+            }
+            _ => {}
+        }
         Ok(vec![])
     }
 
-    /// Remembers every alias in the gateway's own table, with the offset: a restarted gateway
-    /// resumes after this promotion and serves them from the table.
+    /// Remembers every alias and intents dataset in the gateway's own table, with the offset:
+    /// a restarted gateway resumes after this event and serves the aliases from the table.
     async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
         LINEAGE.apply(txn, event).await
     }

@@ -12,10 +12,9 @@ use crate::served::{self, Exchange, new_request_id};
 use crate::{Gateway, Served};
 use quark_events::Routing;
 use quark_ml::generate::GenerateOptions;
-use quark_ml::intents::IntentClassifier;
 use quark_runtime::config::{RouteRule, RouterSettings};
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, warn};
 
@@ -77,18 +76,13 @@ pub(crate) fn route(
 }
 
 impl Gateway {
-    /// Reads intents with `classifier` from now on (once: a second call is ignored).
-    pub fn attach_intents(&self, classifier: IntentClassifier) {
-        let _ = self.intents.set(Arc::new(Mutex::new(classifier)));
-    }
-
     /// The route of a request whose prompt is `prompt`.
     pub(crate) async fn route(&self, prompt: &str) -> Route {
-        let intent = match self.intents.get().cloned() {
-            Some(classifier) if !prompt.trim().is_empty() => {
+        let intent = match self.intents() {
+            Some(intents) if !prompt.trim().is_empty() => {
                 let prompt = prompt.to_string();
                 let read = tokio::task::spawn_blocking(move || {
-                    let classifier = classifier.lock().unwrap_or_else(|e| e.into_inner());
+                    let classifier = intents.classifier.lock().unwrap_or_else(|e| e.into_inner());
                     classifier.classify(&prompt)
                 })
                 .await;

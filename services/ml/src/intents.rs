@@ -39,6 +39,23 @@ pub fn read_examples(path: &Path) -> Result<Vec<IntentExample>, MlError> {
         .collect()
 }
 
+/// Every example of `sets` once per text, in order: a text labelled again takes its latest
+/// label (a label from feedback corrects the one it was first given).
+pub fn merge(sets: impl IntoIterator<Item = Vec<IntentExample>>) -> Vec<IntentExample> {
+    let mut merged: Vec<IntentExample> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for example in sets.into_iter().flatten() {
+        match at.get(&example.text) {
+            Some(&i) => merged[i].intent = example.intent,
+            None => {
+                at.insert(example.text.clone(), merged.len());
+                merged.push(example);
+            }
+        }
+    }
+    merged
+}
+
 /// (training, held out): an example is held out when the FNV-1a hash of its text says so, so
 /// the split does not move when examples are added.
 pub fn split(examples: Vec<IntentExample>) -> (Vec<IntentExample>, Vec<IntentExample>) {
@@ -192,4 +209,32 @@ impl IntentClassifier {
 fn embed(encoder: &SentenceEncoder, set: &[IntentExample]) -> Result<Vec<Vec<f32>>, MlError> {
     let texts: Vec<&str> = set.iter().map(|e| e.text.as_str()).collect();
     encoder.encode(&texts, BATCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(text: &str, intent: &str) -> IntentExample {
+        IntentExample {
+            text: text.into(),
+            intent: intent.into(),
+        }
+    }
+
+    #[test]
+    fn a_text_labelled_again_keeps_its_place_and_takes_the_latest_label() {
+        let seed = vec![example("a", "chat"), example("b", "code")];
+        let ingested = vec![example("c", "billing"), example("a", "question")];
+        let feedback = vec![example("a", "billing"), example("d", "travel")];
+        assert_eq!(
+            merge([seed, ingested, feedback]),
+            vec![
+                example("a", "billing"),
+                example("b", "code"),
+                example("c", "billing"),
+                example("d", "travel"),
+            ]
+        );
+    }
 }

@@ -36,8 +36,9 @@ pub struct IngestArgs {
     #[arg(long)]
     pub allow_host: Vec<String>,
     /// The dataset this becomes: pretrain (text), knowledge (text for retrieval: indexed,
-    /// never trained on), or sft / preference / eval (JSON lines kept whole as records:
-    /// conversations, preference pairs, evaluation cases).
+    /// never trained on), or sft / preference / eval / intents (JSON lines kept whole as
+    /// records: conversations, preference pairs, evaluation cases, labelled requests
+    /// `{"text": …, "intent": …}` the router's intent classifier learns).
     #[arg(long, value_enum, default_value = "pretrain")]
     pub kind: Kind,
 }
@@ -49,6 +50,7 @@ pub enum Kind {
     Preference,
     Eval,
     Knowledge,
+    Intents,
 }
 
 impl Kind {
@@ -59,6 +61,7 @@ impl Kind {
             Kind::Preference => DatasetKind::Preference,
             Kind::Eval => DatasetKind::Eval,
             Kind::Knowledge => DatasetKind::Knowledge,
+            Kind::Intents => DatasetKind::Intents,
         }
     }
 

@@ -180,7 +180,7 @@ async fn serve(
     Ok(())
 }
 
-/// Starts the gateway's HTTP server; returns the consumer that swaps in new champions.
+/// Starts the gateway's HTTP server; returns its follower (alias moves, intents datasets).
 async fn gateway(
     settings: &Settings,
     database: &DatabaseConnection,
@@ -220,7 +220,7 @@ async fn gateway(
             token.cancel();
         }
     });
-    Ok(Arc::new(quark_gateway::PromotionFollower {
+    Ok(Arc::new(quark_gateway::Follower {
         gateway,
         name: format!("{}-{}", quark_gateway::NAME, config.instance),
     }))
@@ -264,27 +264,44 @@ async fn attach_moderation(
     Ok(())
 }
 
-/// Loads the router's intent classifier (training it at the first start), when
-/// `gateway.router.intents` names labelled intents.
+/// Loads the router's intent classifier (training it on the seed examples at the first
+/// start), and learns from intents datasets from then on. Without the sentence encoder,
+/// intents are not read, which is an error only when seed examples are named.
 async fn attach_intents(
     settings: &Settings,
     gateway: &quark_gateway::Gateway,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings_ = settings.clone();
-    let Some(opened) = off_thread(shutdown, move || super::intents::open(&settings_)).await else {
+    let learner = match super::intents::learner(settings) {
+        Ok(learner) => learner,
+        Err(e) if settings.gateway.router.intents.is_empty() => {
+            warn!(
+                error = format!("{e:#}"),
+                "no intent classifier: intents are not read"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.context("gateway.router")),
+    };
+    let Some((learner, opened)) = off_thread(shutdown, move || {
+        let opened = learner.open();
+        (learner, opened)
+    })
+    .await
+    else {
         return Ok(());
     };
-    if let Some((classifier, report, trained)) = opened.context("gateway.router")? {
+    if let Some((intents, trained)) = opened.context("gateway.router")? {
         info!(
-            intents = ?classifier.intents(),
+            intents = ?intents.report.intents.iter().map(|s| &s.label).collect::<Vec<_>>(),
             trained_now = trained,
-            held_out = report.held_out,
-            accuracy = report.accuracy,
+            held_out = intents.report.held_out,
+            accuracy = intents.report.accuracy,
             "intent classifier on"
         );
-        gateway.attach_intents(classifier);
+        gateway.attach_intents(intents);
     }
+    gateway.attach_intent_learner(learner);
     Ok(())
 }
 

@@ -6,11 +6,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterSettings {
-    /// Labelled intents, JSON lines `{"text": …, "intent": …}`, the intent classifier learns
-    /// (one in five held out and scored); empty: no classifier, intents are not read.
+    /// Seed examples, JSON lines `{"text": …, "intent": …}`, the intent classifier learns
+    /// first, then every intents dataset (one in five held out and scored); empty: intents
+    /// are read once an intents dataset has taught some.
     pub intents: String,
     /// The classifier's directory; empty: `<data_dir>/intents`. Trained there at the
-    /// gateway's start when absent.
+    /// gateway's start when absent, saved there again at each retraining.
     pub model_dir: String,
     /// Tried in order: the first whose intent is the request's (or that names none) routes
     /// it. No rule matching: the champion.
