@@ -3,18 +3,20 @@ earlier Quark build (one generation at a time), and the peer (transformers' batc
 `generate` behind a minimal HTTP wrapper, benchmarks/serving_peer.py), on the same
 checkpoint, the same prompts and the same load.
 
-A `quark up` on a fresh data directory trains the cold-start model (the default CPU shape,
-fewer steps: the weights' quality does not change the work of a decode step) and serves it;
+A `quark up` of the earlier build on a fresh data directory trains the cold-start model (the
+default CPU shape, fewer steps: the weights' quality does not change the work of a decode
+step) and serves it; this build serves a copy of that directory;
 then each server in turn serves that checkpoint while `quark-bench-gateway` streams
 completions at 1, 4, 16 and 64 concurrent clients, 16 and 128 new tokens each (the same
 client, prompts, temperature and token budget for all three). The servers run one after
 the other, in one order and then the reverse; each side's figures are printed with its
 settings, and the ratios are taken within one run.
 
-  serving.py QUARK_BIN_DIR BASELINE_BIN_DIR LOAD_CLIENT PLAYS_DIR
+  serving.py QUARK_BIN_DIR BASELINE_BIN_DIR LOAD_CLIENT PLAYS_DIR [RAW_JSON]
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,9 +102,14 @@ def main():
     work = tempfile.mkdtemp(prefix="quark-bench-serving-")
     data = os.path.join(work, "quark")
     url = f"http://127.0.0.1:{PORT}"
-    up = start_quark(quark_bin, data, os.path.join(work, "cold.log"))
+    # The earlier build trains the checkpoint and writes the data directory; this build serves
+    # a copy of it. The other way round, the earlier build would refuse a database that this
+    # build's newer migrations had touched.
+    up = start_quark(baseline_bin, data, os.path.join(work, "cold.log"))
     champion = wait_ready(url, up)
     stop(up)
+    data_of = {"baseline": data, "quark": os.path.join(work, "quark-copy")}
+    shutil.copytree(data, data_of["quark"])
     checkpoint = checkpoint_of(data, champion)
     config = json.load(open(os.path.join(checkpoint, "config.json")))
     prompts = os.path.join(work, "prompts.txt")
@@ -124,7 +131,7 @@ def main():
                                         checkpoint, str(PORT), str(THREADS)], stderr=open(log, "a"))
             model = wait_ready_peer(url, process)
         else:
-            process = start_quark(quark_bin if side == "quark" else baseline_bin, data, log)
+            process = start_quark(quark_bin if side == "quark" else baseline_bin, data_of[side], log)
             model = wait_ready(url, process)
             assert model == champion, (model, champion)
             # Each build is the one it claims to be: only the batching gateway reports its batch.
@@ -151,8 +158,9 @@ def main():
                 print(f"| {r['max_tokens']} | {r['concurrency']} | {side} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
                       f"{r['ttft_ms']['p50']} / {r['ttft_ms']['p99']} | {r['itl_ms']['p50']} / {r['itl_ms']['p99']} | "
                       f"{r['e2e_ms']['p50']} / {r['e2e_ms']['p99']} | {r['errors']} | {ratio} |", flush=True)
-    json.dump({f"{run}-{side}": rows for (run, side), rows in results.items()}, open(os.path.join(work, "serving.json"), "w"))
-    print(f"\nraw figures: {work}/serving.json")
+    raw = sys.argv[5] if len(sys.argv) > 5 else os.path.join(work, "serving.json")
+    json.dump({f"{run}-{side}": rows for (run, side), rows in results.items()}, open(raw, "w"))
+    print(f"\nraw figures: {raw}")
 
 
 def wait_ready_peer(url, process, timeout=300):
