@@ -3,7 +3,7 @@
 //! teach it a new intent, and so does feedback labelled `intent:<name>` on served answers
 //! (→ the augmenter, which joins each to its response → an intents dataset). The gateway
 //! retrains its classifier on each intents dataset, and the next request of that intent is
-//! routed by it.
+//! routed by it; a forgotten document of an intents dataset retrains it without that one.
 
 use quark_e2e::{Cluster, GatewayTables, KEY, bin, encoder_dir, open, promotion_with_context};
 use quark_events::bus::{LedgerMigration, Publisher};
@@ -101,8 +101,9 @@ fn ingest(data_dir: &Path, brokers: &str, file: &Path) {
     assert!(output.status.success(), "quark ingest: {stderr}");
 }
 
-/// The intents the gateway's classifier knows, and its held-out accuracy.
-async fn classifier(cluster: &Cluster, url: &str) -> (Vec<String>, f64) {
+/// The intents the gateway's classifier knows, its held-out accuracy and the examples it
+/// learnt from (trained on and held out).
+async fn classifier(cluster: &Cluster, url: &str) -> (Vec<String>, f64, u64) {
     let status: Value = cluster
         .http
         .get(format!("{url}/v1/admin/status"))
@@ -120,7 +121,8 @@ async fn classifier(cluster: &Cluster, url: &str) -> (Vec<String>, f64) {
         .iter()
         .map(|s| s["label"].as_str().unwrap().to_string())
         .collect();
-    (labels, intents["accuracy"].as_f64().unwrap())
+    let examples = intents["trained_on"].as_u64().unwrap() + intents["held_out"].as_u64().unwrap();
+    (labels, intents["accuracy"].as_f64().unwrap(), examples)
 }
 
 /// The held-out accuracy of the first classifier that knows `intent`.
@@ -209,7 +211,7 @@ async fn ingested_and_feedback_labelled_intents_retrain_the_router() {
         .await
         .unwrap();
     cluster.wait_until_serving(&url, champion.model_id).await;
-    let (labels, accuracy) = classifier(&cluster, &url).await;
+    let (labels, accuracy, _) = classifier(&cluster, &url).await;
     assert_eq!(labels, ["chat", "code", "question", "writing"]);
     eprintln!("seed: held-out accuracy {accuracy:.3}");
 
@@ -282,5 +284,26 @@ async fn ingested_and_feedback_labelled_intents_retrain_the_router() {
         route_of(last),
         (last.clone(), Some("travel".into()), "travel".into())
     );
+
+    // Three ingested documents forgotten (as the curator announces it): the classifier is
+    // retrained without them.
+    let (_, _, before) = classifier(&cluster, &url).await;
+    let documents = String::from_utf8(cluster.store.get(&ingested.train).await.unwrap()).unwrap();
+    let publisher = Publisher::new(&cluster.broker.bus(), "curator").unwrap();
+    for line in documents.lines().take(3) {
+        let document: Value = serde_json::from_str(line).unwrap();
+        let forgotten = DocumentForgotten {
+            header: EventHeader::root("curator"),
+            document_id: document["id"].as_str().unwrap().to_string(),
+            dataset_ids: vec![ingested.dataset_id],
+        };
+        publisher.publish(&forgotten.into()).await.unwrap();
+    }
+    quark_e2e::until(
+        "three examples forgotten",
+        Duration::from_secs(120),
+        || async { classifier(&cluster, &url).await.2 == before - 3 },
+    )
+    .await;
     cluster.stop().await;
 }

@@ -4,16 +4,18 @@
 //! `intent:<name>`. A text labelled again takes its latest label, so feedback corrects the
 //! seed. A new intents dataset retrains it (a linear layer over the frozen sentence encoder:
 //! seconds on a CPU) and the new classifier replaces the old one; the held-out accuracy of
-//! each is logged and shown by `/v1/admin/status`.
+//! each is logged and shown by `/v1/admin/status`. A document of an intents dataset that is
+//! forgotten (document.forgotten) retrains it without that document.
 
 use crate::{Gateway, LINEAGE};
 use anyhow::Context;
 use quark_curate::store::read_documents;
 use quark_events::bus::HandlerError;
-use quark_events::{DatasetKind, DatasetPrepared};
+use quark_events::{DatasetKind, DatasetPrepared, DocumentForgotten};
 use quark_ml::classifier::ClassifierConfig;
 use quark_ml::encoder::SentenceEncoder;
 use quark_ml::intents::{self, IntentClassifier, IntentExample, IntentReport};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
@@ -99,16 +101,21 @@ fn intents_of(classifier: IntentClassifier, report: IntentReport) -> Intents {
     }
 }
 
-/// The labelled examples of a dataset's documents (each one record); a record that is not
-/// one is left out and counted.
-fn examples_in(path: &Path) -> anyhow::Result<(Vec<IntentExample>, usize)> {
-    let documents = read_documents(path)?;
-    let total = documents.len();
+/// The labelled examples of a dataset's documents (each one record) but the `forgotten`; a
+/// record that is not one is left out and counted.
+fn examples_in(
+    path: &Path,
+    forgotten: &HashSet<String>,
+) -> anyhow::Result<(Vec<IntentExample>, usize)> {
+    let documents: Vec<_> = read_documents(path)?
+        .into_iter()
+        .filter(|d| !forgotten.contains(&d.id))
+        .collect();
     let examples: Vec<IntentExample> = documents
         .iter()
         .filter_map(|d| serde_json::from_str(&d.text).ok())
         .collect();
-    let unreadable = total - examples.len();
+    let unreadable = documents.len() - examples.len();
     Ok((examples, unreadable))
 }
 
@@ -130,23 +137,32 @@ impl Gateway {
             .clone()
     }
 
-    /// Retrains the classifier on every intents dataset this gateway has folded and
-    /// `dataset`, and reads intents with it from now on. A classifier that cannot be learnt
-    /// from them (one intent, say) is a permanent error: the one in use stays.
+    /// Retrains the classifier on every intents dataset this gateway has folded and `new`,
+    /// leaving out the documents forgotten (and `forgotten_now`), and reads intents with it
+    /// from now on. A classifier that cannot be learnt from them (one intent, say) is a
+    /// permanent error: the one in use stays.
     pub(crate) async fn learn_intents(
         &self,
-        dataset: &DatasetPrepared,
+        new: Option<&DatasetPrepared>,
+        forgotten_now: Option<&str>,
     ) -> Result<(), HandlerError> {
         let Some(learner) = self.intent_learner.get().cloned() else {
-            warn!(dataset = %dataset.dataset_id, "an intents dataset, but no encoder to learn it with");
+            warn!("an intents dataset, but no encoder to learn it with");
             return Ok(());
         };
         let mut datasets = LINEAGE
             .datasets_of_kind(&self.db, DatasetKind::Intents)
             .await
             .map_err(HandlerError::transient)?;
-        datasets.retain(|d| d.dataset_id != dataset.dataset_id);
-        datasets.push(dataset.clone());
+        if let Some(new) = new {
+            datasets.retain(|d| d.dataset_id != new.dataset_id);
+            datasets.push(new.clone());
+        }
+        let mut forgotten = LINEAGE
+            .forgotten(&self.db)
+            .await
+            .map_err(HandlerError::transient)?;
+        forgotten.extend(forgotten_now.map(str::to_string));
         let mut sets = Vec::new();
         for d in &datasets {
             for split in std::iter::once(&d.train).chain(&d.validation) {
@@ -155,7 +171,8 @@ impl Gateway {
                     .fetch(split)
                     .await
                     .map_err(HandlerError::transient)?;
-                let (examples, unreadable) = examples_in(&path).map_err(HandlerError::permanent)?;
+                let (examples, unreadable) =
+                    examples_in(&path, &forgotten).map_err(HandlerError::permanent)?;
                 if unreadable > 0 {
                     warn!(dataset = %d.dataset_id, unreadable, "records that are not {{text, intent}} left out");
                 }
@@ -176,5 +193,20 @@ impl Gateway {
         );
         self.attach_intents(learnt);
         Ok(())
+    }
+
+    /// Retrains the classifier without a forgotten document, when it is in an intents
+    /// dataset this gateway has folded.
+    pub(crate) async fn forget_intent(&self, f: &DocumentForgotten) -> Result<(), HandlerError> {
+        let ours = LINEAGE
+            .datasets_of_kind(&self.db, DatasetKind::Intents)
+            .await
+            .map_err(HandlerError::transient)?
+            .iter()
+            .any(|d| f.dataset_ids.contains(&d.dataset_id));
+        if !ours {
+            return Ok(());
+        }
+        self.learn_intents(None, Some(&f.document_id)).await
     }
 }

@@ -238,8 +238,8 @@ impl Gateway {
     }
 }
 
-/// Follows model.promoted, every alias move (see [`fleet`]), and intents datasets, which
-/// retrain the router's classifier (see [`intents`]). Each gateway instance is its own
+/// Follows model.promoted, every alias move (see [`fleet`]), and intents datasets and the
+/// documents forgotten from them, which retrain the router's classifier (see [`intents`]). Each gateway instance is its own
 /// consumer group (`gateway-<instance>`): every instance sees every event.
 pub struct Follower {
     pub gateway: Arc<Gateway>,
@@ -253,7 +253,11 @@ impl Handler for Follower {
     }
 
     fn consumes(&self) -> Vec<EventKind> {
-        vec![EventKind::ModelPromoted, EventKind::DatasetPrepared]
+        vec![
+            EventKind::ModelPromoted,
+            EventKind::DatasetPrepared,
+            EventKind::DocumentForgotten,
+        ]
     }
 
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
@@ -264,15 +268,17 @@ impl Handler for Follower {
                 .await
                 .map_err(|e| HandlerError::Transient(format!("{e:#}")))?,
             Event::DatasetPrepared(d) if d.kind == quark_events::DatasetKind::Intents => {
-                self.gateway.learn_intents(d).await?
+                self.gateway.learn_intents(Some(d), None).await?
             }
+            Event::DocumentForgotten(f) => self.gateway.forget_intent(f).await?,
             _ => {}
         }
         Ok(vec![])
     }
 
-    /// Remembers every alias and intents dataset in the gateway's own table, with the offset:
-    /// a restarted gateway resumes after this event and serves the aliases from the table.
+    /// Remembers every alias, intents dataset and forgotten document in the gateway's own
+    /// table, with the offset: a restarted gateway resumes after this event and serves the
+    /// aliases from the table.
     async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
         LINEAGE.apply(txn, event).await
     }
