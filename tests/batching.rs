@@ -3,7 +3,7 @@
 //! exactly what the same request returns alone, and the batch ran them together.
 
 use futures::StreamExt;
-use quark_e2e::{Cluster, GatewayTables, KEY, open, promotion_of};
+use quark_e2e::{Cluster, GatewayTables, open, promotion_of};
 use quark_events::bus::Publisher;
 use quark_ml::data::Windows;
 use quark_ml::gpt::{Gpt, GptConfig};
@@ -146,15 +146,7 @@ async fn concurrent_streams_return_what_each_returns_alone() {
     }
     assert!(stopped > 0, "some requests ended at their stop sequence");
 
-    let status: Value = http
-        .get(format!("{url}/v1/admin/status"))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = cluster.admin_status(&url).await;
     let peak = status["batch"]["peak_running"].as_u64().unwrap();
     assert!(peak >= 16, "the requests shared decode steps: {status}");
     assert_eq!(status["batch"]["running"], 0);

@@ -5,7 +5,9 @@
 //! retrains its classifier on each intents dataset, and the next request of that intent is
 //! routed by it; a forgotten document of an intents dataset retrains it without that one.
 
-use quark_e2e::{Cluster, GatewayTables, KEY, bin, encoder_dir, open, promotion_with_context};
+use quark_e2e::{
+    Cluster, GatewayTables, KEY, encoder_dir, open, promotion_with_context, quark_cli,
+};
 use quark_events::bus::{LedgerMigration, Publisher};
 use quark_events::*;
 use quark_gateway::intents::IntentLearner;
@@ -14,7 +16,6 @@ use quark_runtime::config::{AugmentSettings, GatewaySettings, RouteRule, RouterS
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,31 +90,10 @@ fn settings() -> GatewaySettings {
     }
 }
 
-fn ingest(data_dir: &Path, brokers: &str, file: &Path) {
-    let output = Command::new(bin("quark"))
-        .args(["ingest", &file.display().to_string(), "--kind", "intents"])
-        .env("QUARK__DATA_DIR", data_dir)
-        .env("QUARK__BUS__BROKERS", brokers)
-        .env("QUARK__TELEMETRY__LOG", "warn")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "quark ingest: {stderr}");
-}
-
 /// The intents the gateway's classifier knows, its held-out accuracy and the examples it
 /// learnt from (trained on and held out).
 async fn classifier(cluster: &Cluster, url: &str) -> (Vec<String>, f64, u64) {
-    let status: Value = cluster
-        .http
-        .get(format!("{url}/v1/admin/status"))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = cluster.admin_status(url).await;
     let intents = &status["intents"];
     let labels = intents["intents"]
         .as_array()
@@ -222,7 +202,12 @@ async fn ingested_and_feedback_labelled_intents_retrain_the_router() {
         .map(|text| json!({"text": text, "intent": "billing"}).to_string())
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
-    ingest(&data, &cluster.broker.address, &file);
+    let file = file.display().to_string();
+    quark_cli(
+        &data,
+        &cluster.broker.address,
+        &["ingest", &file, "--kind", "intents"],
+    );
     let accuracy = until_it_knows(&cluster, &url, "billing").await;
     eprintln!("after the ingested dataset: held-out accuracy {accuracy:.3}");
     assert!(accuracy >= 0.8, "{accuracy}");

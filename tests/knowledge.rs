@@ -5,6 +5,7 @@
 
 use quark_e2e::{
     Cluster, GatewayTables, bin, encoder_dir, open, promotion_with_context, python_script,
+    quark_cli,
 };
 use quark_events::bus::{LedgerMigration, Publisher};
 use quark_events::{Event, EventKind};
@@ -33,19 +34,6 @@ impl MigratorTrait for Ledger {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![Box::new(LedgerMigration)]
     }
-}
-
-fn quark(data_dir: &Path, brokers: &str, args: &[&str]) -> String {
-    let output = Command::new(bin("quark"))
-        .args(args)
-        .env("QUARK__DATA_DIR", data_dir)
-        .env("QUARK__BUS__BROKERS", brokers)
-        .env("QUARK__TELEMETRY__LOG", "warn")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "quark {args:?}: {stderr}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 async fn chat(cluster: &Cluster, url: &str, body: Value, header: Option<&str>) -> (u16, Value) {
@@ -84,7 +72,7 @@ async fn ingested_knowledge_is_indexed_searched_and_cited_and_the_openai_client_
     std::fs::write(docs.join("orchard.txt"), ORCHARD).unwrap();
     let brokers = cluster.broker.address.clone();
     let ingest_dir = docs.display().to_string();
-    let printed = quark(
+    let printed = quark_cli(
         &data,
         &brokers,
         &["ingest", &ingest_dir, "--kind", "knowledge"],
@@ -111,7 +99,7 @@ async fn ingested_knowledge_is_indexed_searched_and_cited_and_the_openai_client_
 
     // `quark search`, hybrid by default.
     let query = "When did the lamp stop burning colza oil?";
-    let found = quark(&data, &brokers, &["search", query, "-k", "2"]);
+    let found = quark_cli(&data, &brokers, &["search", query, "-k", "2"]);
     let hits: Vec<Value> = found
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

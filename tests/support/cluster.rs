@@ -203,6 +203,19 @@ impl Cluster {
         )
     }
 
+    /// The gateway's `/v1/admin/status`.
+    pub async fn admin_status(&self, url: &str) -> Value {
+        self.http
+            .get(format!("{url}/v1/admin/status"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn wait_until_serving(&self, url: &str, model: Id) {
         until(
             "the gateway to serve the champion",

@@ -83,6 +83,21 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the `quark` binary with `args` against `brokers` and data directory `data_dir`; its
+/// standard output, once it has succeeded.
+pub fn quark_cli(data_dir: &Path, brokers: &str, args: &[&str]) -> String {
+    let output = Command::new(bin("quark"))
+        .args(args)
+        .env("QUARK__DATA_DIR", data_dir)
+        .env("QUARK__BUS__BROKERS", brokers)
+        .env("QUARK__TELEMETRY__LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "quark {args:?}: {stderr}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
