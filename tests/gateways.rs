@@ -3,28 +3,15 @@
 //! joins it to A's response.served) and is released in the SFT dataset a retrain is asked to
 //! train on; a restarted gateway serves the champion it was serving from its own table.
 
-use quark_e2e::{Cluster, GatewayTables, KEY, open, promotion};
-use quark_events::bus::{LedgerMigration, Publisher};
+use quark_e2e::{AugmenterTables, Cluster, GatewayTables, KEY, open, promotion};
+use quark_events::bus::Publisher;
 use quark_events::*;
 use quark_runtime::config::AugmentSettings;
 use sea_orm::ConnectionTrait;
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-struct AugmenterTables;
-
-impl MigratorTrait for AugmenterTables {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(LedgerMigration),
-            Box::new(quark_augmenter::AugmenterMigration),
-            Box::new(quark_augmenter::JoinMigration),
-        ]
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn feedback_to_one_gateway_for_a_response_of_another_is_learnt_from() {

@@ -6,31 +6,18 @@
 //! routed by it; a forgotten document of an intents dataset retrains it without that one.
 
 use quark_e2e::{
-    Cluster, GatewayTables, KEY, encoder_dir, open, promotion_with_context, quark_cli,
+    AugmenterTables, Cluster, GatewayTables, KEY, encoder_dir, open, promotion_with_context,
+    quark_cli,
 };
-use quark_events::bus::{LedgerMigration, Publisher};
+use quark_events::bus::Publisher;
 use quark_events::*;
 use quark_gateway::intents::IntentLearner;
 use quark_runtime::Settings;
 use quark_runtime::config::{AugmentSettings, GatewaySettings, RouteRule, RouterSettings};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-struct ServiceTables;
-
-impl MigratorTrait for ServiceTables {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(LedgerMigration),
-            Box::new(quark_augmenter::AugmenterMigration),
-            Box::new(quark_augmenter::JoinMigration),
-            Box::new(quark_augmenter::ratings::RatingsMigration),
-        ]
-    }
-}
 
 /// Labelled requests of an intent the seed examples do not know, for ingestion.
 const BILLING: &[&str] = &[
@@ -157,7 +144,7 @@ fn intents_datasets(events: Vec<Event>) -> Vec<DatasetPrepared> {
 async fn ingested_and_feedback_labelled_intents_retrain_the_router() {
     let cluster = Cluster::start().await;
     let data = cluster.dir.path().to_path_buf();
-    let db = open::<ServiceTables>(&data, "services.db").await;
+    let db = open::<AugmenterTables>(&data, "services.db").await;
     let defaults = Settings::default();
     let curator =
         quark_curator::CuratorService::new(cluster.store.clone(), &data, &defaults.curate);

@@ -34,6 +34,20 @@ impl MigratorTrait for GatewayTables {
     }
 }
 
+/// The augmenter's tables: its examples, the responses it joins feedback to, the ratings.
+pub struct AugmenterTables;
+
+impl MigratorTrait for AugmenterTables {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(LedgerMigration),
+            Box::new(quark_augmenter::AugmenterMigration),
+            Box::new(quark_augmenter::JoinMigration),
+            Box::new(quark_augmenter::ratings::RatingsMigration),
+        ]
+    }
+}
+
 pub async fn open<M: MigratorTrait>(dir: &Path, name: &str) -> DatabaseConnection {
     let url = format!("sqlite://{}?mode=rwc", dir.join(name).display());
     quark_runtime::db::open::<M>(&url).await.unwrap()

@@ -6,7 +6,7 @@ mod cluster;
 mod stack;
 pub use clients::{kafkajs, python_clients, python_script};
 pub use cluster::{
-    Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_sized,
+    AugmenterTables, Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_sized,
     promotion_with_context,
 };
 pub use stack::{STACK_TIMEOUT, Stack};

@@ -150,10 +150,7 @@ impl Gateway {
             warn!("an intents dataset, but no encoder to learn it with");
             return Ok(());
         };
-        let mut datasets = LINEAGE
-            .datasets_of_kind(&self.db, DatasetKind::Intents)
-            .await
-            .map_err(HandlerError::transient)?;
+        let mut datasets = self.intents_datasets().await?;
         if let Some(new) = new {
             datasets.retain(|d| d.dataset_id != new.dataset_id);
             datasets.push(new.clone());
@@ -198,15 +195,22 @@ impl Gateway {
     /// Retrains the classifier without a forgotten document, when it is in an intents
     /// dataset this gateway has folded.
     pub(crate) async fn forget_intent(&self, f: &DocumentForgotten) -> Result<(), HandlerError> {
-        let ours = LINEAGE
-            .datasets_of_kind(&self.db, DatasetKind::Intents)
-            .await
-            .map_err(HandlerError::transient)?
+        let ours = self
+            .intents_datasets()
+            .await?
             .iter()
             .any(|d| f.dataset_ids.contains(&d.dataset_id));
         if !ours {
             return Ok(());
         }
         self.learn_intents(None, Some(&f.document_id)).await
+    }
+
+    /// The intents datasets this gateway has folded, oldest first.
+    async fn intents_datasets(&self) -> Result<Vec<DatasetPrepared>, HandlerError> {
+        LINEAGE
+            .datasets_of_kind(&self.db, DatasetKind::Intents)
+            .await
+            .map_err(HandlerError::transient)
     }
 }
