@@ -40,12 +40,17 @@ const SHADOW_BATCH: usize = 100;
 async fn evaluator(cluster: &Cluster) {
     let db = open::<EvaluatorTables>(cluster.dir.path(), "evaluator.db").await;
     let data = cluster.dir.path().join("evaluator");
+    let settings = quark_runtime::config::EvaluateSettings {
+        shadow_batch: SHADOW_BATCH,
+        ..quark_runtime::Settings::default().evaluate
+    };
     let judge = quark_evaluator::shadow::ShadowJudge::new(
         cluster.store.clone(),
         db.clone(),
         &data,
-        SHADOW_BATCH,
-    );
+        &settings,
+    )
+    .unwrap();
     cluster.consume(Arc::new(quark_evaluator::follower()), &db);
     cluster.consume(Arc::new(judge), &db);
 }

@@ -69,10 +69,11 @@ async fn reward_model(
 }
 
 /// The candidate's reward-model win rate over the champion and the prompts it is taken over
-/// (none when they answered no prompt in common), by `judge`, unpacked under `models`.
+/// (none when they answered no prompt in common), by `judge`, unpacked under `models` and
+/// loaded on `device`.
 async fn win_rate(
     store: &ArtifactStore,
-    models: &Path,
+    (models, device): (&Path, tch::Device),
     judge: &Model,
     candidate: &Measurement,
     champion: &Measurement,
@@ -82,7 +83,7 @@ async fn win_rate(
         .await
         .map_err(HandlerError::transient)?;
     let rate = tokio::task::block_in_place(|| {
-        let (model, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
+        let (model, tokenizer) = checkpoint::load(&dir, device)?;
         reward::win_rate(&model, &tokenizer, candidate, champion)
     })
     .map_err(HandlerError::permanent)?;
@@ -104,6 +105,8 @@ pub struct EvaluatorService {
     /// Checkpoints unpacked for evaluation, by model id.
     models: PathBuf,
     settings: EvaluateSettings,
+    /// Where models are measured (`evaluate.device`).
+    device: tch::Device,
     red_team: suite::RedTeamLoader,
 }
 
@@ -121,14 +124,15 @@ impl EvaluatorService {
         data_dir: &Path,
         settings: EvaluateSettings,
         red_team: suite::RedTeamLoader,
-    ) -> Self {
-        EvaluatorService {
+    ) -> Result<Self, quark_ml::MlError> {
+        Ok(EvaluatorService {
             store,
             db,
             models: data_dir.join("models"),
+            device: quark_ml::device::select(&settings.device)?,
             settings,
             red_team,
-        }
+        })
     }
 
     /// The suite as the registry knows it now: held-out text of every pre-training dataset
@@ -234,7 +238,7 @@ impl EvaluatorService {
             .await
             .map_err(HandlerError::transient)?;
         tokio::task::block_in_place(|| {
-            let (gpt, tokenizer) = checkpoint::load(&dir, tch::Device::Cpu)?;
+            let (gpt, tokenizer) = checkpoint::load(&dir, self.device)?;
             let work = dir.with_extension("eval");
             std::fs::create_dir_all(&work).map_err(|e| quark_ml::MlError::Data(e.to_string()))?;
             let measured = suite.measure(&gpt, &tokenizer, &work);
@@ -289,7 +293,8 @@ impl EvaluatorService {
                 .await?;
             judge = reward_model(&self.db, b.model_id).await?;
             if let Some(judge) = &judge {
-                let rate = win_rate(&self.store, &self.models, judge, &measured, &champion).await?;
+                let models = (self.models.as_path(), self.device);
+                let rate = win_rate(&self.store, models, judge, &measured, &champion).await?;
                 measured.metrics.extend(rate);
             }
             base = Some(champion);

@@ -86,22 +86,26 @@ pub struct ShadowJudge {
     store: Arc<ArtifactStore>,
     db: DatabaseConnection,
     models: PathBuf,
+    /// Where the reward model judges (`evaluate.device`).
+    device: tch::Device,
     batch: usize,
 }
 
 impl ShadowJudge {
+    /// Reports every `settings.shadow_batch` pairs.
     pub fn new(
         store: Arc<ArtifactStore>,
         db: DatabaseConnection,
         data_dir: &std::path::Path,
-        batch: usize,
-    ) -> Self {
-        ShadowJudge {
+        settings: &quark_runtime::config::EvaluateSettings,
+    ) -> Result<Self, quark_ml::MlError> {
+        Ok(ShadowJudge {
             store,
             db,
             models: data_dir.join("models"),
-            batch: batch.max(1),
-        }
+            device: quark_ml::device::select(&settings.device)?,
+            batch: settings.shadow_batch.max(1),
+        })
     }
 }
 
@@ -187,7 +191,8 @@ impl ShadowJudge {
         let judge = crate::reward_model(&self.db, champion).await?;
         if let Some(judge) = &judge {
             let (candidate, live) = measurements(pairs);
-            let rate = crate::win_rate(&self.store, &self.models, judge, &candidate, &live).await?;
+            let models = (self.models.as_path(), self.device);
+            let rate = crate::win_rate(&self.store, models, judge, &candidate, &live).await?;
             metrics.extend(rate);
         }
         let body = serde_json::json!({

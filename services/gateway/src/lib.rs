@@ -149,6 +149,7 @@ impl Gateway {
             max_requests: b.max_requests,
             max_tokens: b.max_tokens,
             max_prefill_tokens: b.max_prefill_tokens,
+            threads: b.threads,
         }
     }
 

@@ -5,9 +5,10 @@
 //!
 //! Each iteration admits waiting requests in arrival order while the batch has a free row
 //! and the token budget (prompt plus requested tokens of every running generation) has room,
-//! prefills at most `max_prefill_tokens` of prompts (each prompt alone, into a row of the
-//! [`SlotCache`]), then runs one decode step over every running row. Prefill is bounded so
-//! a burst of long prompts delays the running generations by one step at a time, no more.
+//! up to `max_prefill_tokens` of prompts, then runs one step: a single forward pass over
+//! the running rows' next tokens and the admitted prompts packed after them (Sarathi's
+//! mixed batch, whole prompts), so a joining request costs the others no pass of its own.
+//! Prefill is bounded so a burst of long prompts slows one step at a time, no more.
 //!
 //! Each generation decides its tokens exactly as [`generate`](crate::generate::generate)
 //! would (its own sampler and seed, stops, budget, streaming); batching changes only how
@@ -15,7 +16,7 @@
 
 use crate::MlError;
 use crate::generate::{Decoding, FinishReason, GenerateOptions, Generation, check};
-use crate::gpt::{Context, Gpt, KvCache, SlotCache};
+use crate::gpt::{Gpt, SlotCache};
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -32,8 +33,10 @@ pub struct BatchLimits {
     /// Prompt and requested tokens of all running generations together (each capped by
     /// the model's context): what bounds the cache's memory.
     pub max_tokens: usize,
-    /// Prompt tokens prefilled between two decode steps (one prompt is always taken).
+    /// Prompt tokens read in one step beside the running rows (one prompt is always taken).
     pub max_prefill_tokens: usize,
+    /// libtorch intra-op threads of the batch's own thread (0: the process-wide count).
+    pub threads: usize,
 }
 
 impl Default for BatchLimits {
@@ -42,6 +45,7 @@ impl Default for BatchLimits {
             max_requests: 64,
             max_tokens: 16_384,
             max_prefill_tokens: 1_024,
+            threads: 0,
         }
     }
 }
@@ -87,7 +91,8 @@ pub struct Load {
     pub waiting: usize,
     /// The most generations that ran at once.
     pub peak_running: usize,
-    /// Decode steps run (each serves every running generation).
+    /// Steps run: forward passes, each giving every running generation a token (and
+    /// reading the prompts admitted for it).
     pub decode_steps: usize,
 }
 
@@ -113,15 +118,25 @@ impl Engine {
             )));
         }
         let (jobs, inbox) = channel();
+        let (started, start) = channel();
         let counters = Arc::new(Counters::default());
         let scheduler = Scheduler::new(model, tokenizer, limits, counters.clone());
         std::thread::Builder::new()
             .name("quark-batch".into())
             .spawn(move || {
                 let _no_grad = tch::no_grad_guard();
-                scheduler.run(inbox)
+                let limited = match limits.threads {
+                    0 => Ok(0),
+                    n => crate::threads::limit_this_thread(n),
+                };
+                let ready = limited.is_ok();
+                let _ = started.send(limited);
+                if ready {
+                    scheduler.run(inbox)
+                }
             })
             .map_err(|e| MlError::Config(format!("cannot start the batch thread: {e}")))?;
+        start.recv().map_err(|_| stopped())??;
         Ok(Engine { jobs, counters })
     }
 
@@ -321,13 +336,14 @@ impl Scheduler {
         }
     }
 
-    /// One iteration: admit and prefill what fits, then one decode step for the batch.
+    /// One iteration: admit what fits, then one step for the batch, admitted rows included.
     fn iterate(&mut self) {
+        let decoding = self.running.len();
         self.admit();
         if self.running.is_empty() {
             return;
         }
-        if let Err(e) = self.decode() {
+        if let Err(e) = self.step(decoding) {
             // A failed step leaves the batch's cache unusable: every running generation fails.
             let message = e.to_string();
             for running in self.running.drain(..) {
@@ -343,7 +359,8 @@ impl Scheduler {
         self.running.iter().map(|r| r.budget).sum()
     }
 
-    /// Takes waiting requests in order while they fit, prefilling each into a new row.
+    /// Takes waiting requests in order while they fit; each joins the end of the running
+    /// batch, its prompt read by the next step. A request that cannot run ends here.
     fn admit(&mut self) {
         let block = self.model.config.block_size as usize;
         let mut prefilled = 0;
@@ -358,53 +375,29 @@ impl Scheduler {
                 return;
             }
             let request = self.waiting.pop_front().expect("a waiting request");
-            prefilled += request.prompt.len();
-            self.prefill(request, budget);
+            if let Err(e) = check(&request.prompt, &request.options, block) {
+                let _ = request.reports.send(Report::Done(Err(e)));
+                continue;
+            }
+            let running = Running {
+                decoding: Decoding::new(request.prompt.len(), request.options.clone(), block),
+                request,
+                budget,
+            };
+            if !running.decoding.wants_more() {
+                running.end(None);
+                continue;
+            }
+            prefilled += running.request.prompt.len();
+            self.running.push(running);
         }
     }
 
-    /// Reads a prompt into a new row and takes its first token; a request that cannot run
-    /// ends here with its error.
-    fn prefill(&mut self, request: Request, budget: usize) {
-        let block = self.model.config.block_size as usize;
-        if let Err(e) = check(&request.prompt, &request.options, block) {
-            let _ = request.reports.send(Report::Done(Err(e)));
-            return;
-        }
-        let mut running = Running {
-            decoding: Decoding::new(request.prompt.len(), request.options.clone(), block),
-            request,
-            budget,
-        };
-        if !running.decoding.wants_more() {
-            return running.end(None);
-        }
-        let mut cache = KvCache::default();
-        let ids: Vec<i64> = running.request.prompt.iter().map(|&t| t as i64).collect();
-        let idx = Tensor::from_slice(&ids)
-            .view([1, -1])
-            .to_device(self.model.device());
-        let first = self
-            .model
-            .forward(&idx, &Context::default(), Some(&mut cache), false)
-            .and_then(|logits| {
-                let last = logits.select(1, -1).squeeze_dim(0);
-                running.step(&last, &self.tokenizer)
-            });
-        match first {
-            Ok(ControlFlow::Continue(())) => match self.cache.push(&cache) {
-                Ok(_) => self.running.push(running),
-                Err(e) => running.end(Some(e)),
-            },
-            Ok(ControlFlow::Break(())) => running.end(None),
-            Err(e) => running.end(Some(e)),
-        }
-    }
-
-    /// One decode step over every running row; the rows that end leave the batch.
-    fn decode(&mut self) -> Result<(), MlError> {
-        let last: Vec<u32> = self
-            .running
+    /// One forward pass: the first `decoding` rows take their last token, the rows after
+    /// them their prompts; every row picks its next token and the rows that end leave.
+    fn step(&mut self, decoding: usize) -> Result<(), MlError> {
+        let (old, new) = self.running.split_at(decoding);
+        let last: Vec<u32> = old
             .iter()
             .map(|r| {
                 *r.decoding
@@ -413,7 +406,8 @@ impl Scheduler {
                     .expect("a running row has a token")
             })
             .collect();
-        let logits = self.model.decode_step(&last, &mut self.cache)?;
+        let prompts: Vec<&[u32]> = new.iter().map(|r| r.request.prompt.as_slice()).collect();
+        let logits = self.model.step(&last, &prompts, &mut self.cache)?;
         let c = &self.counters;
         c.decode_steps.fetch_add(1, Ordering::Relaxed);
         c.peak_running

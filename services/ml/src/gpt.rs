@@ -422,9 +422,16 @@ impl Gpt {
         Ok(self.logits(&x, context))
     }
 
-    /// One decode step of a continuous batch: each row of `cache` takes its next token
-    /// (`tokens[row]`) at its own position; logits `[rows, vocab]` (fp32).
-    pub fn decode_step(&self, tokens: &[u32], cache: &mut SlotCache) -> Result<Tensor, MlError> {
+    /// One step of a continuous batch: each running row of `cache` takes its next token
+    /// (`tokens[row]`) at its own position, and each of `prompts` is read into a new row
+    /// after them, in one forward pass. Logits `[rows, vocab]` (fp32) of each row's last
+    /// position, the new rows last.
+    pub fn step(
+        &self,
+        tokens: &[u32],
+        prompts: &[&[u32]],
+        cache: &mut SlotCache,
+    ) -> Result<Tensor, MlError> {
         if tokens.len() != cache.rows() {
             return Err(MlError::Config(format!(
                 "{} tokens for {} running rows",
@@ -438,18 +445,27 @@ impl Gpt {
                 self.config.block_size
             )));
         }
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        cache.open(&lengths)?;
+        let ids: Vec<i64> = tokens
+            .iter()
+            .chain(prompts.iter().copied().flatten())
+            .map(|&t| t as i64)
+            .collect();
         let idx = Tensor::from_slice(&ids)
-            .view([-1, 1])
+            .view([1, -1])
             .to_device(self.device());
         let positions = cache.positions(self.device());
+        let last = Tensor::from_slice(&cache.last_inputs()).to_device(self.device());
         let context = Context {
             positions: Some(&positions),
             ..Context::default()
         };
         let x = self.hidden(&idx, &context, &mut Attention::Slots(cache), false)?;
         cache.advance();
-        Ok(self.logits(&x, &context).squeeze_dim(1))
+        Ok(self
+            .logits(&x.index_select(1, &last), &context)
+            .squeeze_dim(0))
     }
 
     /// The tied output layer over final hidden states (fp32 logits).
@@ -497,7 +513,9 @@ impl Gpt {
     ) -> Result<Tensor, MlError> {
         let (b, t) = idx.size2().map_err(|e| MlError::Config(e.to_string()))?;
         let past = attention.past();
-        if past + t > self.config.block_size {
+        // A batch step's tokens are packed rows, each checked by `step`.
+        let packed = matches!(attention, Attention::Slots(_));
+        if !packed && past + t > self.config.block_size {
             return Err(MlError::Config(format!(
                 "{} positions do not fit the model's block size {}",
                 past + t,

@@ -39,10 +39,17 @@ impl KvCache {
 /// The keys and values of a continuous batch: per layer one tensor
 /// `[capacity, head, block, head_dim]` whose rows `0..rows()` are the running generations,
 /// each filled up to its own length. A finished generation's row is taken by the last one,
-/// so the running rows stay contiguous and a decode step reads them without copying.
+/// so the running rows stay contiguous and a step reads them without copying.
+///
+/// A step's input is packed: one new token for each running row, then whole prompts of the
+/// rows [`open`](SlotCache::open)ed for it (the last rows), so a prompt's prefill and the
+/// others' decoding are one forward pass.
 pub struct SlotCache {
     layers: Vec<(Tensor, Tensor)>,
+    /// Positions each row has cached (0 for a row opened for this step).
     lengths: Vec<i64>,
+    /// Prompt lengths of the rows opened for this step, in row order.
+    opened: Vec<i64>,
     block: i64,
 }
 
@@ -52,11 +59,12 @@ impl SlotCache {
         SlotCache {
             layers: vec![],
             lengths: vec![],
+            opened: vec![],
             block,
         }
     }
 
-    /// Running rows.
+    /// Running rows, opened ones included.
     pub fn rows(&self) -> usize {
         self.lengths.len()
     }
@@ -66,50 +74,22 @@ impl SlotCache {
         &self.lengths
     }
 
-    fn capacity(&self) -> i64 {
-        self.layers.first().map_or(0, |(k, _)| k.size()[0])
+    /// Rows that take one new token in this step: those before the opened ones.
+    pub(crate) fn decoding(&self) -> usize {
+        self.rows() - self.opened.len()
     }
 
-    /// Adds a row holding `cache`'s positions (a prompt's prefill); returns its index.
-    pub fn push(&mut self, cache: &KvCache) -> Result<usize, MlError> {
-        let row = self.rows() as i64;
-        let length = cache.len();
-        if length == 0 || length > self.block {
+    /// Adds a row for each prompt of `lengths` tokens, read by the next step; none when one
+    /// does not fit.
+    pub(crate) fn open(&mut self, lengths: &[i64]) -> Result<(), MlError> {
+        if let Some(length) = lengths.iter().find(|&&l| l == 0 || l > self.block) {
             return Err(MlError::Config(format!(
-                "a row of {length} positions does not fit a slot of {}",
+                "a prompt of {length} positions does not fit a slot of {}",
                 self.block
             )));
         }
-        if row == self.capacity() {
-            self.grow(cache, (2 * row).max(4))?;
-        }
-        for ((k, v), (ck, cv)) in self.layers.iter_mut().zip(&cache.layers) {
-            k.get(row).narrow(1, 0, length).f_copy_(&ck.get(0))?;
-            v.get(row).narrow(1, 0, length).f_copy_(&cv.get(0))?;
-        }
-        self.lengths.push(length);
-        Ok(row as usize)
-    }
-
-    /// Reallocates every layer to `capacity` rows, keeping the running ones.
-    fn grow(&mut self, like: &KvCache, capacity: i64) -> Result<(), MlError> {
-        let rows = self.rows() as i64;
-        let (k0, _) = &like.layers[0];
-        let (h, hd) = (k0.size()[1], k0.size()[3]);
-        let options = (k0.kind(), k0.device());
-        let fresh = |old: Option<&Tensor>| -> Result<Tensor, MlError> {
-            let t = Tensor::f_zeros([capacity, h, self.block, hd], options)?;
-            if let Some(old) = old.filter(|_| rows > 0) {
-                t.narrow(0, 0, rows).f_copy_(&old.narrow(0, 0, rows))?;
-            }
-            Ok(t)
-        };
-        self.layers = (0..like.layers.len())
-            .map(|i| {
-                let old = self.layers.get(i);
-                Ok((fresh(old.map(|(k, _)| k))?, fresh(old.map(|(_, v)| v))?))
-            })
-            .collect::<Result<_, MlError>>()?;
+        self.lengths.extend(lengths.iter().map(|_| 0));
+        self.opened.extend_from_slice(lengths);
         Ok(())
     }
 
@@ -133,23 +113,133 @@ impl SlotCache {
         Ok(())
     }
 
-    /// Counts the position each row's decode step just added.
+    /// Counts what a step added: one position for each decoding row, its prompt for each
+    /// opened one.
     pub(crate) fn advance(&mut self) {
-        for length in &mut self.lengths {
+        let decoding = self.decoding();
+        for length in &mut self.lengths[..decoding] {
             *length += 1;
         }
+        for (length, prompt) in self.lengths[decoding..].iter_mut().zip(&self.opened) {
+            *length = *prompt;
+        }
+        self.opened.clear();
     }
 
-    /// The rows' next positions `[rows, 1]`: where a decode step's tokens go.
+    /// The step's positions `[1, tokens]`: each decoding row's next one, then each opened
+    /// row's prompt from 0.
     pub(crate) fn positions(&self, device: Device) -> Tensor {
-        Tensor::from_slice(&self.lengths)
-            .view([-1, 1])
+        let decoding = &self.lengths[..self.decoding()];
+        let prompts = self.opened.iter().flat_map(|&l| 0..l);
+        let positions: Vec<i64> = decoding.iter().copied().chain(prompts).collect();
+        Tensor::from_slice(&positions)
+            .view([1, -1])
             .to_device(device)
     }
 
-    /// Longest row after this step.
-    fn span(&self) -> i64 {
-        self.lengths.iter().max().map_or(0, |l| l + 1)
+    /// Where each row's last input is in the step's packed tokens.
+    pub(crate) fn last_inputs(&self) -> Vec<i64> {
+        let decoding = self.decoding() as i64;
+        let ends = self.opened.iter().scan(decoding, |at, &l| {
+            *at += l;
+            Some(*at - 1)
+        });
+        (0..decoding).chain(ends).collect()
+    }
+
+    /// Layer `layer`'s tensors, with room for every row (a layer is made or grown to
+    /// twice the rows when they do not fit, keeping the cached positions).
+    fn layer(&mut self, layer: usize, like: &Tensor) -> Result<&(Tensor, Tensor), MlError> {
+        let rows = self.rows() as i64;
+        let capacity = self.layers.get(layer).map_or(0, |(k, _)| k.size()[0]);
+        if rows > capacity {
+            let (h, hd) = (like.size()[1], like.size()[3]);
+            let kept = self.lengths.len() as i64 - self.opened.len() as i64;
+            let capacity = (2 * rows).max(4);
+            let fresh = |old: Option<&Tensor>| -> Result<Tensor, MlError> {
+                let t =
+                    Tensor::f_zeros([capacity, h, self.block, hd], (like.kind(), like.device()))?;
+                if let Some(old) = old.filter(|_| kept > 0) {
+                    t.narrow(0, 0, kept).f_copy_(&old.narrow(0, 0, kept))?;
+                }
+                Ok(t)
+            };
+            let old = self.layers.get(layer);
+            let grown = (fresh(old.map(|(k, _)| k))?, fresh(old.map(|(_, v)| v))?);
+            match self.layers.get_mut(layer) {
+                Some(slot) => *slot = grown,
+                None => self.layers.push(grown),
+            }
+        }
+        Ok(&self.layers[layer])
+    }
+
+    /// Layer `layer`'s attention for a step's packed queries, keys and values
+    /// `[1, head, tokens, head_dim]`: each decoding row's new position sees its own cached
+    /// ones, each prompt sees itself causally; the new keys and values join the rows.
+    fn attend(
+        &mut self,
+        layer: usize,
+        (q, k, v): (Tensor, Tensor, Tensor),
+    ) -> Result<Tensor, MlError> {
+        let decoding = self.decoding() as i64;
+        let span = self.lengths[..decoding as usize]
+            .iter()
+            .max()
+            .map_or(0, |l| l + 1);
+        let device = q.device();
+        let at = Tensor::from_slice(&self.lengths[..decoding as usize]).to_device(device);
+        let opened = self.opened.clone();
+        let (ck, cv) = self.layer(layer, &k)?;
+        let mut outputs = vec![];
+        if decoding > 0 {
+            // One position per row: `[rows, head, 1, head_dim]`.
+            let row_wise = |z: &Tensor| z.narrow(2, 0, decoding).transpose(0, 2);
+            let every = Tensor::arange(decoding, (Kind::Int64, device));
+            let index = [Some(every), None, Some(at.shallow_clone())];
+            let _ = ck
+                .shallow_clone()
+                .f_index_put_(&index, &row_wise(&k).squeeze_dim(2), false)?;
+            let _ = cv
+                .shallow_clone()
+                .f_index_put_(&index, &row_wise(&v).squeeze_dim(2), false)?;
+            let keys = ck.narrow(0, 0, decoding).narrow(2, 0, span);
+            let values = cv.narrow(0, 0, decoding).narrow(2, 0, span);
+            // Each row sees its own positions up to the new one; the rest of its slot is unused.
+            let allowed = Tensor::arange(span, (Kind::Int64, device))
+                .unsqueeze(0)
+                .le_tensor(&at.unsqueeze(1))
+                .view([decoding, 1, 1, span]);
+            let y = Tensor::f_scaled_dot_product_attention(
+                &row_wise(&q),
+                &keys,
+                &values,
+                Some(&allowed),
+                0.0,
+                false,
+                None,
+                false,
+            )?;
+            outputs.push(y.transpose(0, 2));
+        }
+        let mut from = decoding;
+        for (row, &length) in (decoding..).zip(&opened) {
+            let part = |z: &Tensor| z.narrow(2, from, length);
+            ck.get(row).narrow(1, 0, length).f_copy_(&part(&k).get(0))?;
+            cv.get(row).narrow(1, 0, length).f_copy_(&part(&v).get(0))?;
+            outputs.push(Tensor::f_scaled_dot_product_attention(
+                &part(&q),
+                &part(&k),
+                &part(&v),
+                None::<&Tensor>,
+                0.0,
+                true,
+                None,
+                false,
+            )?);
+            from += length;
+        }
+        Ok(Tensor::f_cat(&outputs, 2)?)
     }
 }
 
@@ -202,23 +292,7 @@ impl Attention<'_> {
                     }
                 }
             }
-            Attention::Slots(slots) => {
-                let (rows, span, device) = (slots.rows() as i64, slots.span(), q.device());
-                let at = Tensor::from_slice(&slots.lengths).to_device(device);
-                let every = Tensor::arange(rows, (Kind::Int64, device));
-                let (ck, cv) = &mut slots.layers[layer];
-                let index = [Some(every), None, Some(at.shallow_clone())];
-                let _ = ck.f_index_put_(&index, &k.squeeze_dim(2), false)?;
-                let _ = cv.f_index_put_(&index, &v.squeeze_dim(2), false)?;
-                let keys = ck.narrow(0, 0, rows).narrow(2, 0, span);
-                let values = cv.narrow(0, 0, rows).narrow(2, 0, span);
-                // Each row sees its own positions up to the new one; the rest of its slot is unused.
-                let allowed = Tensor::arange(span, (Kind::Int64, device))
-                    .unsqueeze(0)
-                    .le_tensor(&at.unsqueeze(1))
-                    .view([rows, 1, 1, span]);
-                sdpa(&keys, &values, Some(&allowed), false)?
-            }
+            Attention::Slots(slots) => slots.attend(layer, (q, k, v))?,
         })
     }
 }

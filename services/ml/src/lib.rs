@@ -41,6 +41,7 @@ pub mod probe;
 pub mod quantize;
 pub mod rloo;
 pub mod shards;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 

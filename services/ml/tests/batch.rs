@@ -18,12 +18,22 @@ fn ids(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
     tokenizer.encode(text, false).unwrap().get_ids().to_vec()
 }
 
+fn tensor(ids: &[u32]) -> Tensor {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::from_slice(&ids).view([1, -1])
+}
+
+/// The next-token logits `[vocab]` of `prompt` read alone.
+fn prompt_logits(model: &Gpt, prompt: &[u32]) -> Tensor {
+    model
+        .forward(&tensor(prompt), &Context::default(), None, false)
+        .unwrap()
+        .get(0)
+        .get(-1)
+}
+
 /// The next-token logits `[vocab]` of `prompt` followed by `then`, through a sequence cache.
 fn cached_logits(model: &Gpt, prompt: &[u32], then: u32) -> Tensor {
-    let tensor = |ids: &[u32]| {
-        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        Tensor::from_slice(&ids).view([1, -1])
-    };
     let mut cache = KvCache::default();
     let context = Context::default();
     let _prefill = model
@@ -36,50 +46,62 @@ fn cached_logits(model: &Gpt, prompt: &[u32], then: u32) -> Tensor {
         .get(0)
 }
 
+fn assert_rows(step: &Tensor, expected: &[Tensor]) {
+    assert_eq!(step.size()[0], expected.len() as i64);
+    for (row, alone) in expected.iter().enumerate() {
+        let diff = max_diff(&step.get(row as i64), alone);
+        assert!(diff < 1e-5, "row {row}: logits differ by {diff}");
+    }
+}
+
 #[test]
-fn a_decode_step_gives_each_row_its_own_sequences_logits() {
+fn a_step_gives_each_row_its_own_sequences_logits() {
     let dir = tempfile::tempdir().unwrap();
     let (model, tokenizer, _) = pretrained(dir.path(), 40);
     let prompts: Vec<Vec<u32>> = ["To be", "Whether 'tis nobler in", "Or"]
         .iter()
         .map(|p| ids(&tokenizer, p))
         .collect();
+    let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
     let next = ids(&tokenizer, "e")[0];
+    let after = |prompt: &[u32], more: usize| {
+        let mut seq = prompt.to_vec();
+        seq.extend(std::iter::repeat_n(next, more));
+        cached_logits(&model, &seq, next)
+    };
     tch::no_grad(|| {
         let mut slots = SlotCache::new(model.config.block_size);
-        for prompt in &prompts {
-            let mut cache = KvCache::default();
-            let idx = Tensor::from_slice(&prompt.iter().map(|&t| t as i64).collect::<Vec<_>>());
-            let _prefill = model
-                .forward(
-                    &idx.view([1, -1]),
-                    &Context::default(),
-                    Some(&mut cache),
-                    false,
-                )
-                .unwrap();
-            slots.push(&cache).unwrap();
-        }
-        let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
-        assert_eq!(slots.lengths(), lengths.as_slice());
-        let batched = model.decode_step(&[next; 3], &mut slots).unwrap();
-        assert_eq!(batched.size(), [3, model.config.vocab_size]);
-        for (row, prompt) in prompts.iter().enumerate() {
-            let alone = cached_logits(&model, prompt, next);
-            let diff = max_diff(&batched.get(row as i64), &alone);
-            assert!(diff < 1e-5, "row {row}: logits differ by {diff}");
-        }
+        // Two prompts read in one pass.
+        let first = model
+            .step(&[], &[&prompts[0], &prompts[1]], &mut slots)
+            .unwrap();
+        assert_eq!(first.size(), [2, model.config.vocab_size]);
+        let alone: Vec<Tensor> = prompts[..2]
+            .iter()
+            .map(|p| prompt_logits(&model, p))
+            .collect();
+        assert_rows(&first, &alone);
+        assert_eq!(slots.lengths(), &lengths[..2]);
+        // Those two decode while the third prompt is read in the same pass.
+        let mixed = model.step(&[next; 2], &[&prompts[2]], &mut slots).unwrap();
+        let expected = [
+            after(&prompts[0], 0),
+            after(&prompts[1], 0),
+            prompt_logits(&model, &prompts[2]),
+        ];
+        assert_rows(&mixed, &expected);
+        assert_eq!(
+            slots.lengths(),
+            [lengths[0] + 1, lengths[1] + 1, lengths[2]]
+        );
         // The middle row leaves; the last takes its place and still reads its own positions.
         slots.swap_remove(1).unwrap();
-        assert_eq!(slots.lengths(), [lengths[0] + 1, lengths[2] + 1]);
-        let again = model.decode_step(&[next; 2], &mut slots).unwrap();
-        let alone = {
-            let mut seq = prompts[2].clone();
-            seq.push(next);
-            cached_logits(&model, &seq, next)
-        };
-        let diff = max_diff(&again.get(1), &alone);
-        assert!(diff < 1e-5, "the moved row's logits differ by {diff}");
+        assert_eq!(slots.lengths(), [lengths[0] + 1, lengths[2]]);
+        let again = model.step(&[next; 2], &[], &mut slots).unwrap();
+        assert_rows(&again, &[after(&prompts[0], 1), after(&prompts[2], 0)]);
+        // A prompt longer than the model's context is refused before the pass.
+        let long = vec![next; model.config.block_size as usize + 1];
+        assert!(model.step(&[next; 2], &[&long], &mut slots).is_err());
     });
 }
 
@@ -180,9 +202,10 @@ fn every_generation_in_a_batch_returns_what_it_returns_alone() {
     let load = engine.load();
     assert_eq!(load.peak_running, 48, "all 48 ran in one batch: {load:?}");
     let longest = alone.iter().map(|g| g.tokens.len()).max().unwrap();
-    assert!(
-        load.decode_steps < longest,
-        "one decode step serves the whole batch: {load:?}"
+    // The prompts were read in the pass that took every first token: one pass per token.
+    assert_eq!(
+        load.decode_steps, longest,
+        "one pass serves the whole batch: {load:?}"
     );
     let mut stops = 0;
     for (i, ((generation, streamed), expected)) in batched.iter().zip(&alone).enumerate() {
@@ -221,6 +244,8 @@ fn the_limits_bound_the_batch_and_the_rest_wait_their_turn() {
         max_requests: 4,
         max_tokens: 10_000,
         max_prefill_tokens: 1_000,
+        // One intra-op thread, as the gateway runs it: the same tokens as alone.
+        threads: 1,
     };
     let engine = std::sync::Arc::new(Engine::spawn(model, tokenizer, limits).unwrap());
     let release = hold(&engine);

@@ -55,8 +55,8 @@ impl Service {
                     Arc::new(settings.artifact_store()?),
                     db.clone(),
                     &settings.data_dir,
-                    settings.evaluate.shadow_batch,
-                )),
+                    &settings.evaluate,
+                )?),
             ],
             _ => vec![],
         })
@@ -114,7 +114,7 @@ impl Service {
                         crate::commands::moderation::red_team(&settings)
                     })
                 },
-            )),
+            )?),
             Service::Augmenter => Arc::new(quark_augmenter::AugmenterService::new(
                 store()?,
                 db.clone(),

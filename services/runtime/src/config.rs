@@ -203,6 +203,9 @@ pub struct EvaluateSettings {
     /// compared per report: each batch → eval.completed with source `shadow_traffic`.
     #[serde(default = "shadow_batch")]
     pub shadow_batch: usize,
+    /// Where models are measured: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:<n>`.
+    #[serde(default = "auto")]
+    pub device: String,
 }
 
 fn shadow_batch() -> usize {
@@ -501,6 +504,7 @@ impl Default for Settings {
                 max_new_tokens: 24,
                 validation_windows: 64,
                 shadow_batch: shadow_batch(),
+                device: auto(),
             },
             registry: RegistrySettings {
                 min_requests: 50,

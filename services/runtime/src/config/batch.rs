@@ -11,9 +11,13 @@ pub struct BatchSettings {
     /// Prompt and requested tokens of the running generations together (each capped by the
     /// model's context): what bounds the keys and values kept for them.
     pub max_tokens: usize,
-    /// Prompt tokens read between two decode steps, so prompts arriving never stall the
-    /// generations running (one prompt is always read).
+    /// Prompt tokens read in one forward pass beside the running generations' next tokens,
+    /// so prompts arriving never stall them (one prompt is always read).
     pub max_prefill_tokens: usize,
+    /// libtorch intra-op threads of each batch (0: as many as the process has). A small
+    /// model's step is hundreds of tiny operations: waking a second worker for each costs
+    /// more than it saves, and its spinning takes the core the HTTP workers need.
+    pub threads: usize,
 }
 
 impl Default for BatchSettings {
@@ -22,6 +26,7 @@ impl Default for BatchSettings {
             max_requests: 64,
             max_tokens: 16_384,
             max_prefill_tokens: 1_024,
+            threads: 1,
         }
     }
 }
