@@ -17,12 +17,12 @@
 use crate::MlError;
 use crate::generate::{Decoding, FinishReason, GenerateOptions, Generation, check};
 use crate::gpt::{Gpt, SlotCache};
+use crate::sample::Scores;
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use tch::Tensor;
 use tokenizers::Tokenizer;
 
 /// How much runs at once.
@@ -246,8 +246,12 @@ struct Running {
 }
 
 impl Running {
-    /// Feeds the logits of its next position; `Break` when it is over.
-    fn step(&mut self, logits: &Tensor, tokenizer: &Tokenizer) -> Result<ControlFlow<()>, MlError> {
+    /// Feeds its row of a step's scores; `Break` when it is over.
+    fn step(
+        &mut self,
+        row: (&Scores, usize),
+        tokenizer: &Tokenizer,
+    ) -> Result<ControlFlow<()>, MlError> {
         if self.request.cancelled.load(Ordering::Relaxed) {
             return Ok(ControlFlow::Break(()));
         }
@@ -257,7 +261,7 @@ impl Running {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         };
-        self.decoding.step(logits, tokenizer, &mut on_text)
+        self.decoding.step(row, tokenizer, &mut on_text)
     }
 
     fn end(self, failure: Option<MlError>) {
@@ -408,13 +412,19 @@ impl Scheduler {
             .collect();
         let prompts: Vec<&[u32]> = new.iter().map(|r| r.request.prompt.as_slice()).collect();
         let logits = self.model.step(&last, &prompts, &mut self.cache)?;
+        let temperatures: Vec<f64> = self
+            .running
+            .iter()
+            .map(|r| r.request.options.temperature)
+            .collect();
+        let scores = Scores::new(&logits, &temperatures)?;
         let c = &self.counters;
         c.decode_steps.fetch_add(1, Ordering::Relaxed);
         c.peak_running
             .fetch_max(self.running.len(), Ordering::Relaxed);
         let mut ended = vec![];
         for (row, running) in self.running.iter_mut().enumerate() {
-            match running.step(&logits.get(row as i64), &self.tokenizer) {
+            match running.step((&scores, row), &self.tokenizer) {
                 Ok(ControlFlow::Continue(())) => {}
                 Ok(ControlFlow::Break(())) => ended.push((row, None)),
                 Err(e) => ended.push((row, Some(e))),

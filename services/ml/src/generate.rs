@@ -4,7 +4,8 @@
 
 use crate::MlError;
 use crate::gpt::{Context, Gpt, KvCache};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use crate::sample::Scores;
+use rand::{SeedableRng, rngs::StdRng};
 use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 use tokenizers::Tokenizer;
@@ -184,8 +185,11 @@ pub fn generate(
             let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
             let idx = Tensor::from_slice(&ids).view([1, -1]).to_device(device);
             let logits = model.forward(&idx, &Context::default(), cache_ref, false)?;
-            let last = logits.select(1, -1).squeeze_dim(0);
-            if decoding.step(&last, tokenizer, &mut on_text)?.is_break() {
+            let scores = Scores::new(&logits.select(1, -1), &[options.temperature])?;
+            if decoding
+                .step((&scores, 0), tokenizer, &mut on_text)?
+                .is_break()
+            {
                 break;
             }
         }
@@ -235,21 +239,22 @@ impl Decoding {
             && self.prompt_tokens + self.tokens.len() < self.block
     }
 
-    /// Picks the next token from its position's logits `[vocab]` and shows what text it
+    /// Picks the next token from row `row` of a step's scores and shows what text it
     /// settles; `Break` when the generation is over (a stop, the caller, or no room left).
     pub(crate) fn step(
         &mut self,
-        logits: &Tensor,
+        (scores, row): (&Scores, usize),
         tokenizer: &Tokenizer,
         on_text: &mut impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, MlError> {
-        let next = pick(logits, &self.options, &mut self.rng)?;
+        let next = scores.pick(row, &self.options, &mut self.rng);
         if self.options.stop_tokens.contains(&next) {
             self.finish = FinishReason::Stop;
             return Ok(ControlFlow::Break(()));
         }
         if let Some(top) = self.options.logprobs {
-            self.logprobs.push(token_logprob(logits, next, top)?);
+            self.logprobs
+                .push(token_logprob(&scores.logits(row), next, top)?);
         }
         self.tokens.push(next);
         self.text = tokenizer
@@ -312,61 +317,6 @@ fn settled_len(text: &str, stop: &[String]) -> usize {
         .max()
         .unwrap_or(0);
     end - held
-}
-
-/// The next token from last-position logits `[vocab]`, sampled on the host with the
-/// request's own generator (reproducible per seed, independent of other requests).
-fn pick(logits: &Tensor, options: &GenerateOptions, rng: &mut StdRng) -> Result<u32, MlError> {
-    if options.temperature == 0.0 {
-        return Ok(logits.argmax(0, false).int64_value(&[]) as u32);
-    }
-    let logits = Vec::<f32>::try_from(&logits.to_device(Device::Cpu).to_kind(Kind::Float))?;
-    let order = candidates(&logits, options);
-    let top = order.iter().map(|&i| logits[i]).fold(f32::MIN, f32::max) as f64;
-    let mut weights: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i] as f64 - top) / options.temperature).exp())
-        .collect();
-    if let Some(p) = options.top_p {
-        // Keep the most likely tokens until their probability reaches p.
-        let total: f64 = weights.iter().sum();
-        let mut cumulative = 0.0;
-        let keep = weights
-            .iter()
-            .position(|w| {
-                cumulative += w / total;
-                cumulative >= p
-            })
-            .map_or(weights.len(), |i| i + 1);
-        weights.truncate(keep);
-    }
-    let mut target = rng.random::<f64>() * weights.iter().sum::<f64>();
-    for (i, w) in weights.iter().enumerate() {
-        target -= w;
-        if target < 0.0 {
-            return Ok(order[i] as u32);
-        }
-    }
-    Ok(order[weights.len() - 1] as u32)
-}
-
-/// The tokens a draw chooses among. Only nucleus sampling needs them in
-/// descending order; plain temperature sampling walks the vocabulary in index
-/// order, which spares a sort of every row at every step (the largest cost of a
-/// wide decode step), and top-k sorts only the k it keeps.
-fn candidates(logits: &[f32], options: &GenerateOptions) -> Vec<usize> {
-    let descending = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    match options.top_k.filter(|&k| k > 0 && k < logits.len()) {
-        Some(k) => {
-            order.select_nth_unstable_by(k - 1, descending);
-            order.truncate(k);
-            order.sort_unstable_by(descending);
-        }
-        None if options.top_p.is_some() => order.sort_unstable_by(descending),
-        None => {}
-    }
-    order
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub mod preference;
 pub mod probe;
 pub mod quantize;
 pub mod rloo;
+mod sample;
 pub mod shards;
 pub mod threads;
 pub mod tokenizer;
