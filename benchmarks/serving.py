@@ -119,7 +119,9 @@ def main():
     print(f"checkpoint: {config['n_layer']}×{config['n_head']}×{config['n_embd']}, block {config['n_positions']}, "
           f"vocab {config['vocab_size']}; prompts: 256 lines of Hamlet (6-12 words), one a request in turn; "
           f"each request streams max_tokens new tokens at temperature 0.8; requests per run: max(8, 2 × clients); "
-          f"{THREADS} threads for every server (libtorch intra-op); load client quark-bench-gateway (Rust, tokio)")
+          f"libtorch intra-op threads: quark's batch 1 (gateway.batch.threads, its default), the baseline "
+          f"{THREADS} (libtorch's default on {os.cpu_count()} cores), the peer {THREADS} (torch.set_num_threads); "
+          f"load client quark-bench-gateway (Rust, tokio)")
     print("sides: quark = this build's gateway (continuous batching, defaults: 64 requests, 16,384 tokens); "
           "baseline = the earlier build's gateway (one generation at a time); "
           "peer = transformers batched generate (static batches of up to 64, answers sent whole)")

@@ -422,54 +422,8 @@ impl Gpt {
         Ok(self.logits(&x, context))
     }
 
-    /// One step of a continuous batch: each running row of `cache` takes its next token
-    /// (`tokens[row]`) at its own position, and each of `prompts` is read into a new row
-    /// after them, in one forward pass. Logits `[rows, vocab]` (fp32) of each row's last
-    /// position, the new rows last.
-    pub fn step(
-        &self,
-        tokens: &[u32],
-        prompts: &[&[u32]],
-        cache: &mut SlotCache,
-    ) -> Result<Tensor, MlError> {
-        if tokens.len() != cache.rows() {
-            return Err(MlError::Config(format!(
-                "{} tokens for {} running rows",
-                tokens.len(),
-                cache.rows()
-            )));
-        }
-        if cache.lengths().iter().any(|&l| l >= self.config.block_size) {
-            return Err(MlError::Config(format!(
-                "a row is full: the model's block size is {}",
-                self.config.block_size
-            )));
-        }
-        let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
-        cache.open(&lengths)?;
-        let ids: Vec<i64> = tokens
-            .iter()
-            .chain(prompts.iter().copied().flatten())
-            .map(|&t| t as i64)
-            .collect();
-        let idx = Tensor::from_slice(&ids)
-            .view([1, -1])
-            .to_device(self.device());
-        let positions = cache.positions(self.device());
-        let last = Tensor::from_slice(&cache.last_inputs()).to_device(self.device());
-        let context = Context {
-            positions: Some(&positions),
-            ..Context::default()
-        };
-        let x = self.hidden(&idx, &context, &mut Attention::Slots(cache), false)?;
-        cache.advance();
-        Ok(self
-            .logits(&x.index_select(1, &last), &context)
-            .squeeze_dim(0))
-    }
-
     /// The tied output layer over final hidden states (fp32 logits).
-    fn logits(&self, x: &Tensor, context: &Context) -> Tensor {
+    pub(crate) fn logits(&self, x: &Tensor, context: &Context) -> Tensor {
         let dtype = self.compute;
         if let Some(int8) = &self.wte_int8 {
             return int8.linear(x, None, dtype).to_kind(Kind::Float);
@@ -504,7 +458,7 @@ impl Gpt {
 
     /// The final LayerNorm's output `[batch, time, n_embd]` (fp32): what the output layer
     /// and a score head read.
-    fn hidden(
+    pub(crate) fn hidden(
         &self,
         idx: &Tensor,
         context: &Context,

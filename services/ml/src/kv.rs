@@ -1,8 +1,10 @@
 //! Keys and values kept between forward passes, and the attention that reads them: one
 //! sequence's ([`KvCache`], a generation on its own) or a continuous batch's ([`SlotCache`],
-//! a row per running generation, each at a length of its own).
+//! a row per running generation, each at a length of its own, and [`Gpt::step`], the batch's
+//! forward pass).
 
 use crate::MlError;
+use crate::gpt::{Context, Gpt};
 use tch::{Device, Kind, Tensor};
 
 /// Keys and values of the positions seen so far, one pair per layer: `[batch, head, time, head_dim]`.
@@ -294,5 +296,53 @@ impl Attention<'_> {
             }
             Attention::Slots(slots) => slots.attend(layer, (q, k, v))?,
         })
+    }
+}
+
+impl Gpt {
+    /// One step of a continuous batch: each running row of `cache` takes its next token
+    /// (`tokens[row]`) at its own position, and each of `prompts` is read into a new row
+    /// after them, in one forward pass. Logits `[rows, vocab]` (fp32) of each row's last
+    /// position, the new rows last.
+    pub fn step(
+        &self,
+        tokens: &[u32],
+        prompts: &[&[u32]],
+        cache: &mut SlotCache,
+    ) -> Result<Tensor, MlError> {
+        if tokens.len() != cache.rows() {
+            return Err(MlError::Config(format!(
+                "{} tokens for {} running rows",
+                tokens.len(),
+                cache.rows()
+            )));
+        }
+        if cache.lengths().iter().any(|&l| l >= self.config.block_size) {
+            return Err(MlError::Config(format!(
+                "a row is full: the model's block size is {}",
+                self.config.block_size
+            )));
+        }
+        let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        cache.open(&lengths)?;
+        let ids: Vec<i64> = tokens
+            .iter()
+            .chain(prompts.iter().copied().flatten())
+            .map(|&t| t as i64)
+            .collect();
+        let idx = Tensor::from_slice(&ids)
+            .view([1, -1])
+            .to_device(self.device());
+        let positions = cache.positions(self.device());
+        let last = Tensor::from_slice(&cache.last_inputs()).to_device(self.device());
+        let context = Context {
+            positions: Some(&positions),
+            ..Context::default()
+        };
+        let x = self.hidden(&idx, &context, &mut Attention::Slots(cache), false)?;
+        cache.advance();
+        Ok(self
+            .logits(&x.index_select(1, &last), &context)
+            .squeeze_dim(0))
     }
 }
