@@ -44,13 +44,22 @@ async fn evaluator(cluster: &Cluster) {
         shadow_batch: SHADOW_BATCH,
         ..quark_runtime::Settings::default().evaluate
     };
-    let judge = quark_evaluator::shadow::ShadowJudge::new(
-        cluster.store.clone(),
-        db.clone(),
-        &data,
-        &settings,
-    )
-    .unwrap();
+    let judge = |settings| {
+        quark_evaluator::shadow::ShadowJudge::new(
+            cluster.store.clone(),
+            db.clone(),
+            &data,
+            settings,
+        )
+    };
+    // A device this machine lacks is refused when the judge is made, not at its first report.
+    let elsewhere = quark_runtime::config::EvaluateSettings {
+        device: "cuda:99".into(),
+        ..settings.clone()
+    };
+    let refused = judge(&elsewhere).err().expect("a missing device refused");
+    assert!(refused.to_string().contains("cuda:99"), "{refused}");
+    let judge = judge(&settings).unwrap();
     cluster.consume(Arc::new(quark_evaluator::follower()), &db);
     cluster.consume(Arc::new(judge), &db);
 }
