@@ -73,7 +73,8 @@ async fn reward_model(
 /// loaded on `device`.
 async fn win_rate(
     store: &ArtifactStore,
-    (models, device): (&Path, tch::Device),
+    models: &Path,
+    device: tch::Device,
     judge: &Model,
     candidate: &Measurement,
     champion: &Measurement,
@@ -293,8 +294,9 @@ impl EvaluatorService {
                 .await?;
             judge = reward_model(&self.db, b.model_id).await?;
             if let Some(judge) = &judge {
-                let models = (self.models.as_path(), self.device);
-                let rate = win_rate(&self.store, models, judge, &measured, &champion).await?;
+                let (models, device) = (&self.models, self.device);
+                let rate =
+                    win_rate(&self.store, models, device, judge, &measured, &champion).await?;
                 measured.metrics.extend(rate);
             }
             base = Some(champion);

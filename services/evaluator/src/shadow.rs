@@ -191,8 +191,9 @@ impl ShadowJudge {
         let judge = crate::reward_model(&self.db, champion).await?;
         if let Some(judge) = &judge {
             let (candidate, live) = measurements(pairs);
-            let models = (self.models.as_path(), self.device);
-            let rate = crate::win_rate(&self.store, models, judge, &candidate, &live).await?;
+            let (models, device) = (&self.models, self.device);
+            let rate =
+                crate::win_rate(&self.store, models, device, judge, &candidate, &live).await?;
             metrics.extend(rate);
         }
         let body = serde_json::json!({

@@ -467,12 +467,12 @@ impl Gpt {
     ) -> Result<Tensor, MlError> {
         let (b, t) = idx.size2().map_err(|e| MlError::Config(e.to_string()))?;
         let past = attention.past();
-        // A batch step's tokens are packed rows, each checked by `step`.
-        let packed = matches!(attention, Attention::Slots(_));
-        if !packed && past + t > self.config.block_size {
+        if let Some(length) = attention
+            .length_after(t)
+            .filter(|&l| l > self.config.block_size)
+        {
             return Err(MlError::Config(format!(
-                "{} positions do not fit the model's block size {}",
-                past + t,
+                "{length} positions do not fit the model's block size {}",
                 self.config.block_size
             )));
         }

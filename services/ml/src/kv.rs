@@ -156,7 +156,7 @@ impl SlotCache {
         let capacity = self.layers.get(layer).map_or(0, |(k, _)| k.size()[0]);
         if rows > capacity {
             let (h, hd) = (like.size()[1], like.size()[3]);
-            let kept = self.lengths.len() as i64 - self.opened.len() as i64;
+            let kept = self.decoding() as i64;
             let capacity = (2 * rows).max(4);
             let fresh = |old: Option<&Tensor>| -> Result<Tensor, MlError> {
                 let t =
@@ -246,7 +246,7 @@ impl SlotCache {
 }
 
 /// How a forward pass attends: over its own positions, after a sequence's cached ones, or
-/// one new position per row of a continuous batch.
+/// as a continuous batch's packed step (see [`SlotCache`]).
 pub(crate) enum Attention<'a> {
     Full,
     Cached(&'a mut KvCache),
@@ -259,6 +259,15 @@ impl Attention<'_> {
         match self {
             Attention::Cached(cache) => cache.len(),
             Attention::Full | Attention::Slots(_) => 0,
+        }
+    }
+
+    /// The sequence's length once `new` positions are added; none for a batch's packed step,
+    /// whose rows `Gpt::step` checks one by one.
+    pub(crate) fn length_after(&self, new: i64) -> Option<i64> {
+        match self {
+            Attention::Slots(_) => None,
+            Attention::Full | Attention::Cached(_) => Some(self.past() + new),
         }
     }
 
