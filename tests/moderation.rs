@@ -165,6 +165,46 @@ fn the_gateway_refuses_harm_flags_by_policy_and_moderates_in_openais_shape() {
     streamed_answers_are_read_a_sentence_at_a_time(&dir);
     // /v1/moderations is no request to the model: nothing more is counted.
     assert_eq!(totals(), (blocked, filtered));
+    streamed_readings_go_with_the_sentences_read(&stack);
+}
+
+/// A streamed answer with log-probabilities through the filter: each sentence carries the
+/// readings of the tokens generated since the last went out, so they add up to the answer's
+/// tokens unless the filter changed a sentence (whose readings are then not sent).
+fn streamed_readings_go_with_the_sentences_read(stack: &Stack) {
+    let mut request = json!({"model": "champion", "messages": [{"role": "user", "content": BENIGN}],
+        "max_tokens": 24, "stream": true, "logprobs": true, "stream_options": {"include_usage": true}});
+    request["temperature"] = json!(0);
+    let streamed = stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let chunks: Vec<Value> = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let read: usize = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .map(Vec::len)
+        .sum();
+    let tokens = chunks.last().unwrap()["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap() as usize;
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert!(tokens > 0, "{streamed}");
+    match finish {
+        Some("content_filter") => assert!(read < tokens, "{streamed}"),
+        _ => assert_eq!(read, tokens, "{streamed}"),
+    }
 }
 
 /// The first model was asked 16 red-team prompts (half jailbroken), its answers read by the
@@ -242,32 +282,55 @@ except openai.NotFoundError as e:
 }
 
 /// The classifier the stack used, in process: the pieces of a streamed answer go out a
-/// sentence at a time, and a harmful sentence stops the stream before it is sent.
+/// sentence at a time, and a harmful sentence stops the stream before it is sent; under a
+/// policy that redacts, only the redacted sentence is marked as changed (its tokens'
+/// log-probabilities are then not sent with it).
 fn streamed_answers_are_read_a_sentence_at_a_time(dir: &Path) {
     let (moderator, _) = LearntModerator::load(dir, &encoder_dir()).unwrap();
-    let settings = ModerationSettings {
-        policy: policy(),
-        ..Default::default()
-    };
-    let screen = Arc::new(Screen::new(Arc::new(moderator), settings).unwrap());
-    let mut reader = screen.stream().unwrap();
-    let answer = format!("The king is in the hall. {VIOLENT} The end.");
-    let mut out = vec![];
-    let mut stopped = false;
-    for word in answer.split_inclusive(' ') {
-        match reader.push(word).unwrap() {
-            Some(text) if !text.is_empty() => out.push(text),
-            Some(_) => {}
-            None => {
-                stopped = true;
-                break;
+    let moderator: Arc<dyn quark_moderation::Moderator> = Arc::new(moderator);
+    let read = |policy: Policy, answer: &str| {
+        let settings = ModerationSettings {
+            policy,
+            ..Default::default()
+        };
+        let screen = Arc::new(Screen::new(moderator.clone(), settings).unwrap());
+        let mut reader = screen.stream().unwrap();
+        let mut out = vec![];
+        for word in answer.split_inclusive(' ') {
+            match reader.push(word).unwrap() {
+                Some(c) if !c.text.is_empty() => out.push((c.text, c.changed)),
+                Some(_) => {}
+                None => return (out, reader, true),
             }
         }
-    }
+        if let Some(c) = reader.finish().unwrap().filter(|c| !c.text.is_empty()) {
+            out.push((c.text, c.changed));
+        }
+        (out, reader, false)
+    };
+    let (out, reader, stopped) = read(
+        policy(),
+        &format!("The king is in the hall. {VIOLENT} The end."),
+    );
     assert!(stopped, "{out:?}");
-    assert_eq!(out, ["The king is in the hall."]);
+    assert_eq!(out, [("The king is in the hall.".to_string(), false)]);
     assert_eq!(reader.sent, "The king is in the hall.");
     let filtered = reader.filtered.clone().unwrap();
     assert_eq!(filtered.action, Action::Block);
     assert!(filtered.categories.contains(&"violence".to_string()));
+
+    let redacting = Policy {
+        actions: [("harassment".to_string(), Action::Redact)].into(),
+        default: Action::Block,
+    };
+    let (out, reader, stopped) = read(
+        redacting,
+        &format!("The king is in the hall. {INSULT} The end."),
+    );
+    assert!(!stopped, "{out:?}");
+    let changed: Vec<bool> = out.iter().map(|(_, changed)| *changed).collect();
+    assert_eq!(changed, [false, true, false], "{out:?}");
+    assert_eq!(out[0].0, "The king is in the hall.");
+    assert!(!out[1].0.contains("idiot"), "{out:?}");
+    assert_eq!(reader.filtered.unwrap().action, Action::Redact);
 }

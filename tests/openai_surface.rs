@@ -2,7 +2,8 @@
 //! `models.retrieve`, prompts as lists of strings or of token ids, `echo` with `logprobs`
 //! (a prompt's log-likelihood, equal to transformers' on the same checkpoint; and
 //! lm-evaluation-harness's `local-completions` on a multiple-choice task from a local file
-//! reads the same log-likelihoods), chat `logprobs` / `top_logprobs`, content as text parts, the
+//! reads the same log-likelihoods), chat `logprobs` / `top_logprobs` (streamed too: the pieces'
+//! readings are the whole reply's), content as text parts, the
 //! `developer` role, `n` choices and `stream_options.include_usage`; tools, other content and malformed
 //! bodies are refused with 400 in OpenAI's error shape.
 
@@ -51,11 +52,6 @@ async fn the_openai_client_reads_models_log_likelihoods_and_parts() {
             &chat,
             json!({"model": "champion", "messages": [user], "top_logprobs": 2}),
             Some("top_logprobs"),
-        ),
-        (
-            &chat,
-            json!({"model": "champion", "messages": [user], "logprobs": true, "stream": true}),
-            Some("stream"),
         ),
         (
             &completions,
@@ -167,6 +163,31 @@ for entry in content:
 # The tokens spell the answer, less the special tokens the text leaves out.
 shown = "".join(e.token for e in content if not (e.token.startswith("<|") and e.token.endswith("|>")))
 assert shown == chat.choices[0].message.content, (shown, chat.choices[0].message.content)
+
+# Streamed with log-probabilities: the pieces' readings, joined, are the whole reply's (same seed).
+ask = dict(model="champion", max_tokens=12, temperature=1.0, seed=5, logprobs=True, top_logprobs=2,
+           messages=[{{"role": "user", "content": "Who is Hamlet?"}}])
+whole = client.chat.completions.create(**ask)
+pieces = [c for c in client.chat.completions.create(stream=True, **ask) if c.choices]
+read = [e for c in pieces if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+expected = whole.choices[0].logprobs.content
+assert len(read) == len(expected) == whole.usage.completion_tokens > 0, (read, expected)
+for got, want in zip(read, expected):
+    assert got.token == want.token and abs(got.logprob - want.logprob) < 1e-6, (got, want)
+    assert [t.token for t in got.top_logprobs] == [t.token for t in want.top_logprobs], (got, want)
+assert "".join(c.choices[0].delta.content or "" for c in pieces) == whole.choices[0].message.content
+
+# Completions streamed with echo: the prompt first, with its readings, then the answer's.
+ask = dict(model="champion", prompt=prompts[0], max_tokens=6, echo=True, logprobs=2, temperature=0)
+whole = client.completions.create(**ask).choices[0]
+pieces = [c for c in client.completions.create(stream=True, **ask) if c.choices]
+assert pieces[0].choices[0].text == prompts[0], pieces[0]
+read = [c.choices[0].logprobs for c in pieces if c.choices[0].logprobs]
+assert sum((r.tokens for r in read), []) == whole.logprobs.tokens, (read, whole.logprobs)
+assert sum((r.text_offset for r in read), []) == whole.logprobs.text_offset, (read, whole.logprobs)
+got = sum((r.token_logprobs for r in read), [])
+assert got[0] is None and all(abs(a - b) < 1e-6 for a, b in zip(got[1:], whole.logprobs.token_logprobs[1:])), got
+assert "".join(c.choices[0].text for c in pieces) == whole.text, (pieces, whole.text)
 
 chunks = list(client.chat.completions.create(model="champion", max_tokens=4, temperature=0, stream=True,
                                              stream_options={{"include_usage": True}},

@@ -38,6 +38,7 @@ mod reply;
 mod router;
 mod routes;
 pub mod served;
+mod stream;
 
 use async_trait::async_trait;
 use axum::serve::ListenerExt;

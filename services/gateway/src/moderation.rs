@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use quark_ml::MlError;
 use quark_ml::batch::Engine;
-use quark_ml::generate::{FinishReason, GenerateOptions, Generation};
+use quark_ml::generate::{FinishReason, GenerateOptions, Generation, Piece, TokenLogprob};
 use quark_moderation::policy::{Action, Verdict, sentence_ends};
 use quark_moderation::{ModerationError, Moderator};
 use quark_runtime::config::ModerationSettings;
@@ -163,10 +163,17 @@ pub struct Streamed {
     pub filtered: Option<Filtered>,
 }
 
+/// Text the filter let out, and whether it is not the text generated.
+#[derive(Default)]
+pub struct Cleared {
+    pub text: String,
+    pub changed: bool,
+}
+
 impl Streamed {
-    /// Takes a generated piece; returns the text cleared to go out, or `None` once the answer
-    /// is blocked (generation should stop).
-    pub fn push(&mut self, piece: &str) -> Result<Option<String>, ApiError> {
+    /// Takes a generated piece; returns the text cleared to go out (empty in the middle of
+    /// a sentence), or `None` once the answer is blocked (generation should stop).
+    pub fn push(&mut self, piece: &str) -> Result<Option<Cleared>, ApiError> {
         self.pending.push_str(piece);
         match sentence_ends(&self.pending).last().copied() {
             Some(end) => {
@@ -174,15 +181,15 @@ impl Streamed {
                 let whole = std::mem::replace(&mut self.pending, rest);
                 self.read(&whole)
             }
-            None => Ok(Some(String::new())),
+            None => Ok(Some(Cleared::default())),
         }
     }
 
     /// Reads what is left when generation ends.
-    pub fn finish(&mut self) -> Result<Option<String>, ApiError> {
+    pub fn finish(&mut self) -> Result<Option<Cleared>, ApiError> {
         let rest = std::mem::take(&mut self.pending);
         if rest.is_empty() || self.is_blocked() {
-            return Ok(Some(String::new()));
+            return Ok(Some(Cleared::default()));
         }
         self.read(&rest)
     }
@@ -193,10 +200,13 @@ impl Streamed {
             .is_some_and(|f| f.action == Action::Block)
     }
 
-    fn read(&mut self, text: &str) -> Result<Option<String>, ApiError> {
+    fn read(&mut self, text: &str) -> Result<Option<Cleared>, ApiError> {
         if text.trim().is_empty() {
             self.sent.push_str(text);
-            return Ok(Some(text.to_string()));
+            return Ok(Some(Cleared {
+                text: text.to_string(),
+                changed: false,
+            }));
         }
         let (cleared, found) = self.screen.answer(text)?;
         self.filtered = match self.filtered.take() {
@@ -208,12 +218,17 @@ impl Streamed {
         }
         // Keep the whitespace the sentence began with (the tokenizer puts it there).
         let lead = &text[..text.len() - text.trim_start().len()];
-        let out = if cleared == text {
-            cleared
-        } else {
-            format!("{lead}{cleared}")
+        let out = match cleared == text {
+            true => Cleared {
+                text: cleared,
+                changed: false,
+            },
+            false => Cleared {
+                text: format!("{lead}{cleared}"),
+                changed: true,
+            },
         };
-        self.sent.push_str(&out);
+        self.sent.push_str(&out.text);
         Ok(Some(out))
     }
 }
@@ -316,6 +331,29 @@ fn generation_error(e: MlError) -> ApiError {
     }
 }
 
+/// A piece of an answer as it goes out, and the readings of the tokens behind it: none when
+/// the filter changed the text, which then is not what the tokens say.
+pub(crate) struct Sent<'a> {
+    pub text: &'a str,
+    pub logprobs: Option<&'a [TokenLogprob]>,
+}
+
+impl<'a> Sent<'a> {
+    fn generated(piece: Piece<'a>) -> Sent<'a> {
+        Sent {
+            text: piece.text,
+            logprobs: Some(piece.logprobs),
+        }
+    }
+
+    fn changed(text: &'a str) -> Sent<'a> {
+        Sent {
+            text,
+            logprobs: None,
+        }
+    }
+}
+
 /// Generates from `ids` with the filter (if any) between the model and `send`: the prompt
 /// is read first, then the answer — whole, or sentence by sentence when `streaming`.
 pub(crate) fn generate_screened(
@@ -324,20 +362,22 @@ pub(crate) fn generate_screened(
     options: &GenerateOptions,
     screen: Option<&Arc<Screen>>,
     (prompt, streaming): (&str, bool),
-    mut send: impl FnMut(&str) -> ControlFlow<()>,
+    mut send: impl FnMut(Sent) -> ControlFlow<()>,
 ) -> Result<Answered, ApiError> {
+    let unscreened = |send: &mut dyn FnMut(Sent) -> ControlFlow<()>| {
+        engine
+            .generate(ids, options, |piece| send(Sent::generated(piece)))
+            .map_err(generation_error)
+    };
     let Some(screen) = screen else {
-        let generation = engine
-            .generate(ids, options, send)
-            .map_err(generation_error)?;
         return Ok(Answered {
-            generation,
+            generation: unscreened(&mut send)?,
             filtered: vec![],
         });
     };
     let mut filtered: Vec<Filtered> = screen.prompt(prompt)?.into_iter().collect();
     if filtered.iter().any(|f| f.action == Action::Block) {
-        let _ = send(screen.refusal());
+        let _ = send(Sent::changed(screen.refusal()));
         let generation = Generation {
             text: screen.refusal().to_string(),
             tokens: vec![],
@@ -352,9 +392,7 @@ pub(crate) fn generate_screened(
     }
     let reader = if streaming { screen.stream() } else { None };
     let Some(mut reader) = reader else {
-        let mut generation = engine
-            .generate(ids, options, send)
-            .map_err(generation_error)?;
+        let mut generation = unscreened(&mut send)?;
         let (text, found) = screen.answer(&generation.text)?;
         generation.text = text;
         filtered.extend(found);
@@ -363,28 +401,11 @@ pub(crate) fn generate_screened(
             filtered,
         });
     };
-    let mut failure = None;
-    let generation = engine
-        .generate(ids, options, |piece| match reader.push(piece) {
-            Ok(Some(out)) if out.is_empty() => ControlFlow::Continue(()),
-            Ok(Some(out)) => send(&out),
-            Ok(None) => ControlFlow::Break(()),
-            Err(e) => {
-                failure = Some(e);
-                ControlFlow::Break(())
-            }
-        })
-        .map_err(generation_error)?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if let Some(out) = reader.finish()?.filter(|o| !o.is_empty()) {
-        let _ = send(&out);
-    }
+    let generation = read_streamed(engine, ids, options, &mut reader, &mut send)?;
     if reader.is_blocked() {
         // What went out stays; the refusal ends it.
         let refusal = format!(" {}", screen.refusal());
-        let _ = send(&refusal);
+        let _ = send(Sent::changed(&refusal));
         reader.sent.push_str(&refusal);
     }
     filtered.extend(reader.filtered.take());
@@ -396,4 +417,50 @@ pub(crate) fn generate_screened(
         generation,
         filtered,
     })
+}
+
+/// Generates through `reader`: each sentence goes out once read, with the readings of the
+/// tokens generated since the last one went out.
+fn read_streamed(
+    engine: &Engine,
+    ids: &[u32],
+    options: &GenerateOptions,
+    reader: &mut Streamed,
+    send: &mut impl FnMut(Sent) -> ControlFlow<()>,
+) -> Result<Generation, ApiError> {
+    let mut behind: Vec<TokenLogprob> = vec![];
+    let mut out = |cleared: &Cleared, behind: &mut Vec<TokenLogprob>| {
+        let logprobs = (!cleared.changed).then_some(&behind[..]);
+        let flow = send(Sent {
+            text: &cleared.text,
+            logprobs,
+        });
+        behind.clear();
+        flow
+    };
+    let mut failure = None;
+    let generation = engine
+        .generate(ids, options, |piece| {
+            behind.extend_from_slice(piece.logprobs);
+            match reader.push(piece.text) {
+                Ok(Some(cleared)) if cleared.text.is_empty() => ControlFlow::Continue(()),
+                Ok(Some(cleared)) => out(&cleared, &mut behind),
+                Ok(None) => ControlFlow::Break(()),
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })
+        .map_err(generation_error)?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(cleared) = reader.finish()?
+        && !reader.is_blocked()
+        && (!cleared.text.is_empty() || !behind.is_empty())
+    {
+        let _ = out(&cleared, &mut behind);
+    }
+    Ok(generation)
 }

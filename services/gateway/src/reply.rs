@@ -141,9 +141,9 @@ impl Reply {
         body
     }
 
-    /// A streamed piece of the answer.
-    pub fn chunk(&self, text: &str) -> Value {
-        self.body(vec![self.shape.choice(text, None, true, Value::Null)], None)
+    /// A streamed piece of the answer (or the echoed prompt), with its log-probabilities.
+    pub fn chunk(&self, text: &str, logprobs: Value) -> Value {
+        self.body(vec![self.shape.choice(text, None, true, logprobs)], None)
     }
 
     /// The last chunk: the finish reason and usage.

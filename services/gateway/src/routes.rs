@@ -1,21 +1,20 @@
 //! The HTTP routes.
 
-use crate::api::{ApiError, ChatRequest, Sampling, Usage};
+use crate::api::{ApiError, ChatRequest, Sampling};
 use crate::chat_input::ChatMessage;
 use crate::fleet::{Listed, unknown_model};
 use crate::moderation::{Answered, generate_screened};
 use crate::reply::{Answer, Reply, Shape};
 use crate::router::{Route, ShadowJob};
 use crate::served::{self, Exchange, new_request_id};
+use crate::stream::{Chunk, streamed};
 use crate::{Gateway, Served, knowledge};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::generate::{GenerateOptions, TokenLogprob, prompt_logprobs};
 use std::ops::ControlFlow;
@@ -124,12 +123,6 @@ fn options(
             format!("max_tokens must be between {least} and {max}"),
         ));
     }
-    if sampling.stream && (scoring.echo || scoring.logprobs.is_some()) {
-        return Err(ApiError::invalid(
-            "stream",
-            "echo and logprobs are not supported with stream",
-        ));
-    }
     let temperature = sampling.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
@@ -185,10 +178,10 @@ fn rand_seed() -> u64 {
 }
 
 /// What one request asks the model for.
-struct Job {
-    served: Arc<Served>,
+pub(crate) struct Job {
+    pub served: Arc<Served>,
     ids: Vec<u32>,
-    options: GenerateOptions,
+    pub options: GenerateOptions,
     /// With echo: the prompt's text, shown before the answer (with logprobs, its tokens'
     /// log-probabilities too).
     echo: Option<String>,
@@ -200,49 +193,57 @@ struct Job {
 }
 
 /// A generation and, when asked, the log-probabilities of its prompt's tokens.
-struct Outcome {
-    answered: Answered,
+pub(crate) struct Outcome {
+    pub answered: Answered,
     prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
 }
 
-/// Runs a generation off the async workers, through the safety filter; pieces of text go to
-/// `pieces` as they are cleared (a closed receiver, i.e. a client that went away, cancels
-/// it). Publishes the response (response.served, acknowledged before the reply ends; not for
-/// a request that only reads its prompt) and counts the request for telemetry.
-async fn run(
+/// Runs a generation off the async workers, through the safety filter; with `pieces`, the
+/// echoed prompt, then each piece of the answer as it is cleared, go there (a closed
+/// receiver, i.e. a client that went away, cancels it). Publishes the response
+/// (response.served, acknowledged before the reply ends; not for a request that only reads
+/// its prompt) and counts the request for telemetry.
+pub(crate) async fn run(
     gateway: Arc<Gateway>,
     job: &Job,
-    pieces: Option<mpsc::Sender<String>>,
+    pieces: Option<mpsc::Sender<Chunk>>,
 ) -> Result<Outcome, ApiError> {
     let started = Instant::now();
     let served = job.served.clone();
-    let (ids, options, echo) = (job.ids.clone(), job.options.clone(), job.echo.is_some());
+    let (ids, options, echo) = (job.ids.clone(), job.options.clone(), job.echo.clone());
     let model_id = served.model_id;
     let screen = gateway.screen();
     let prompt = job.exchange.prompt.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let streaming = pieces.is_some();
-        let answered = generate_screened(
-            &served.engine,
-            &ids,
-            &options,
-            screen.as_ref(),
-            (&prompt, streaming),
-            |text| match &pieces {
-                Some(tx) if tx.blocking_send(text.to_string()).is_err() => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            },
-        )?;
-        let prompt_logprobs = match (echo, options.logprobs) {
-            (true, Some(top)) => Some(
+        let prompt_logprobs = match (&echo, options.logprobs) {
+            (Some(_), Some(top)) => Some(
                 served
                     .engine
-                    .with_model(move |model, _| prompt_logprobs(model, &ids, top))
+                    .with_model({
+                        let ids = ids.clone();
+                        move |model, _| prompt_logprobs(model, &ids, top)
+                    })
                     .and_then(|read| read)
                     .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
             ),
             _ => None,
         };
+        let send = |chunk: Chunk| match &pieces {
+            Some(tx) if tx.blocking_send(chunk).is_err() => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        };
+        if let Some(text) = echo {
+            let _ = send(Chunk::echo(text, &ids, prompt_logprobs.as_deref()));
+        }
+        let asked = options.logprobs.is_some();
+        let answered = generate_screened(
+            &served.engine,
+            &ids,
+            &options,
+            screen.as_ref(),
+            (&prompt, pieces.is_some()),
+            |sent| send(Chunk::answer(sent, asked)),
+        )?;
         Ok(Outcome {
             answered,
             prompt_logprobs,
@@ -311,51 +312,6 @@ async fn whole(gateway: Arc<Gateway>, jobs: Vec<Job>, reply: Reply) -> Response 
     let asked = jobs.iter().any(|j| j.options.logprobs.is_some());
     let ids: Vec<String> = jobs.iter().map(|j| j.exchange.request_id.clone()).collect();
     Json(reply.whole(&answers, asked, &ids)).into_response()
-}
-
-/// A streamed reply: pieces as they are cleared, then the finish reason and usage (or the
-/// error), the usage alone when `include_usage` asks, and `[DONE]`.
-fn streamed(gateway: Arc<Gateway>, job: Job, reply: Reply, include_usage: bool) -> Response {
-    let reply = Arc::new(reply);
-    let (tx, rx) = mpsc::channel::<String>(64);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = done_tx.send(run(gateway, &job, Some(tx)).await);
-    });
-    let pieces = {
-        let reply = reply.clone();
-        tokio_stream::wrappers::ReceiverStream::new(rx).map(move |text| {
-            Ok::<_, std::convert::Infallible>(
-                SseEvent::default().data(reply.chunk(&text).to_string()),
-            )
-        })
-    };
-    let end = futures::stream::once(async move {
-        let mut last = vec![];
-        match done_rx.await {
-            Ok(Ok(o)) => {
-                let g = &o.answered.generation;
-                let usage = Usage::new(g.prompt_tokens, g.tokens.len());
-                last.push(reply.last(&o.answered, &usage));
-                if include_usage {
-                    last.push(reply.usage(&usage));
-                }
-            }
-            Ok(Err(e)) => last.push(serde_json::json!({"error": {"message": e.message, "type": "server_error", "param": e.param, "code": null}})),
-            Err(_) => last.push(serde_json::json!({"error": {"message": "generation stopped", "type": "server_error", "param": null, "code": null}})),
-        };
-        let events: Vec<_> = last
-            .into_iter()
-            .map(|body| body.to_string())
-            .chain(["[DONE]".to_string()])
-            .map(|data| Ok(SseEvent::default().data(data)))
-            .collect();
-        futures::stream::iter(events)
-    })
-    .flatten();
-    Sse::new(pieces.chain(end))
-        .keep_alive(KeepAlive::default())
-        .into_response()
 }
 
 /// A request made ready for the model: what to generate from, and how.

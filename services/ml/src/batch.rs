@@ -15,7 +15,9 @@
 //! many run at once.
 
 use crate::MlError;
-use crate::generate::{Decoding, FinishReason, GenerateOptions, Generation, check};
+use crate::generate::{
+    Decoding, FinishReason, GenerateOptions, Generation, Piece, TokenLogprob, check,
+};
 use crate::gpt::{Gpt, SlotCache};
 use crate::sample::Scores;
 use std::collections::VecDeque;
@@ -50,10 +52,54 @@ impl Default for BatchLimits {
     }
 }
 
+impl BatchLimits {
+    fn check(&self) -> Result<(), MlError> {
+        if self.max_requests == 0 || self.max_tokens == 0 {
+            return Err(MlError::Config(format!(
+                "batch limits must be positive: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Generates for each of `requests` (prompt and options) on the calling thread, in one
+/// continuous batch run as an [`Engine`] runs it, for work that has many answers to ask at
+/// once (an evaluation). The generations come back in the order asked, each what
+/// [`generate`](crate::generate::generate) gives alone; a request that cannot run fails the
+/// call. The batch runs with the calling thread's intra-op threads (`limits.threads` aside).
+pub fn generate_all(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    requests: Vec<(Vec<u32>, GenerateOptions)>,
+    limits: BatchLimits,
+) -> Result<Vec<Generation>, MlError> {
+    limits.check()?;
+    let mut scheduler = Scheduler::new(model, tokenizer, limits, Arc::default());
+    let asked: Vec<Pending> = requests
+        .into_iter()
+        .map(|(prompt, options)| {
+            let (request, pending) = Request::new(prompt, options);
+            scheduler.waiting.push_back(request);
+            pending
+        })
+        .collect();
+    tch::no_grad(|| {
+        while !(scheduler.running.is_empty() && scheduler.waiting.is_empty()) {
+            scheduler.iterate();
+        }
+    });
+    asked
+        .into_iter()
+        .map(|pending| pending.wait(|_| ControlFlow::Continue(())))
+        .collect()
+}
+
 /// What a generation reports to whoever asked for it.
 enum Report {
-    /// A piece of text as it is settled, and how many tokens make the text so far.
-    Text(String, usize),
+    /// A piece of text as it is settled, the readings of the tokens behind it, and how many
+    /// tokens make the text so far.
+    Text(String, Vec<TokenLogprob>, usize),
     Done(Result<Generation, MlError>),
 }
 
@@ -63,6 +109,25 @@ struct Request {
     reports: Sender<Report>,
     /// Set by the asker when it wants no more text.
     cancelled: Arc<AtomicBool>,
+}
+
+impl Request {
+    /// A request, and the asker's end of it.
+    fn new(prompt: Vec<u32>, options: GenerateOptions) -> (Request, Pending) {
+        let (reports, inbox) = channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let request = Request {
+            prompt,
+            options,
+            reports,
+            cancelled: cancelled.clone(),
+        };
+        let pending = Pending {
+            reports: inbox,
+            cancelled,
+        };
+        (request, pending)
+    }
 }
 
 type Work = Box<dyn FnOnce(&Gpt, &Tokenizer) + Send>;
@@ -112,15 +177,11 @@ pub struct Pending {
 impl Engine {
     /// Moves `model` onto a new thread that batches every generation asked of it.
     pub fn spawn(model: Gpt, tokenizer: Tokenizer, limits: BatchLimits) -> Result<Engine, MlError> {
-        if limits.max_requests == 0 || limits.max_tokens == 0 {
-            return Err(MlError::Config(format!(
-                "batch limits must be positive: {limits:?}"
-            )));
-        }
+        limits.check()?;
         let (jobs, inbox) = channel();
         let (started, start) = channel();
         let counters = Arc::new(Counters::default());
-        let scheduler = Scheduler::new(model, tokenizer, limits, counters.clone());
+        let shared = counters.clone();
         std::thread::Builder::new()
             .name("quark-batch".into())
             .spawn(move || {
@@ -132,7 +193,7 @@ impl Engine {
                 let ready = limited.is_ok();
                 let _ = started.send(limited);
                 if ready {
-                    scheduler.run(inbox)
+                    Scheduler::new(&model, &tokenizer, limits, shared).run(inbox)
                 }
             })
             .map_err(|e| MlError::Config(format!("cannot start the batch thread: {e}")))?;
@@ -159,28 +220,18 @@ impl Engine {
         &self,
         prompt: &[u32],
         options: &GenerateOptions,
-        on_text: impl FnMut(&str) -> ControlFlow<()>,
+        on_text: impl FnMut(Piece) -> ControlFlow<()>,
     ) -> Result<Generation, MlError> {
         self.submit(prompt, options)?.wait(on_text)
     }
 
     /// Asks for a generation without waiting for it: it joins the batch in the order asked.
     pub fn submit(&self, prompt: &[u32], options: &GenerateOptions) -> Result<Pending, MlError> {
-        let (reports, inbox) = channel();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let request = Request {
-            prompt: prompt.to_vec(),
-            options: options.clone(),
-            reports,
-            cancelled: cancelled.clone(),
-        };
+        let (request, pending) = Request::new(prompt.to_vec(), options.clone());
         self.jobs
             .send(Job::Generate(request))
             .map_err(|_| stopped())?;
-        Ok(Pending {
-            reports: inbox,
-            cancelled,
-        })
+        Ok(pending)
     }
 
     /// Runs `work` on the model between two decode steps and returns what it returns.
@@ -201,17 +252,21 @@ impl Pending {
     /// Reads the generation as it goes (see [`Engine::generate`]).
     pub fn wait(
         self,
-        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+        mut on_text: impl FnMut(Piece) -> ControlFlow<()>,
     ) -> Result<Generation, MlError> {
         // Where the asker stopped listening: tokens so far and the text it was shown.
         let mut cut: Option<(usize, String)> = None;
         let mut shown = String::new();
         loop {
             match self.reports.recv().map_err(|_| stopped())? {
-                Report::Text(_, _) if cut.is_some() => {}
-                Report::Text(piece, tokens) => {
-                    shown.push_str(&piece);
-                    if on_text(&piece).is_break() {
+                Report::Text(..) if cut.is_some() => {}
+                Report::Text(text, logprobs, tokens) => {
+                    shown.push_str(&text);
+                    let piece = Piece {
+                        text: &text,
+                        logprobs: &logprobs,
+                    };
+                    if on_text(piece).is_break() {
                         self.cancelled.store(true, Ordering::Relaxed);
                         cut = Some((tokens, std::mem::take(&mut shown)));
                     }
@@ -237,6 +292,10 @@ fn cut_at(mut g: Generation, cut: Option<(usize, String)>) -> Generation {
     g
 }
 
+fn report(piece: Piece, tokens: usize) -> Report {
+    Report::Text(piece.text.into(), piece.logprobs.to_vec(), tokens)
+}
+
 /// A generation in the running batch.
 struct Running {
     decoding: Decoding,
@@ -257,7 +316,7 @@ impl Running {
         }
         let reports = &self.request.reports;
         let tokens = self.decoding.tokens().len() + 1;
-        let mut on_text = |piece: &str| match reports.send(Report::Text(piece.into(), tokens)) {
+        let mut on_text = |piece: Piece| match reports.send(report(piece, tokens)) {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         };
@@ -269,8 +328,8 @@ impl Running {
         let result = match failure {
             Some(e) => Err(e),
             None => {
-                let mut on_text = |piece: &str| {
-                    let _ = reports.send(Report::Text(piece.into(), usize::MAX));
+                let mut on_text = |piece: Piece| {
+                    let _ = reports.send(report(piece, usize::MAX));
                     ControlFlow::Continue(())
                 };
                 Ok(self.decoding.finish(&mut on_text))
@@ -280,9 +339,9 @@ impl Running {
     }
 }
 
-struct Scheduler {
-    model: Gpt,
-    tokenizer: Tokenizer,
+struct Scheduler<'m> {
+    model: &'m Gpt,
+    tokenizer: &'m Tokenizer,
     limits: BatchLimits,
     waiting: VecDeque<Request>,
     /// Row `i` of `cache` is `running[i]`.
@@ -291,13 +350,13 @@ struct Scheduler {
     counters: Arc<Counters>,
 }
 
-impl Scheduler {
+impl<'m> Scheduler<'m> {
     fn new(
-        model: Gpt,
-        tokenizer: Tokenizer,
+        model: &'m Gpt,
+        tokenizer: &'m Tokenizer,
         limits: BatchLimits,
         counters: Arc<Counters>,
-    ) -> Scheduler {
+    ) -> Scheduler<'m> {
         let cache = SlotCache::new(model.config.block_size);
         Scheduler {
             model,
@@ -336,7 +395,7 @@ impl Scheduler {
     fn take(&mut self, job: Job) {
         match job {
             Job::Generate(request) => self.waiting.push_back(request),
-            Job::Run(work) => work(&self.model, &self.tokenizer),
+            Job::Run(work) => work(self.model, self.tokenizer),
         }
     }
 
@@ -424,7 +483,7 @@ impl Scheduler {
             .fetch_max(self.running.len(), Ordering::Relaxed);
         let mut ended = vec![];
         for (row, running) in self.running.iter_mut().enumerate() {
-            match running.step((&scores, row), &self.tokenizer) {
+            match running.step((&scores, row), self.tokenizer) {
                 Ok(ControlFlow::Continue(())) => {}
                 Ok(ControlFlow::Break(())) => ended.push((row, None)),
                 Err(e) => ended.push((row, Some(e))),

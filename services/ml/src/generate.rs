@@ -65,6 +65,14 @@ pub struct Generation {
     pub logprobs: Vec<TokenLogprob>,
 }
 
+/// Text as it is settled, with the tokens decided since the last piece: their
+/// log-probabilities when asked (a token whose text is held back goes with a later piece).
+#[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    pub text: &'a str,
+    pub logprobs: &'a [TokenLogprob],
+}
+
 /// A token's log-probability under the model (its raw distribution: before temperature or
 /// truncation), and the most likely tokens at its position, most likely first.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,7 +173,7 @@ pub fn generate(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    mut on_text: impl FnMut(Piece) -> ControlFlow<()>,
 ) -> Result<Generation, MlError> {
     let block = model.config.block_size as usize;
     check(prompt, options, block)?;
@@ -211,6 +219,8 @@ pub(crate) struct Decoding {
     text: String,
     /// Bytes of `text` already passed to `on_text`.
     shown: usize,
+    /// Entries of `logprobs` already passed to `on_text`.
+    reported: usize,
     finish: FinishReason,
 }
 
@@ -225,6 +235,7 @@ impl Decoding {
             logprobs: vec![],
             text: String::new(),
             shown: 0,
+            reported: 0,
             finish: FinishReason::Length,
         }
     }
@@ -245,7 +256,7 @@ impl Decoding {
         &mut self,
         (scores, row): (&Scores, usize),
         tokenizer: &Tokenizer,
-        on_text: &mut impl FnMut(&str) -> ControlFlow<()>,
+        on_text: &mut impl FnMut(Piece) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, MlError> {
         let next = scores.pick(row, &self.options, &mut self.rng);
         if self.options.stop_tokens.contains(&next) {
@@ -277,9 +288,8 @@ impl Decoding {
             settled_len(&self.text, &self.options.stop)
         };
         if settled > self.shown {
-            let piece = &self.text[self.shown..settled];
-            self.shown = settled;
-            if on_text(piece).is_break() {
+            let flow = self.show(settled, on_text);
+            if flow.is_break() {
                 self.finish = FinishReason::Cancelled;
                 return Ok(ControlFlow::Break(()));
             }
@@ -290,10 +300,32 @@ impl Decoding {
         Ok(ControlFlow::Continue(()))
     }
 
-    /// The generation; text held back for a stop sequence that never came goes out now.
-    pub(crate) fn finish(self, on_text: &mut impl FnMut(&str) -> ControlFlow<()>) -> Generation {
-        if self.finish == FinishReason::Length && self.text.len() > self.shown {
-            let _ = on_text(&self.text[self.shown..]);
+    /// Passes the text up to byte `settled` not shown yet, with the readings not reported.
+    fn show(
+        &mut self,
+        settled: usize,
+        on_text: &mut impl FnMut(Piece) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let piece = Piece {
+            text: &self.text[self.shown..settled],
+            logprobs: &self.logprobs[self.reported..],
+        };
+        let flow = on_text(piece);
+        self.shown = settled;
+        self.reported = self.logprobs.len();
+        flow
+    }
+
+    /// The generation; what was held back (text that might have begun a stop sequence, the
+    /// readings of tokens whose text a stop sequence removed) goes out now, unless the
+    /// caller stopped listening.
+    pub(crate) fn finish(
+        mut self,
+        on_text: &mut impl FnMut(Piece) -> ControlFlow<()>,
+    ) -> Generation {
+        let held = self.text.len() > self.shown || self.logprobs.len() > self.reported;
+        if self.finish != FinishReason::Cancelled && held {
+            let _ = self.show(self.text.len(), on_text);
         }
         Generation {
             text: self.text,

@@ -7,7 +7,7 @@ mod common;
 
 use common::{max_diff, pretrained};
 use quark_ml::Tokenizer;
-use quark_ml::batch::{BatchLimits, Engine, Pending};
+use quark_ml::batch::{BatchLimits, Engine, Pending, generate_all};
 use quark_ml::generate::{FinishReason, GenerateOptions, Generation, generate, prompt_logprobs};
 use quark_ml::gpt::{Context, Gpt, KvCache, SlotCache};
 use std::ops::ControlFlow;
@@ -146,7 +146,7 @@ fn wait_all(pending: Vec<Pending>) -> Vec<(Generation, String)> {
                 let mut streamed = String::new();
                 let generation = p
                     .wait(|piece| {
-                        streamed.push_str(piece);
+                        streamed.push_str(piece.text);
                         ControlFlow::Continue(())
                     })
                     .unwrap();
@@ -247,6 +247,14 @@ fn the_limits_bound_the_batch_and_the_rest_wait_their_turn() {
         // One intra-op thread, as the gateway runs it: the same tokens as alone.
         threads: 1,
     };
+    // The same batch run on the calling thread (as the evaluator runs it) gives them too;
+    // one request that cannot run fails the call.
+    let together = generate_all(&model, &tokenizer, requests.clone(), limits).unwrap();
+    let tokens: Vec<&Vec<u32>> = together.iter().map(|g| &g.tokens).collect();
+    assert_eq!(tokens, alone.iter().collect::<Vec<_>>());
+    let mut bad = requests.clone();
+    bad[5].0.clear();
+    assert!(generate_all(&model, &tokenizer, bad, limits).is_err());
     let engine = std::sync::Arc::new(Engine::spawn(model, tokenizer, limits).unwrap());
     let release = hold(&engine);
     let pending: Vec<Pending> = requests

@@ -1,7 +1,7 @@
 //! Log-probabilities on real libtorch (CPU): what generation records of its tokens is what
 //! one forward pass over the prompt and the answer gives at those positions.
 
-use quark_ml::generate::{GenerateOptions, generate, prompt_logprobs};
+use quark_ml::generate::{FinishReason, GenerateOptions, generate, prompt_logprobs};
 use quark_ml::gpt::Gpt;
 use quark_ml::tokenizer;
 use std::ops::ControlFlow;
@@ -64,4 +64,49 @@ fn generated_logprobs_are_the_models_and_the_greedy_token_is_the_most_likely() {
     let block = model.config.block_size as usize;
     assert!(prompt_logprobs(&model, &[], 0).is_err());
     assert!(prompt_logprobs(&model, &vec![1; block + 1], 0).is_err());
+}
+
+/// Streamed, each piece carries the readings of the tokens decided since the one before:
+/// joined, they are the generation's, even when a stop sequence removes the last tokens'
+/// text (their readings come with the last, empty, piece).
+#[test]
+fn streamed_pieces_carry_the_readings_of_their_tokens() {
+    let tokenizer = tokenizer::train_chars(TEXT).unwrap();
+    let model = Gpt::new(shape(tokenizer.get_vocab_size(true), 0.0), Device::Cpu, 5).unwrap();
+    let prompt = tokenizer.encode("To be", false).unwrap().get_ids().to_vec();
+    let options = GenerateOptions {
+        max_tokens: 10,
+        logprobs: Some(2),
+        ..Default::default()
+    };
+    let free = generate(&model, &tokenizer, &prompt, &options, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let chars: Vec<char> = free.text.chars().collect();
+    assert!(chars.len() >= 6, "{:?}", free.text);
+    let stop: String = chars[3..5].iter().collect();
+    for options in [
+        options.clone(),
+        GenerateOptions {
+            stop: vec![stop],
+            ..options
+        },
+    ] {
+        let (mut text, mut read) = (String::new(), vec![]);
+        let generation = generate(&model, &tokenizer, &prompt, &options, |piece| {
+            text.push_str(piece.text);
+            read.extend_from_slice(piece.logprobs);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(text, generation.text);
+        assert_eq!(read, generation.logprobs);
+        assert_eq!(read.len(), generation.tokens.len());
+        if !options.stop.is_empty() {
+            assert_eq!(generation.finish, FinishReason::Stop);
+            // The stop sequence's tokens were read but their text is not shown.
+            assert!(generation.tokens.len() > generation.text.chars().count());
+        }
+    }
 }

@@ -239,7 +239,7 @@ fn streaming_stops_at_stop_sequences_and_never_shows_them() {
                 ..Default::default()
             },
             |piece| {
-                pieces.push(piece.to_string());
+                pieces.push(piece.text.to_string());
                 ControlFlow::Continue(())
             },
         )

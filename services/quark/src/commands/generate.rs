@@ -66,7 +66,8 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<Generation> {
     let mut stdout = std::io::stdout().lock();
     let generation = generate(&model, &tokenizer, &prompt, &options, |piece| match write!(
         stdout,
-        "{piece}"
+        "{}",
+        piece.text
     )
     .and_then(|_| stdout.flush())
     {
