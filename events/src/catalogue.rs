@@ -2,6 +2,7 @@
 //! single-object fingerprint. One table below declares them all.
 
 use crate::header::EventHeader;
+use crate::operations::*;
 use crate::payloads::*;
 use apache_avro::{AvroSchema, Schema};
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,7 @@ catalogue! {
     ResponseServed => "response.served",
     ForgetRequested => "forget.requested",
     DocumentForgotten => "document.forgotten",
+    DeadLetterRedriven => "dlq.redriven",
 }
 
 /// What the codec needs of one event type, parsed once.

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod fingerprint;
 pub mod header;
 pub mod ids;
+pub mod operations;
 pub mod payloads;
 #[cfg(feature = "samples")]
 pub mod samples;
@@ -21,4 +22,5 @@ pub use codec::{
 };
 pub use header::EventHeader;
 pub use ids::{Id, Timestamp};
+pub use operations::*;
 pub use payloads::*;

@@ -4,6 +4,7 @@
 use crate::catalogue::{Event, EventKind};
 use crate::header::EventHeader;
 use crate::ids::{Id, Timestamp};
+use crate::operations::*;
 use crate::payloads::*;
 use std::collections::HashMap;
 
@@ -216,6 +217,20 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             header,
             document_id: "notes/skerry.txt".into(),
             dataset_ids: vec![Id::random()],
+        }
+        .into(),
+        EventKind::DeadLetterRedriven => DeadLetterRedriven {
+            header,
+            dead_letter_topic: "feedback.received.dlq".into(),
+            partition: 0,
+            offset: 41,
+            source_topic: "feedback.received".into(),
+            redelivered_partition: 2,
+            redelivered_offset: 1077,
+            error_label: "handler_permanent".into(),
+            consumer: "augmenter".into(),
+            operator: "ops@example.org".into(),
+            reason: Some("augmenter 0.9.1 reads ratings of 0".into()),
         }
         .into(),
         EventKind::ResponseServed => ResponseServed {

@@ -5,6 +5,7 @@ mod config;
 mod keepalive;
 mod ledger;
 mod publisher;
+mod redrive;
 mod runner;
 mod topics;
 mod trace;
@@ -12,6 +13,7 @@ mod trace;
 pub use config::BusConfig;
 pub use ledger::{ConsumerPositions, LedgerMigration, ProcessedEvents, positions};
 pub use publisher::Publisher;
+pub use redrive::{DeadLetter, Redrive, dead_letters, redrive};
 pub use runner::{Handler, HandlerError, RetryPolicy, Runner};
 pub use topics::{PartitionState, TopicState, dlq_topic, ensure_topics, inspect};
 

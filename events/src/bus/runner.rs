@@ -28,7 +28,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header};
 use rdkafka::types::RDKafkaErrorCode;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use std::sync::Arc;
@@ -384,7 +384,10 @@ impl Runner {
             message.offset().to_string(),
         );
         self.until_ok(shutdown, || {
-            let headers = OwnedHeaders::new()
+            // The message's own headers (its type, its trace) stay, for a redrive.
+            let own = message.headers().map(|h| h.detach());
+            let headers = own
+                .unwrap_or_default()
                 .insert(Header {
                     key: headers::ERROR_LABEL,
                     value: Some(dead.label),

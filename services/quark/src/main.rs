@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
-    compare, generate, ingest, models, moderation, plan, promote, publish, quantize, replay, run,
-    schema_registry, search, topics, trace, train, watch,
+    compare, dlq, generate, ingest, models, moderation, plan, promote, publish, quantize, replay,
+    run, schema_registry, search, topics, trace, train, watch,
 };
 use quark::services::Service;
 use quark::shutdown;
@@ -114,6 +114,9 @@ enum Command {
     },
     /// Topics, messages per partition and consumer-group lag.
     Topics,
+    /// Dead letters: list them, and send them back to their source topic once fixed.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// The events of one learning cycle (a correlation id), from the journal.
     Trace { correlation_id: String },
     /// Pre-train a GPT on text files, or fine-tune a checkpoint on conversations (--sft), with
@@ -195,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             | Command::Ingest(_)
             | Command::Retrain { .. }
             | Command::Forget { .. }
+            | Command::Dlq(_)
     ) {
         schema_registry::connect(&settings).await?;
     }
@@ -299,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Dlq(command) => dlq::dlq(&settings, command).await,
         Command::Topics => {
             print!("{}", topics::render(&topics::topics(&settings).await?));
             Ok(())

@@ -121,12 +121,7 @@ async fn collect(args: &IngestArgs) -> anyhow::Result<(SourceKind, Collected)> {
 
 /// Collects, stores the shard and publishes data.collected; returns the event.
 pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<DataCollected> {
-    if settings.uses_embedded_broker() {
-        bail!(
-            "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",
-            settings.broker.listen
-        );
-    }
+    super::require_brokers(settings)?;
     let (source_kind, collected) = collect(args).await?;
     for skip in &collected.skipped {
         tracing::info!(source = %skip.source, reason = %skip.reason, "skipped");

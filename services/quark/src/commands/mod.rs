@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod corpus;
+pub mod dlq;
 pub mod generate;
 pub mod ingest;
 pub mod intents;
@@ -22,3 +23,14 @@ pub mod trace;
 pub mod train;
 pub mod training_bar;
 pub mod watch;
+
+/// Refuses a command that talks to the bus when no brokers are configured: the embedded one
+/// runs inside `quark up` only.
+pub(crate) fn require_brokers(settings: &quark_runtime::Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !settings.uses_embedded_broker(),
+        "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",
+        settings.broker.listen
+    );
+    Ok(())
+}

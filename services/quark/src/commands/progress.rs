@@ -82,6 +82,10 @@ pub fn describe(event: &Event) -> String {
             e.document_id,
             e.dataset_ids.len()
         ),
+        Event::DeadLetterRedriven(e) => format!(
+            "dead letter {}:{}:{} sent back to {} by {}",
+            e.dead_letter_topic, e.partition, e.offset, e.source_topic, e.operator
+        ),
     }
 }
 

@@ -52,12 +52,7 @@ pub async fn publish(settings: &Settings, topic: &str, input: &str) -> anyhow::R
         anyhow!("unknown topic {topic:?}; topics: {}", known.join(", "))
     })?;
     let events = parse(kind, input, "quark-cli")?;
-    if settings.uses_embedded_broker() {
-        bail!(
-            "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",
-            settings.broker.listen
-        );
-    }
+    super::require_brokers(settings)?;
     let publisher = Publisher::new(&settings.bus, "quark-cli")?;
     publisher.publish_all(&events).await?;
     Ok(events.len())

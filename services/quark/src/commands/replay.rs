@@ -129,12 +129,7 @@ pub fn read_all(settings: &Settings, registry: Arc<dyn SchemaResolver>) -> anyho
 /// Drops and rebuilds the registry. Refuses when a message does not decode, unless
 /// `skip_undecodable`.
 pub async fn replay(settings: &Settings, skip_undecodable: bool) -> anyhow::Result<Replayed> {
-    if settings.uses_embedded_broker() {
-        bail!(
-            "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",
-            settings.broker.listen
-        );
-    }
+    super::require_brokers(settings)?;
     let database = db::open::<Migrator>(&settings.database_url()).await?;
     // Every version ever registered, so that history written with older schemas decodes:
     // the embedded registry lives in this database; an external one is installed by `main`.

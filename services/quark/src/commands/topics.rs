@@ -2,7 +2,6 @@
 //! positions the consumer runner records in the database).
 
 use crate::Migrator;
-use anyhow::bail;
 use quark_events::bus::{TopicState, inspect, positions};
 use quark_runtime::{Settings, db};
 
@@ -13,12 +12,7 @@ pub struct TopicReport {
 }
 
 pub async fn topics(settings: &Settings) -> anyhow::Result<Vec<TopicReport>> {
-    if settings.uses_embedded_broker() {
-        bail!(
-            "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",
-            settings.broker.listen
-        );
-    }
+    super::require_brokers(settings)?;
     let states = inspect(&settings.bus)?;
     let database = db::open::<Migrator>(&settings.database_url()).await?;
     let positions = positions(&database).await?;

@@ -64,12 +64,7 @@ pub async fn watch(
     limit: Option<usize>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if settings.uses_embedded_broker() {
-        bail!(
-            "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",
-            settings.broker.listen
-        );
-    }
+    super::require_brokers(settings)?;
     // Assigned partitions rather than a consumer group: watching commits nothing.
     let consumer: StreamConsumer = settings
         .bus
