@@ -283,6 +283,7 @@ impl Runner {
                 debug!("already processed; skipping");
                 return Ok(());
             }
+            let started = std::time::Instant::now();
             let outputs = match self.handle_with_retries(&event, shutdown, keep).await? {
                 Ok(outputs) => outputs,
                 Err(error) => {
@@ -297,6 +298,13 @@ impl Runner {
                 .await?;
             self.until_ok(shutdown, || self.commit_effects(&event, &event_id))
                 .await?;
+            let labels = [
+                ("consumer", name.to_string()),
+                ("topic", event.kind().topic().to_string()),
+            ];
+            metrics::counter!("quark_events_handled_total", &labels).increment(1);
+            metrics::histogram!("quark_handler_duration_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
             Ok(())
         }
         .instrument(span)
@@ -351,6 +359,11 @@ impl Runner {
             match outcome {
                 Err(HandlerError::Transient(error)) if attempt + 1 < self.retry.max_attempts => {
                     warn!(attempt, %error, "transient handler error; retrying");
+                    let labels = [
+                        ("consumer", self.handler.name().to_string()),
+                        ("topic", event.kind().topic().to_string()),
+                    ];
+                    metrics::counter!("quark_handler_retries_total", &labels).increment(1);
                     self.sleep(attempt, shutdown).await?;
                     attempt += 1;
                 }
@@ -378,6 +391,13 @@ impl Runner {
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
         warn!(label = dead.label, error = %dead.error, "sending to the dead-letter topic");
+        metrics::counter!(
+            "quark_dead_letters_total",
+            "consumer" => self.handler.name().to_string(),
+            "topic" => message.topic().to_string(),
+            "label" => dead.label,
+        )
+        .increment(1);
         let topic = dlq_topic(message.topic());
         let (partition, offset) = (
             message.partition().to_string(),

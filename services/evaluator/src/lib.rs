@@ -303,6 +303,8 @@ impl EvaluatorService {
         }
         let checks = gate(&self.settings, &measured, base.as_ref());
         let passed = checks.iter().all(|c| c.passed);
+        let decision = if passed { "passed" } else { "regressed" };
+        metrics::counter!("quark_gate_decisions_total", "decision" => decision).increment(1);
         info!(model = %candidate.model_id, baseline = ?champion, passed, metrics = ?measured.metrics, "evaluated");
         let report = serde_json::json!({
             "model_id": candidate.model_id,

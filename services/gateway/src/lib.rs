@@ -34,6 +34,7 @@ pub mod intents;
 pub mod knowledge;
 mod logprobs;
 pub mod moderation;
+mod observed;
 mod reply;
 mod router;
 mod routes;
@@ -109,6 +110,8 @@ impl Gateway {
         db: DatabaseConnection,
         publisher: Publisher,
     ) -> Arc<Gateway> {
+        // Its serving metrics need the process's recorder (installed once).
+        quark_runtime::metrics::handle();
         Arc::new(Gateway {
             settings,
             store,

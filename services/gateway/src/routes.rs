@@ -4,6 +4,7 @@ use crate::api::{ApiError, ChatRequest, Sampling};
 use crate::chat_input::ChatMessage;
 use crate::fleet::{Listed, unknown_model};
 use crate::moderation::{Answered, generate_screened};
+use crate::observed::{self, Timing};
 use crate::reply::{Answer, Reply, Shape};
 use crate::router::{Route, ShadowJob};
 use crate::served::{self, Exchange, new_request_id};
@@ -34,6 +35,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/feedback", post(crate::feedback::feedback))
         .route("/v1/admin/status", get(crate::admin::status))
         .route("/v1/admin/retrain", post(crate::admin::retrain))
+        .merge(quark_runtime::metrics::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)
@@ -196,6 +198,8 @@ pub(crate) struct Job {
 pub(crate) struct Outcome {
     pub answered: Answered,
     prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    /// When the first piece of the answer was decided.
+    first_text: Option<Instant>,
 }
 
 /// Runs a generation off the async workers, through the safety filter; with `pieces`, the
@@ -214,6 +218,7 @@ pub(crate) async fn run(
     let model_id = served.model_id;
     let screen = gateway.screen();
     let prompt = job.exchange.prompt.clone();
+    observed::load(&served);
     let outcome = tokio::task::spawn_blocking(move || {
         let prompt_logprobs = match (&echo, options.logprobs) {
             (Some(_), Some(top)) => Some(
@@ -236,17 +241,22 @@ pub(crate) async fn run(
             let _ = send(Chunk::echo(text, &ids, prompt_logprobs.as_deref()));
         }
         let asked = options.logprobs.is_some();
+        let mut first_text = None;
         let answered = generate_screened(
             &served.engine,
             &ids,
             &options,
             screen.as_ref(),
             (&prompt, pieces.is_some()),
-            |sent| send(Chunk::answer(sent, asked)),
+            |sent| {
+                first_text.get_or_insert_with(Instant::now);
+                send(Chunk::answer(sent, asked))
+            },
         )?;
         Ok(Outcome {
             answered,
             prompt_logprobs,
+            first_text,
         })
     })
     .await;
@@ -257,6 +267,15 @@ pub(crate) async fn run(
         ))
     });
     let latency = started.elapsed().as_secs_f64() * 1e3;
+    let timing = Timing {
+        started,
+        first_text: result.as_ref().ok().and_then(|o| o.first_text),
+    };
+    observed::request(
+        &job.served,
+        timing,
+        result.as_ref().ok().map(|o| &o.answered),
+    );
     if let Ok(o) = &result
         && job.options.max_tokens > 0
     {

@@ -356,6 +356,19 @@ pub struct TelemetrySettings {
     /// OTLP/gRPC endpoint of an OpenTelemetry collector, e.g. `http://127.0.0.1:4317`; empty: none.
     #[serde(default)]
     pub otlp_endpoint: String,
+    /// Where this process serves `/metrics` for Prometheus, e.g. `0.0.0.0:9464`; empty: only
+    /// on the gateway's port (which `quark up` serves every service's metrics on).
+    #[serde(default)]
+    pub metrics_listen: String,
+    /// How often consumer-group lag is read for `/metrics`.
+    #[serde(default = "TelemetrySettings::default_lag_interval_ms")]
+    pub lag_interval_ms: u64,
+}
+
+impl TelemetrySettings {
+    fn default_lag_interval_ms() -> u64 {
+        5_000
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +396,8 @@ impl Default for Settings {
                 log: "info".into(),
                 format: LogFormat::Text,
                 otlp_endpoint: String::new(),
+                metrics_listen: String::new(),
+                lag_interval_ms: TelemetrySettings::default_lag_interval_ms(),
             },
             curate: CurateSettings {
                 languages: vec!["eng".into()],

@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod telemetry;
 
 pub use artifacts::{ArtifactError, ArtifactStore, LocalStore, S3Config, S3Store};

@@ -89,6 +89,8 @@ pub fn init(
     target: &LogTarget,
     watcher: Option<Watcher>,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    // Installed first, so that nothing recorded from here on is lost.
+    crate::metrics::handle();
     let filter = || {
         EnvFilter::try_new(&settings.log)
             .map_err(|e| TelemetryError::Filter(settings.log.clone(), e.to_string()))

@@ -364,11 +364,22 @@ impl TrainerService {
         let shutdown = self.shutdown.clone();
         let data = &job.data;
         let selector = &mut job.selector;
+        let run_kind = serde_json::to_value(job.run_kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         let validation = (!data.validation.is_empty()).then_some(data.validation.as_slice());
         let outcome = tokio::task::block_in_place(|| {
             job.trainer
                 .run_observed(data.batches.as_ref(), validation, |progress, model| {
                     if let Some(loss) = progress.loss {
+                        let kind = run_kind.clone();
+                        metrics::gauge!("quark_training_loss", "run_kind" => kind.clone())
+                            .set(loss);
+                        if let Some(rate) = progress.tokens_per_s {
+                            metrics::gauge!("quark_training_tokens_per_second", "run_kind" => kind)
+                                .set(rate);
+                        }
                         info!(
                             step = progress.step,
                             max_steps = progress.max_steps,

@@ -7,6 +7,7 @@ use crate::services::Service;
 use anyhow::{Context, bail};
 use quark_events::bus::{Publisher, Runner, ensure_topics};
 use quark_moderation::Moderator;
+use quark_runtime::metrics::{self, Group};
 use quark_runtime::{Settings, db};
 use sea_orm::DatabaseConnection;
 use std::path::PathBuf;
@@ -146,6 +147,7 @@ async fn serve(
         .await
         .context("cannot open the database")?;
     let tracker = TaskTracker::new();
+    let mut groups = vec![];
     for service in services {
         let handler = match service {
             Service::Gateway => gateway(settings, &database, &tracker, &shutdown).await?,
@@ -161,6 +163,14 @@ async fn serve(
             ));
         }
         for handler in std::iter::once(handler).chain(service.followers(settings, &database)?) {
+            groups.push(Group {
+                name: handler.name().to_string(),
+                topics: handler
+                    .consumes()
+                    .iter()
+                    .map(|k| k.topic().to_string())
+                    .collect(),
+            });
             let runner = Runner::new(handler, settings.bus.clone(), database.clone())
                 .with_retry(service.retry());
             let token = shutdown.clone();
@@ -173,10 +183,45 @@ async fn serve(
             });
         }
     }
+    observe(settings, &database, groups, &tracker, &shutdown).await?;
     tracker.close();
     info!(services = ?services, brokers = %settings.bus.brokers, "running; Ctrl-C stops");
     tracker.wait().await;
     database.close().await.ok();
+    Ok(())
+}
+
+/// Exports the consumer groups' lag to `/metrics`, and serves `/metrics` on
+/// `telemetry.metrics_listen` when it is set.
+async fn observe(
+    settings: &Settings,
+    database: &DatabaseConnection,
+    groups: Vec<Group>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let every = std::time::Duration::from_millis(settings.telemetry.lag_interval_ms.max(100));
+    let (bus, db) = (settings.bus.clone(), database.clone());
+    tracker.spawn(metrics::export_lag(
+        bus,
+        db,
+        groups,
+        every,
+        shutdown.clone(),
+    ));
+    let listen = &settings.telemetry.metrics_listen;
+    if !listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("telemetry.metrics_listen: cannot listen on {listen}"))?;
+        info!(%listen, "serving /metrics");
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(error) = metrics::serve(listener, token).await {
+                warn!(%error, "/metrics stopped");
+            }
+        });
+    }
     Ok(())
 }
 
