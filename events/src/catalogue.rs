@@ -88,6 +88,7 @@ catalogue! {
     ForgetRequested => "forget.requested",
     DocumentForgotten => "document.forgotten",
     DeadLetterRedriven => "dlq.redriven",
+    PromotionRequested => "promotion.requested",
 }
 
 /// What the codec needs of one event type, parsed once.

@@ -281,6 +281,12 @@ pub struct ModelPromoted {
     pub dataset_ids: Option<Vec<Id>>,
     pub trained_at: Option<Timestamp>,
     pub alias_name: Option<String>,
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub operator: Option<String>,
+    #[avro(default = "null")]
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -465,6 +471,8 @@ impl ModelPromoted {
             dataset_ids: None,
             trained_at: None,
             alias_name: None,
+            operator: None,
+            note: None,
         }
     }
 

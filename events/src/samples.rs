@@ -152,6 +152,8 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             dataset_ids: Some(vec![Id::random()]),
             trained_at: Some(Timestamp(1_700_000_000_000)),
             alias_name: Some("legal".into()),
+            operator: Some("ops@example.org".into()),
+            note: Some("back to the model before the bad release".into()),
         }
         .into(),
         EventKind::FeedbackReceived => FeedbackReceived {
@@ -231,6 +233,15 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             consumer: "augmenter".into(),
             operator: "ops@example.org".into(),
             reason: Some("augmenter 0.9.1 reads ratings of 0".into()),
+        }
+        .into(),
+        EventKind::PromotionRequested => PromotionRequested {
+            header,
+            action: PromotionAction::Promote,
+            model_id: Some(Id::random()),
+            alias_name: Some("legal".into()),
+            operator: "ops@example.org".into(),
+            reason: Some("the legal-domain model passed review".into()),
         }
         .into(),
         EventKind::ResponseServed => ResponseServed {

@@ -117,6 +117,8 @@ pub async fn promotion_of(store: &ArtifactStore, path: &Path) -> ModelPromoted {
         dataset_ids: Some(vec![Id::random()]),
         trained_at: Some(Timestamp::now()),
         alias_name: None,
+        operator: None,
+        note: None,
     }
 }
 

@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(quark_registry::ForgottenMigration),
             Box::new(quark_augmenter::ratings::RatingsMigration),
             Box::new(quark_evaluator::shadow::ShadowMigration),
+            Box::new(quark_registry::OperatorMigration),
         ]
     }
 }

@@ -44,14 +44,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Point a named alias (a domain model, a distilled or quantized variant) at a model the
-    /// registry knows; the gateway serves it under that name. Publishes model.promoted.
+    /// Promote a model by hand: to champion (the champion before becomes previous), or with
+    /// --alias to a named alias (a domain model, a distilled or quantized variant) that the
+    /// gateway serves under that name. Asks the registry (promotion.requested) and prints its
+    /// move.
     Promote {
         /// The model's id, as `quark models` lists it.
         model_id: String,
-        /// The alias's name (not champion, challenger or previous: the registry moves those).
+        /// A named alias (not champion, challenger or previous: the registry moves those).
         #[arg(long)]
-        alias: String,
+        alias: Option<String>,
+        #[command(flatten)]
+        asked: Asked,
+    },
+    /// Roll the champion back to the previous one by hand (promotion.requested); prints the move.
+    Rollback {
+        #[command(flatten)]
+        asked: Asked,
     },
     /// Drop the registry and rebuild it from the topics. Refuses if a message does not decode.
     Replay {
@@ -173,6 +182,17 @@ enum Command {
     },
 }
 
+/// Who moves an alias by hand, and why.
+#[derive(clap::Args)]
+struct Asked {
+    /// Why, for the audit trail (`quark models --at` shows it).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Who (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -199,6 +219,8 @@ async fn main() -> anyhow::Result<()> {
             | Command::Retrain { .. }
             | Command::Forget { .. }
             | Command::Dlq(_)
+            | Command::Promote { .. }
+            | Command::Rollback { .. }
     ) {
         schema_registry::connect(&settings).await?;
     }
@@ -216,9 +238,33 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Promote { model_id, alias } => {
-            let event = promote::named(&settings, model_id.parse()?, &alias).await?;
-            publish_one(&settings, &event).await
+        Command::Promote {
+            model_id,
+            alias,
+            asked,
+        } => {
+            let action = quark_events::PromotionAction::Promote;
+            let request = promote::request(
+                action,
+                Some(model_id.parse()?),
+                alias,
+                asked.by,
+                asked.reason,
+            );
+            println!(
+                "{}",
+                promote::render(&promote::ask(&settings, request).await?)
+            );
+            Ok(())
+        }
+        Command::Rollback { asked } => {
+            let action = quark_events::PromotionAction::Rollback;
+            let request = promote::request(action, None, None, asked.by, asked.reason);
+            println!(
+                "{}",
+                promote::render(&promote::ask(&settings, request).await?)
+            );
+            Ok(())
         }
         Command::Replay { skip_undecodable } => {
             let replayed = replay::replay(&settings, skip_undecodable).await?;

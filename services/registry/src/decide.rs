@@ -16,7 +16,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Que
 
 /// A move of `alias` to `model_id`, caused by `cause` and taking effect when it happened (so a
 /// replay re-derives it exactly); its id is derived from the cause and the alias.
-fn moved(
+pub(crate) fn moved(
     cause: &EventHeader,
     alias: Alias,
     model_id: Id,
@@ -41,6 +41,9 @@ pub async fn decide<C: ConnectionTrait>(
 ) -> Result<Vec<ModelPromoted>, DbErr> {
     if let Event::ModelTrained(m) = event {
         return challenger(db, m).await;
+    }
+    if let Event::PromotionRequested(r) = event {
+        return Ok(crate::manual::requested(db, r).await?.unwrap_or_default());
     }
     let champion = alias_of(db, Alias::Champion).await?;
     let decision = match event {
@@ -76,12 +79,26 @@ pub async fn decide<C: ConnectionTrait>(
     let Some((cause, model_id, reason, evaluation_id)) = decision else {
         return Ok(vec![]);
     };
+    let mut moves = champion_moves(db, cause, model_id, reason, champion).await?;
+    for p in &mut moves {
+        p.evaluation_id = evaluation_id;
+    }
+    Ok(moves)
+}
+
+/// `model_id` becomes champion, replacing `champion`, and `previous` moves as that implies.
+pub(crate) async fn champion_moves<C: ConnectionTrait>(
+    db: &C,
+    cause: &EventHeader,
+    model_id: Id,
+    reason: PromotionReason,
+    champion: Option<Id>,
+) -> Result<Vec<ModelPromoted>, DbErr> {
     let mut promoted = moved(cause, Alias::Champion, model_id, reason);
-    (promoted.previous_model_id, promoted.evaluation_id) = (champion, evaluation_id);
+    promoted.previous_model_id = champion;
     let mut moves = vec![carry_model(db, promoted.clone()).await?];
     if let Some(previous) = previous_after(db, &promoted).await? {
-        let mut p = moved(cause, Alias::Previous, previous, reason);
-        p.evaluation_id = evaluation_id;
+        let p = moved(cause, Alias::Previous, previous, reason);
         moves.push(carry_model(db, p).await?);
     }
     Ok(moves)

@@ -7,6 +7,9 @@
 //! - eval.regressed for the live champion, or telemetry.reported showing the champion failing
 //!   live → model.promoted with reason `rollback`: `previous` becomes champion again.
 //!
+//! - promotion.requested (by hand) → model.promoted with the operator and the note, or the
+//!   request dead-lettered with why it cannot be carried out (see [`manual`]).
+//!
 //! - document.forgotten → every model that learnt from the document is flagged (see
 //!   [`forgotten`]), and, if the policy says so and the champion is one, retrain.requested for
 //!   a full retrain without it.
@@ -18,6 +21,7 @@
 
 mod decide;
 mod forgotten;
+mod manual;
 mod rebuild;
 pub mod tables;
 
@@ -38,7 +42,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-pub use tables::{ForgottenMigration, RegistryMigration};
+pub use tables::{ForgottenMigration, OperatorMigration, RegistryMigration};
 use tables::{alias, dataset, evaluation, feedback, model, promotion, tokenizer};
 
 pub const NAME: &str = "registry";
@@ -72,10 +76,18 @@ impl Handler for RegistryService {
             FeedbackReceived,
             TelemetryReported,
             DocumentForgotten,
+            PromotionRequested,
         ]
     }
 
     async fn handle(&self, event: &Event) -> Result<Vec<Event>, HandlerError> {
+        // A request that cannot be carried out goes to the dead-letter topic, with why.
+        if let Event::PromotionRequested(r) = event {
+            let answer = manual::requested(&self.db, r).await;
+            if let Err(refused) = answer.map_err(HandlerError::transient)? {
+                return Err(HandlerError::Permanent(refused));
+            }
+        }
         let decision = decide(&self.db, event, &self.policy)
             .await
             .map_err(HandlerError::transient)?;
@@ -328,6 +340,8 @@ async fn record_promotion<C: ConnectionTrait>(db: &C, p: &ModelPromoted) -> Resu
         reason: Set(label(&p.reason)),
         evaluation_id: Set(p.evaluation_id.map(|id| id.to_string())),
         promoted_at: Set(at),
+        operator: Set(p.operator.clone()),
+        note: Set(p.note.clone()),
     })
     .exec_without_returning(db)
     .await?;

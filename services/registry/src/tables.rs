@@ -107,6 +107,9 @@ pub mod promotion {
         pub reason: String,
         pub evaluation_id: Option<String>,
         pub promoted_at: i64,
+        /// Who moved it by hand, and why (promotion.requested); none for the registry's own.
+        pub operator: Option<String>,
+        pub note: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -229,6 +232,38 @@ impl MigrationTrait for ForgottenMigration {
         let schema = Schema::new(manager.get_database_backend());
         let mut table = schema.create_table_from_entity(forgotten::Entity);
         manager.create_table(table.if_not_exists().to_owned()).await
+    }
+}
+
+/// Who moved an alias by hand and why, on each promotion (added after the first tables;
+/// tables created since have the columns already).
+pub struct OperatorMigration;
+
+impl MigrationName for OperatorMigration {
+    fn name(&self) -> &str {
+        "m0011_registry_promotion_operator"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for OperatorMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::sea_query::{Alias, ColumnDef, Table};
+        let table = "registry_promotions";
+        for column in ["operator", "note"] {
+            if !manager.has_column(table, column).await? {
+                let add = ColumnDef::new(Alias::new(column))
+                    .string()
+                    .null()
+                    .to_owned();
+                let alter = Table::alter()
+                    .table(Alias::new(table))
+                    .add_column(add)
+                    .to_owned();
+                manager.alter_table(alter).await?;
+            }
+        }
+        Ok(())
     }
 }
 

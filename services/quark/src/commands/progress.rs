@@ -82,6 +82,14 @@ pub fn describe(event: &Event) -> String {
             e.document_id,
             e.dataset_ids.len()
         ),
+        Event::PromotionRequested(e) => format!(
+            "{} asks to {:?}{}",
+            e.operator,
+            e.action,
+            e.model_id
+                .map(|m| format!(" {}", short(&m)))
+                .unwrap_or_default()
+        ),
         Event::DeadLetterRedriven(e) => format!(
             "dead letter {}:{}:{} sent back to {} by {}",
             e.dead_letter_topic, e.partition, e.offset, e.source_topic, e.operator
