@@ -325,7 +325,8 @@ fn streamed_answers_are_read_a_sentence_at_a_time(dir: &Path) {
     };
     let (out, reader, stopped) = read(
         redacting,
-        &format!("The king is in the hall. {INSULT} The end."),
+        // The sentence after it is one the classifier passed above.
+        &format!("The king is in the hall. {INSULT} The king is in the hall."),
     );
     assert!(!stopped, "{out:?}");
     let changed: Vec<bool> = out.iter().map(|(_, changed)| *changed).collect();

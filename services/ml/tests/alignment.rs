@@ -459,17 +459,26 @@ fn rloo_raises_the_reward_models_score_of_the_policys_own_completions() {
     let last = &runs[0][runs[0].len() - 10..];
     let beta = rloo.beta;
     assert!((mean(last, "score") - (mean(last, "reward") - beta * mean(last, "kl"))).abs() < 1e-4);
-    // A heavier penalty keeps the policy nearer its reference (over seeds 1–9, a KL of
-    // 0.5–1.7 at β 0.5 against 3.6–9.4 at 0.05).
+    // A heavier penalty keeps the policy nearer its reference, at every seed. (How much
+    // nearer depends on the machine's kernels: over seeds 1–9 one machine gave a KL of
+    // 0.5–1.7 at β 0.5 against 3.6–9.4 at 0.05; another, at seed 1, 1.83 against 2.36.)
     let held = RlooConfig { beta: 0.5, ..rloo };
-    let near = rloo_run(&dir.path().join("held"), judge(), held, 1);
-    let near = &near[near.len() - 10..];
-    assert!(
-        mean(near, "kl") < mean(last, "kl") / 2.0,
-        "KL {} at β 0.5, {} at β {beta}",
-        mean(near, "kl"),
-        mean(last, "kl")
-    );
+    for (seed, far) in (1..=3).zip(&runs) {
+        let near = rloo_run(
+            &dir.path().join(format!("held-{seed}")),
+            judge(),
+            held,
+            seed,
+        );
+        let (near, far) = (
+            mean(&near[near.len() - 10..], "kl"),
+            mean(&far[far.len() - 10..], "kl"),
+        );
+        assert!(
+            near < far,
+            "seed {seed}: KL {near} at β 0.5, {far} at β {beta}"
+        );
+    }
 
     // What cannot work is refused with a reason.
     let (plain, tokenizer, _) = pretrained(&dir.path().join("plain"), 1);
