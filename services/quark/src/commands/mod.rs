@@ -26,7 +26,7 @@ pub mod watch;
 
 /// Refuses a command that talks to the bus when no brokers are configured: the embedded one
 /// runs inside `quark up` only.
-pub(crate) fn require_brokers(settings: &quark_runtime::Settings) -> anyhow::Result<()> {
+pub fn require_brokers(settings: &quark_runtime::Settings) -> anyhow::Result<()> {
     anyhow::ensure!(
         !settings.uses_embedded_broker(),
         "bus.brokers is empty: set QUARK__BUS__BROKERS (quark up listens on {})",

@@ -10,7 +10,7 @@ use quark_moderation::Moderator;
 use quark_runtime::metrics::{self, Group};
 use quark_runtime::{Settings, db};
 use sea_orm::DatabaseConnection;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,7 +66,7 @@ pub async fn up(
             let (settings, shutdown) = (settings.clone(), shutdown.clone());
             async move { serve(&settings, Service::ALL, shutdown).await }
         });
-        if let Err(e) = cold_start(&settings, &args).await {
+        if let Err(e) = cold_start(&settings, args.ingest.as_deref()).await {
             error!(
                 error = format!("{e:#}"),
                 "cold start failed; the services keep running"
@@ -95,15 +95,16 @@ fn banner(settings: &Settings, args: &UpArgs) -> String {
     )
 }
 
-/// On a data directory that has never ingested anything, ingests the starting corpus.
-/// A marker records that it was published, so a restart does not ingest it again.
-async fn cold_start(settings: &Settings, args: &UpArgs) -> anyhow::Result<()> {
+/// On a data directory that has never ingested anything, ingests the starting corpus (or
+/// `ingest`). A marker records that it was published, so a restart does not ingest it again.
+/// `quark seed` runs it alone, for a stack whose services run apart (docker-compose).
+pub async fn cold_start(settings: &Settings, ingest: Option<&Path>) -> anyhow::Result<()> {
     let marker = settings.data_dir.join("cold-start.json");
     if marker.exists() {
         return Ok(());
     }
-    let source = match &args.ingest {
-        Some(path) => path.clone(),
+    let source = match ingest {
+        Some(path) => path.to_path_buf(),
         None => corpus::obtain(&settings.data_dir.join("corpus")).await?,
     };
     info!(source = %source.display(), "cold start: ingesting the first corpus");
