@@ -136,15 +136,6 @@ impl Handler for Scripted {
     }
 }
 
-fn feedback(request_id: &str) -> Event {
-    let Event::FeedbackReceived(mut f) = sample(EventKind::FeedbackReceived, "test") else {
-        unreachable!()
-    };
-    f.request_id = request_id.into();
-    f.header = EventHeader::root("test");
-    f.into()
-}
-
 fn fast_retries() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 3,
@@ -160,7 +151,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_consumer_goes_on() 
     let publisher = Publisher::new(&bus, "test").unwrap();
     let topic = EventKind::FeedbackReceived.topic();
 
-    let good = encode(&feedback("good-0")).unwrap();
+    let good = encode(&feedback_on("good-0")).unwrap();
     let mut unknown_fingerprint = good.clone();
     unknown_fingerprint[2..10].copy_from_slice(&[7; 8]);
     let poison: Vec<(Vec<u8>, &str)> = vec![
@@ -180,7 +171,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_consumer_goes_on() 
     ];
     let mut good_ids = Vec::new();
     for (i, (bytes, _)) in poison.iter().enumerate() {
-        let event = feedback(&format!("good-{i}"));
+        let event = feedback_on(&format!("good-{i}"));
         good_ids.push(event.header().event_id.to_string());
         publisher.publish(&event).await.unwrap();
         // Same key as the good ones so they share a partition and order matters.
@@ -194,7 +185,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_consumer_goes_on() 
             .await
             .unwrap();
     }
-    let last = feedback("good-last");
+    let last = feedback_on("good-last");
     publisher.publish(&last).await.unwrap();
 
     let handler = Arc::new(Scripted::default());
@@ -256,7 +247,7 @@ async fn transient_errors_are_retried_and_permanent_ones_dead_lettered() {
     let (bus, db) = (world.bus.clone(), world.db.clone());
     let publisher = Publisher::new(&bus, "test").unwrap();
     for id in ["flaky", "broken", "hopeless", "fine"] {
-        publisher.publish(&feedback(id)).await.unwrap();
+        publisher.publish(&feedback_on(id)).await.unwrap();
     }
     let handler = Arc::new(Scripted {
         // Two failures are retried within 3 attempts; five are not.
@@ -299,7 +290,7 @@ async fn graceful_shutdown_commits_what_was_processed() {
     ensure_topics(&bus).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::Sqlite.open(dir.path()).await;
-    let events: Vec<Event> = (0..50).map(|i| feedback(&format!("r{i}"))).collect();
+    let events: Vec<Event> = (0..50).map(|i| feedback_on(&format!("r{i}"))).collect();
     Publisher::new(&bus, "test")
         .unwrap()
         .publish_all(&events)
@@ -362,7 +353,7 @@ async fn crashes_of_consumer_and_broker_lose_nothing_and_apply_nothing_twice() {
         .await
         .unwrap();
     let publisher = Publisher::new(&bus, "test").unwrap();
-    let first: Vec<Event> = (0..1500).map(|i| feedback(&format!("a{i}"))).collect();
+    let first: Vec<Event> = (0..1500).map(|i| feedback_on(&format!("a{i}"))).collect();
     // Concurrent sends with linger: the broker stores multi-record batches.
     publisher.publish_all(&first).await.unwrap();
 
@@ -400,7 +391,7 @@ async fn crashes_of_consumer_and_broker_lose_nothing_and_apply_nothing_twice() {
     .await;
 
     // The broker dies under the running consumer while more events arrive.
-    let second: Vec<Event> = (0..500).map(|i| feedback(&format!("b{i}"))).collect();
+    let second: Vec<Event> = (0..500).map(|i| feedback_on(&format!("b{i}"))).collect();
     publisher.publish_all(&second[..250]).await.unwrap();
     broker.crash_and_restart();
     Publisher::new(&bus, "test")
@@ -453,7 +444,7 @@ async fn trace_context_travels_from_an_event_to_the_events_it_causes() {
     };
     Publisher::new(&bus, "test")
         .unwrap()
-        .publish(&feedback("traced"))
+        .publish(&feedback_on("traced"))
         .instrument(span)
         .await
         .unwrap();
@@ -478,7 +469,7 @@ async fn projection_on(kind: TestDb) {
     let world = World::start(kind).await;
     let (bus, db) = (world.bus.clone(), world.db.clone());
     // One learning cycle: feedback → retrain request → model trained, linked by headers.
-    let Event::FeedbackReceived(f) = feedback("cycle") else {
+    let Event::FeedbackReceived(f) = feedback_on("cycle") else {
         unreachable!()
     };
     let mut retrain = sample(EventKind::RetrainRequested, "augmenter");

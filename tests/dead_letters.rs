@@ -9,8 +9,7 @@ use quark_events::bus::{
     BusConfig, Handler, HandlerError, Publisher, Runner, dlq_topic, ensure_topics, inspect,
     positions,
 };
-use quark_events::samples::sample;
-use quark_events::{Event, EventHeader, EventKind};
+use quark_events::{Event, EventKind};
 use quark_journal::{Journal, JournalService};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait};
 use std::sync::Arc;
@@ -45,15 +44,6 @@ impl Handler for Mending {
     async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
         JournalService.apply(event, txn).await
     }
-}
-
-fn feedback(i: usize) -> Event {
-    let Event::FeedbackReceived(mut f) = sample(EventKind::FeedbackReceived, "test") else {
-        unreachable!()
-    };
-    f.request_id = format!("req-{i}");
-    f.header = EventHeader::root("test");
-    f.into()
 }
 
 async fn handled(db: &DatabaseConnection) -> u64 {
@@ -96,7 +86,9 @@ async fn a_thousand_dead_letters_are_redriven_once_each_after_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::Sqlite.open(dir.path()).await;
     let topic = EventKind::FeedbackReceived.topic();
-    let events: Vec<Event> = (0..LETTERS).map(feedback).collect();
+    let events: Vec<Event> = (0..LETTERS)
+        .map(|i| feedback_on(&format!("req-{i}")))
+        .collect();
     Publisher::new(&bus, "test")
         .unwrap()
         .publish_all(&events)

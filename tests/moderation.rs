@@ -88,20 +88,7 @@ fn the_gateway_refuses_harm_flags_by_policy_and_moderates_in_openais_shape() {
     );
     assert_eq!(body["usage"]["completion_tokens"], 0);
 
-    let streamed = stack
-        .http
-        .post(stack.url("/v1/chat/completions"))
-        .json(&chat(VIOLENT, true))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let chunks: Vec<Value> = streamed
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = streamed(&stack, &chat(VIOLENT, true));
     let text: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -168,6 +155,23 @@ fn the_gateway_refuses_harm_flags_by_policy_and_moderates_in_openais_shape() {
     streamed_readings_go_with_the_sentences_read(&stack);
 }
 
+/// The chunks of a streamed chat completion.
+fn streamed(stack: &Stack, request: &Value) -> Vec<Value> {
+    let body = stack
+        .http
+        .post(stack.url("/v1/chat/completions"))
+        .json(request)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 /// A streamed answer with log-probabilities through the filter: each sentence carries the
 /// readings of the tokens generated since the last went out, so they add up to the answer's
 /// tokens unless the filter changed a sentence (whose readings are then not sent).
@@ -175,20 +179,7 @@ fn streamed_readings_go_with_the_sentences_read(stack: &Stack) {
     let mut request = json!({"model": "champion", "messages": [{"role": "user", "content": BENIGN}],
         "max_tokens": 24, "stream": true, "logprobs": true, "stream_options": {"include_usage": true}});
     request["temperature"] = json!(0);
-    let streamed = stack
-        .http
-        .post(stack.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let chunks: Vec<Value> = streamed
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = streamed(stack, &request);
     let read: usize = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
@@ -200,10 +191,10 @@ fn streamed_readings_go_with_the_sentences_read(stack: &Stack) {
     let finish = chunks
         .iter()
         .find_map(|c| c["choices"][0]["finish_reason"].as_str());
-    assert!(tokens > 0, "{streamed}");
+    assert!(tokens > 0, "{chunks:?}");
     match finish {
-        Some("content_filter") => assert!(read < tokens, "{streamed}"),
-        _ => assert_eq!(read, tokens, "{streamed}"),
+        Some("content_filter") => assert!(read < tokens, "{chunks:?}"),
+        _ => assert_eq!(read, tokens, "{chunks:?}"),
     }
 }
 

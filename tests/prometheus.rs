@@ -7,8 +7,7 @@
 use async_trait::async_trait;
 use quark_e2e::*;
 use quark_events::bus::{Handler, HandlerError, Publisher};
-use quark_events::samples::sample;
-use quark_events::{Event, EventHeader, EventKind};
+use quark_events::{Event, EventKind};
 use quark_runtime::metrics::{Group, export_lag};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -37,15 +36,6 @@ impl Handler for Held {
         permit.forget();
         Ok(vec![])
     }
-}
-
-fn feedback(i: usize) -> Event {
-    let Event::FeedbackReceived(mut f) = sample(EventKind::FeedbackReceived, "test") else {
-        unreachable!()
-    };
-    f.request_id = format!("req-{i}");
-    f.header = EventHeader::root("test");
-    f.into()
 }
 
 /// A Prometheus server scraping `targets` (job name, host:port) every half second.
@@ -154,7 +144,9 @@ async fn prometheus_reads_lag_serving_latency_and_handled_events() {
         every,
         cluster.shutdown.clone(),
     ));
-    let events: Vec<Event> = (0..FEEDBACK).map(feedback).collect();
+    let events: Vec<Event> = (0..FEEDBACK)
+        .map(|i| feedback_on(&format!("req-{i}")))
+        .collect();
     publisher.publish_all(&events).await.unwrap();
 
     // A separate service process with its own /metrics.

