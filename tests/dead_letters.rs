@@ -3,15 +3,13 @@
 //! redrive --all` sends each back exactly once (a second redrive sends nothing), the consumer
 //! handles each once, and every redrive is recorded as dlq.redriven with who and why.
 
-use async_trait::async_trait;
 use quark_e2e::*;
 use quark_events::bus::{
-    BusConfig, Handler, HandlerError, Publisher, Runner, dlq_topic, ensure_topics, inspect,
-    positions,
+    BusConfig, Publisher, Runner, dlq_topic, ensure_topics, inspect, positions,
 };
 use quark_events::{Event, EventKind};
-use quark_journal::{Journal, JournalService};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait};
+use quark_journal::Journal;
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,32 +17,6 @@ use tokio_util::sync::CancellationToken;
 
 const LETTERS: usize = 1_000;
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A consumer with a bug until it is fixed: it refuses every feedback event as malformed.
-struct Mending {
-    broken: AtomicBool,
-}
-
-#[async_trait]
-impl Handler for Mending {
-    fn name(&self) -> &str {
-        "mending"
-    }
-    fn consumes(&self) -> Vec<EventKind> {
-        vec![EventKind::FeedbackReceived]
-    }
-    async fn handle(&self, _event: &Event) -> Result<Vec<Event>, HandlerError> {
-        match self.broken.load(Ordering::SeqCst) {
-            true => Err(HandlerError::Permanent(
-                "ratings of 0 are not read yet".into(),
-            )),
-            false => Ok(vec![]),
-        }
-    }
-    async fn apply(&self, event: &Event, txn: &DatabaseTransaction) -> Result<(), DbErr> {
-        JournalService.apply(event, txn).await
-    }
-}
 
 async fn handled(db: &DatabaseConnection) -> u64 {
     Journal::find().count(db).await.unwrap()

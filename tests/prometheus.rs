@@ -4,9 +4,8 @@
 //! consumer held on its first event, back to 0 once it is let go; the time-to-first-token
 //! histogram of the completions asked; the events the journal handled.
 
-use async_trait::async_trait;
 use quark_e2e::*;
-use quark_events::bus::{Handler, HandlerError, Publisher};
+use quark_events::bus::Publisher;
 use quark_events::{Event, EventKind};
 use quark_runtime::metrics::{Group, export_lag};
 use serde_json::{Value, json};
@@ -17,26 +16,6 @@ use tokio::sync::Semaphore;
 const WAIT: Duration = Duration::from_secs(90);
 const FEEDBACK: usize = 7;
 const COMPLETIONS: usize = 5;
-
-/// A consumer that holds each event until the test lets it go.
-struct Held {
-    gate: Semaphore,
-}
-
-#[async_trait]
-impl Handler for Held {
-    fn name(&self) -> &str {
-        "held"
-    }
-    fn consumes(&self) -> Vec<EventKind> {
-        vec![EventKind::FeedbackReceived]
-    }
-    async fn handle(&self, _event: &Event) -> Result<Vec<Event>, HandlerError> {
-        let permit = self.gate.acquire().await.expect("the gate stays open");
-        permit.forget();
-        Ok(vec![])
-    }
-}
 
 /// A Prometheus server scraping `targets` (job name, host:port) every half second.
 struct Prometheus {

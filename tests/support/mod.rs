@@ -3,12 +3,14 @@
 
 mod clients;
 mod cluster;
+mod handlers;
 mod stack;
 pub use clients::{kafkajs, python_clients, python_script};
 pub use cluster::{
     AugmenterTables, Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_sized,
     promotion_with_context,
 };
+pub use handlers::{Held, Mending};
 pub use stack::{STACK_TIMEOUT, Stack};
 
 use quark_events::bus::BusConfig;

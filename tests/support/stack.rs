@@ -69,6 +69,7 @@ impl Stack {
             ("QUARK__BUS__MAX_POLL_INTERVAL_MS", "20000".into()),
             ("QUARK__GATEWAY__LISTEN", format!("127.0.0.1:{}", self.port)),
             ("QUARK__SCHEMA_REGISTRY__LISTEN", "127.0.0.1:0".into()),
+            ("QUARK__DASHBOARD__LISTEN", "127.0.0.1:0".into()),
             ("QUARK__GATEWAY__TELEMETRY_WINDOW_MS", "1000".into()),
             ("QUARK__CURATE__TOKENIZER_VOCAB_SIZE", "512".into()),
             ("QUARK__TRAINER__DEVICE", "cpu".into()),

@@ -201,7 +201,7 @@ pub async fn redrive(
     by: Redrive<'_>,
 ) -> Result<Vec<DeadLetterRedriven>, BusError> {
     let mut seen = HashSet::new();
-    let mut groups: Vec<Vec<&DeadLetter>> = vec![];
+    let mut groups: Vec<Vec<DeadLetter>> = vec![];
     let mut group_of = HashMap::new();
     for letter in letters.iter().filter(|l| l.redelivered.is_none()) {
         if !seen.insert(&letter.id) {
@@ -211,24 +211,37 @@ pub async fn redrive(
             groups.push(vec![]);
             groups.len() - 1
         });
-        groups[at].push(letter);
+        groups[at].push(letter.clone());
     }
-    let by = &by;
-    let records: Vec<Vec<DeadLetterRedriven>> = futures::stream::iter(groups)
-        .map(|group| async move { redeliver(publisher, &group, by).await })
+    let by = Who {
+        operator: by.operator.to_string(),
+        reason: by.reason.map(str::to_string),
+    };
+    // Owned futures: a caller may run this on any task (an HTTP handler's).
+    let redeliveries = groups
+        .into_iter()
+        .map(|group| redeliver(publisher.clone(), group, by.clone()));
+    let records: Vec<Vec<DeadLetterRedriven>> = futures::stream::iter(redeliveries)
         .buffered(IN_FLIGHT)
         .try_collect()
         .await?;
     Ok(records.into_iter().flatten().collect())
 }
 
+/// [`Redrive`], owned.
+#[derive(Clone)]
+struct Who {
+    operator: String,
+    reason: Option<String>,
+}
+
 /// Produces the message of `letters` (one source message) again, then records each letter.
 async fn redeliver(
-    publisher: &Publisher,
-    letters: &[&DeadLetter],
-    by: &Redrive<'_>,
+    publisher: Publisher,
+    letters: Vec<DeadLetter>,
+    by: Who,
 ) -> Result<Vec<DeadLetterRedriven>, BusError> {
-    let first = letters[0];
+    let first = &letters[0];
     let payload = first.message.payload().unwrap_or_default();
     let delivered = publisher
         .send(
@@ -250,8 +263,8 @@ async fn redeliver(
             redelivered_offset: delivered.offset,
             error_label: letter.error_label.clone(),
             consumer: letter.consumer.clone(),
-            operator: by.operator.to_string(),
-            reason: by.reason.map(str::to_string),
+            operator: by.operator.clone(),
+            reason: by.reason.clone(),
         })
         .collect();
     let events: Vec<Event> = records.iter().cloned().map(Event::from).collect();

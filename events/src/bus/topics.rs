@@ -7,6 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,6 +90,24 @@ pub struct TopicState {
 impl TopicState {
     pub fn messages(&self) -> i64 {
         self.partitions.iter().map(|p| p.high - p.low).sum()
+    }
+
+    /// The lag of every consumer that has recorded a position on this topic, from all the
+    /// runners' positions (consumer, topic, partition, next offset) as `positions` reads them.
+    pub fn lags(&self, positions: &[(String, String, i32, i64)]) -> BTreeMap<String, i64> {
+        let mut lags = BTreeMap::new();
+        for (consumer, ..) in positions.iter().filter(|p| p.1 == self.topic) {
+            if lags.contains_key(consumer) {
+                continue;
+            }
+            let own: Vec<(i32, i64)> = positions
+                .iter()
+                .filter(|p| &p.0 == consumer && p.1 == self.topic)
+                .map(|p| (p.2, p.3))
+                .collect();
+            lags.insert(consumer.clone(), self.lag(&own));
+        }
+        lags
     }
 
     /// Messages after `positions` (the next offset to process, per partition).

@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quark::commands::training_bar::TrainingBar;
 use quark::commands::{
-    compare, dlq, generate, ingest, models, moderation, plan, promote, publish, quantize, replay,
-    run, schema_registry, search, topics, trace, train, watch,
+    compare, dashboard, dlq, generate, ingest, models, moderation, plan, promote, publish,
+    quantize, replay, run, schema_registry, search, topics, trace, train, watch,
 };
 use quark::services::Service;
 use quark::shutdown;
@@ -131,6 +131,9 @@ enum Command {
     },
     /// Topics, messages per partition and consumer-group lag.
     Topics,
+    /// The operators' page (topics, lag, dead letters, models) against the configured
+    /// cluster, on dashboard.listen until Ctrl-C.
+    Dashboard,
     /// Dead letters: list them, and send them back to their source topic once fixed.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -229,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
             | Command::Dlq(_)
             | Command::Promote { .. }
             | Command::Seed { .. }
+            | Command::Dashboard
             | Command::Rollback { .. }
     ) {
         schema_registry::connect(&settings).await?;
@@ -359,6 +363,12 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Dlq(command) => dlq::dlq(&settings, command).await,
+        Command::Dashboard => {
+            quark::commands::require_brokers(&settings)?;
+            let (url, task) = dashboard::start(&settings, shutdown::on_signal()).await?;
+            eprintln!("quark dashboard: {url}");
+            Ok(task.await??)
+        }
         Command::Seed { ingest } => {
             quark::commands::require_brokers(&settings)?;
             quark_events::bus::ensure_topics(&settings.bus).await?;

@@ -40,6 +40,27 @@ pub struct Settings {
     pub schema_registry: SchemaRegistrySettings,
     #[serde(default)]
     pub retrieval: RetrievalSettings,
+    #[serde(default)]
+    pub dashboard: DashboardSettings,
+}
+
+/// The operators' dashboard (`quark up` serves it; `quark dashboard` against any cluster).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// Where it listens; keep it on loopback (reading is open, actions need an API key).
+    pub listen: String,
+    /// How often the page gets a new state.
+    pub refresh_ms: u64,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        DashboardSettings {
+            listen: "127.0.0.1:8090".into(),
+            refresh_ms: 1_000,
+        }
+    }
 }
 
 /// The Confluent-compatible schema registry every event schema is registered in.
@@ -482,6 +503,7 @@ impl Default for Settings {
             },
             schema_registry: SchemaRegistrySettings::default(),
             retrieval: RetrievalSettings::default(),
+            dashboard: DashboardSettings::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod corpus;
+pub mod dashboard;
 pub mod dlq;
 pub mod generate;
 pub mod ingest;

@@ -2,7 +2,7 @@
 
 use crate::Migrator;
 use crate::broker::EmbeddedBroker;
-use crate::commands::{corpus, ingest, progress, schema_registry};
+use crate::commands::{corpus, dashboard, ingest, progress, schema_registry};
 use crate::services::Service;
 use anyhow::{Context, bail};
 use quark_events::bus::{Publisher, Runner, ensure_topics};
@@ -53,8 +53,9 @@ pub async fn up(
         ensure_topics(&settings.bus)
             .await
             .context("cannot create the topics")?;
+        let (page, _dashboard) = dashboard::start(&settings, shutdown.clone()).await?;
         if !args.quiet {
-            eprintln!("{}", banner(&settings, &args));
+            eprintln!("{}", banner(&settings, &args, &page));
             let (settings, token) = (settings.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if let Err(e) = progress::follow(&settings, token).await {
@@ -83,14 +84,14 @@ pub async fn up(
 }
 
 /// What `quark up` serves and where it writes: the first lines an operator reads.
-fn banner(settings: &Settings, args: &UpArgs) -> String {
+fn banner(settings: &Settings, args: &UpArgs, dashboard: &str) -> String {
     let logs = if args.verbose {
         "on stderr".to_string()
     } else {
         settings.data_dir.join("logs").display().to_string()
     };
     format!(
-        "quark up: gateway http://{}/v1 · schema registry {} · bus {} · logs {logs}",
+        "quark up: gateway http://{}/v1 · dashboard {dashboard} · schema registry {} · bus {} · logs {logs}",
         settings.gateway.listen, settings.schema_registry.url, settings.bus.brokers
     )
 }

@@ -18,26 +18,9 @@ pub async fn topics(settings: &Settings) -> anyhow::Result<Vec<TopicReport>> {
     let positions = positions(&database).await?;
     Ok(states
         .into_iter()
-        .map(|state| {
-            let mut consumers: Vec<&str> = positions
-                .iter()
-                .filter(|p| p.1 == state.topic)
-                .map(|p| p.0.as_str())
-                .collect();
-            consumers.sort_unstable();
-            consumers.dedup();
-            let lags = consumers
-                .into_iter()
-                .map(|consumer| {
-                    let own: Vec<(i32, i64)> = positions
-                        .iter()
-                        .filter(|p| p.0 == consumer && p.1 == state.topic)
-                        .map(|p| (p.2, p.3))
-                        .collect();
-                    (consumer.to_string(), state.lag(&own))
-                })
-                .collect();
-            TopicReport { state, lags }
+        .map(|state| TopicReport {
+            lags: state.lags(&positions).into_iter().collect(),
+            state,
         })
         .collect())
 }
