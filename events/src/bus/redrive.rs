@@ -9,20 +9,15 @@
 //! sends leaves the letter unnamed, so the next redrive sends it once more, and consumers drop
 //! that copy by its event id too.
 
-use super::{BusConfig, BusError, Publisher, dlq_topic, headers};
+use super::{BusConfig, BusError, Publisher, dlq_topic, headers, read_topic};
 use crate::catalogue::{Event, EventKind};
 use crate::codec::{self, SchemaResolver};
 use crate::header::EventHeader;
 use crate::operations::DeadLetterRedriven;
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
-
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Redeliveries in flight at once.
 const IN_FLIGHT: usize = 64;
@@ -116,52 +111,6 @@ impl DeadLetter {
     }
 }
 
-/// Every message of `topic`, read from its first offset to the end it had when asked.
-fn read_all(config: &BusConfig, topic: &str) -> Result<Vec<OwnedMessage>, BusError> {
-    let consumer: BaseConsumer = config
-        .client_config("quark-dlq")
-        .set("group.id", "quark-dlq")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let mut ends = HashMap::new();
-    let mut list = TopicPartitionList::new();
-    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), TIMEOUT)?;
-        if high > low {
-            ends.insert(p.id(), high);
-            list.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
-        }
-    }
-    let mut messages = Vec::new();
-    if ends.is_empty() {
-        return Ok(messages);
-    }
-    consumer.assign(&list)?;
-    let started = Instant::now();
-    while !ends.is_empty() {
-        if started.elapsed() > TIMEOUT {
-            return Err(BusError::Kafka(
-                rdkafka::error::KafkaError::MessageConsumption(
-                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                ),
-            ));
-        }
-        let Some(received) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = received?.detach();
-        if ends
-            .get(&message.partition())
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            ends.remove(&message.partition());
-        }
-        messages.push(message);
-    }
-    Ok(messages)
-}
-
 /// Every dead letter on every dead-letter topic, oldest first per topic, each with where it
 /// was sent again if it was (as dlq.redriven records).
 pub fn dead_letters(
@@ -169,7 +118,7 @@ pub fn dead_letters(
     resolver: &dyn SchemaResolver,
 ) -> Result<Vec<DeadLetter>, BusError> {
     let mut redelivered = HashMap::new();
-    for message in read_all(config, EventKind::DeadLetterRedriven.topic())? {
+    for message in read_topic(config, EventKind::DeadLetterRedriven.topic())? {
         let payload = message.payload().unwrap_or_default();
         if let Ok(Event::DeadLetterRedriven(r)) = codec::decode(payload, resolver) {
             let id = format!("{}:{}:{}", r.dead_letter_topic, r.partition, r.offset);
@@ -178,7 +127,7 @@ pub fn dead_letters(
     }
     let mut letters = Vec::new();
     for kind in EventKind::ALL {
-        for message in read_all(config, &dlq_topic(kind.topic()))? {
+        for message in read_topic(config, &dlq_topic(kind.topic()))? {
             let mut letter = DeadLetter::read(message);
             letter.redelivered = redelivered.get(&letter.id).copied();
             letters.push(letter);

@@ -7,10 +7,14 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use std::collections::BTreeMap;
-use std::time::Duration;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading a whole topic may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The dead-letter topic of `topic`.
 pub fn dlq_topic(topic: &str) -> String {
@@ -154,4 +158,51 @@ pub fn inspect(config: &BusConfig) -> Result<Vec<TopicState>, BusError> {
         });
     }
     Ok(states)
+}
+
+/// Every message of `topic`, read from its first offset to the end it had when asked
+/// (assigned partitions: no consumer group is joined or committed).
+pub fn read_topic(config: &BusConfig, topic: &str) -> Result<Vec<OwnedMessage>, BusError> {
+    let consumer: BaseConsumer = config
+        .client_config("quark-reader")
+        .set("group.id", "quark-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), READ_TIMEOUT)?;
+    let mut ends = HashMap::new();
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), READ_TIMEOUT)?;
+        if high > low {
+            ends.insert(p.id(), high);
+            list.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+        }
+    }
+    let mut messages = Vec::new();
+    if ends.is_empty() {
+        return Ok(messages);
+    }
+    consumer.assign(&list)?;
+    let started = Instant::now();
+    while !ends.is_empty() {
+        if started.elapsed() > READ_TIMEOUT {
+            return Err(BusError::Kafka(
+                rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                ),
+            ));
+        }
+        let Some(received) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = received?.detach();
+        if ends
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&message.partition());
+        }
+        messages.push(message);
+    }
+    Ok(messages)
 }

@@ -1,7 +1,12 @@
-//! The state the page shows, read from the bus and the database.
+//! The state the page shows, read from the bus (topics, dead letters, alias moves) and the
+//! positions the consumer runner records.
 
-use quark_events::bus::{BusConfig, BusError, TopicState, inspect, positions};
+use quark_events::bus::{
+    BusConfig, BusError, TopicState, dead_letters, inspect, positions, read_topic,
+};
 use quark_events::codec::default_resolver;
+use quark_events::{Event, EventKind, ModelPromoted, decode};
+use rdkafka::Message;
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -14,7 +19,7 @@ pub struct Snapshot {
     pub topics: Vec<Topic>,
     /// Dead letters not yet redriven.
     pub dead_letters: Vec<Letter>,
-    /// Alias → model id.
+    /// Alias → the model its latest model.promoted points it at.
     pub aliases: BTreeMap<String, String>,
     pub moves: Vec<Move>,
 }
@@ -48,11 +53,13 @@ pub struct Move {
 
 impl Snapshot {
     pub async fn read(bus: &BusConfig, db: &DatabaseConnection) -> Result<Snapshot, BusError> {
-        let (states, letters) = {
+        let (states, letters, moves) = {
             let bus = bus.clone();
             tokio::task::spawn_blocking(move || {
-                let letters = quark_events::bus::dead_letters(&bus, default_resolver().as_ref());
-                inspect(&bus).and_then(|states| Ok((states, letters?)))
+                let resolver = default_resolver();
+                let letters = dead_letters(&bus, resolver.as_ref())?;
+                let moves = promotions(&bus, resolver.as_ref())?;
+                Ok::<_, BusError>((inspect(&bus)?, letters, moves))
             })
             .await
             .unwrap_or_else(|panicked| panic!("reading the bus panicked: {panicked}"))?
@@ -70,23 +77,25 @@ impl Snapshot {
                 error: l.error,
             })
             .collect();
-        let aliases = quark_registry::aliases(db)
-            .await?
-            .into_iter()
-            .map(|(alias, id)| (alias, id.to_string()))
+        let aliases = moves
+            .iter()
+            .map(|p| (p.alias_key(), p.model_id.to_string()))
             .collect();
-        let moves = quark_registry::promotions(db)
-            .await?
-            .into_iter()
+        let moves = moves
+            .iter()
             .rev()
             .take(MOVES)
             .map(|p| Move {
-                alias: p.alias,
-                model_id: p.model_id,
-                reason: p.reason,
-                at_ms: p.promoted_at,
-                operator: p.operator,
-                note: p.note,
+                alias: p.alias_key(),
+                model_id: p.model_id.to_string(),
+                // As the event spells it (gate_passed, rollback, manual, trained).
+                reason: serde_json::to_value(p.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                at_ms: p.header.occurred_at.0,
+                operator: p.operator.clone(),
+                note: p.note.clone(),
             })
             .collect();
         Ok(Snapshot {
@@ -96,6 +105,24 @@ impl Snapshot {
             moves,
         })
     }
+}
+
+/// Every alias move on the bus, in the order they happened.
+fn promotions(
+    bus: &BusConfig,
+    resolver: &dyn quark_events::SchemaResolver,
+) -> Result<Vec<ModelPromoted>, BusError> {
+    let mut moves: Vec<ModelPromoted> = read_topic(bus, EventKind::ModelPromoted.topic())?
+        .iter()
+        .filter_map(
+            |m| match decode(m.payload().unwrap_or_default(), resolver) {
+                Ok(Event::ModelPromoted(p)) => Some(p),
+                _ => None,
+            },
+        )
+        .collect();
+    moves.sort_by_key(|p| (p.header.occurred_at.0, p.header.event_id.to_string()));
+    Ok(moves)
 }
 
 /// A topic with the lag of every consumer that has processed any of it.
