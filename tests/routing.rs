@@ -179,10 +179,9 @@ async fn every_alias_is_served_within_the_memory_budget() {
     let url = cluster.gateway_with(config, &db, true, None, |_| {}).await;
     let promoted = promote(&cluster, &["champion", "challenger", "legal"]).await;
     let [champion, challenger, legal] = [0, 1, 2].map(|i| promoted[i].model_id.to_string());
-    // Under the whole suite's load on two cores this once took over a minute.
     quark_e2e::until(
         "the third model loaded",
-        Duration::from_secs(180),
+        Duration::from_secs(60),
         || async {
             fleet(&cluster, &url)
                 .await
