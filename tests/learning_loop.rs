@@ -113,6 +113,26 @@ fn the_loop_starts_cold_learns_from_feedback_holds_the_gate_and_survives_a_crash
             quark.log()
         );
     }
+    // The job reported its progress while it ran: steps forward, finite losses, on its chain.
+    let model = trained(&quark.events(EventKind::ModelTrained)).remove(0);
+    let reports: Vec<_> = quark
+        .events(EventKind::TrainingProgressed)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::TrainingProgressed(p) if Some(p.job_id) == model.header.causation_id => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !reports.is_empty(),
+        "no training.progressed\n{}",
+        quark.log()
+    );
+    assert!(reports.windows(2).all(|w| w[0].step < w[1].step));
+    assert!(reports.iter().any(|p| p.loss.is_some()));
+    assert!(reports.iter().all(|p| p.step <= p.max_steps
+        && p.loss.is_none_or(f64::is_finite)
+        && p.header.correlation_id == model.header.correlation_id));
     wait_for(
         "the gateway to serve the first model",
         Duration::from_secs(60),

@@ -4,6 +4,7 @@
 use crate::header::EventHeader;
 use crate::operations::*;
 use crate::payloads::*;
+use crate::progress::*;
 use apache_avro::{AvroSchema, Schema};
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
@@ -89,6 +90,7 @@ catalogue! {
     DocumentForgotten => "document.forgotten",
     DeadLetterRedriven => "dlq.redriven",
     PromotionRequested => "promotion.requested",
+    TrainingProgressed => "training.progressed",
 }
 
 /// What the codec needs of one event type, parsed once.

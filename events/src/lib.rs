@@ -13,6 +13,7 @@ pub mod header;
 pub mod ids;
 pub mod operations;
 pub mod payloads;
+pub mod progress;
 #[cfg(feature = "samples")]
 pub mod samples;
 
@@ -24,3 +25,4 @@ pub use header::EventHeader;
 pub use ids::{Id, Timestamp};
 pub use operations::*;
 pub use payloads::*;
+pub use progress::*;

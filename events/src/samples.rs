@@ -6,6 +6,7 @@ use crate::header::EventHeader;
 use crate::ids::{Id, Timestamp};
 use crate::operations::*;
 use crate::payloads::*;
+use crate::progress::*;
 use std::collections::HashMap;
 
 fn artifact(name: &str) -> Artifact {
@@ -242,6 +243,18 @@ pub fn sample(kind: EventKind, producer: &str) -> Event {
             alias_name: Some("legal".into()),
             operator: "ops@example.org".into(),
             reason: Some("the legal-domain model passed review".into()),
+        }
+        .into(),
+        EventKind::TrainingProgressed => TrainingProgressed {
+            header,
+            job_id: Id::random(),
+            run_kind: RunKind::Sft,
+            step: 120,
+            max_steps: 400,
+            loss: Some(2.31),
+            val_loss: None,
+            tokens_per_s: Some(18_450.0),
+            device: "cuda:0".into(),
         }
         .into(),
         EventKind::ResponseServed => ResponseServed {

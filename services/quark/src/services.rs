@@ -1,6 +1,6 @@
 //! The services this build of Quark can run: a closed list.
 
-use quark_events::bus::{Handler, RetryPolicy};
+use quark_events::bus::{Handler, Publisher, RetryPolicy};
 use quark_runtime::{ArtifactStore, Settings};
 use sea_orm::DatabaseConnection;
 use std::path::PathBuf;
@@ -95,14 +95,17 @@ impl Service {
                 db.clone(),
                 settings.registry.clone(),
             )),
-            Service::Trainer => Arc::new(quark_trainer::TrainerService::new(
-                store()?,
-                db.clone(),
-                &settings.data_dir,
-                settings.trainer.clone(),
-                settings.evaluate.clone(),
-                shutdown.clone(),
-            )),
+            Service::Trainer => Arc::new(
+                quark_trainer::TrainerService::new(
+                    store()?,
+                    db.clone(),
+                    &settings.data_dir,
+                    settings.trainer.clone(),
+                    settings.evaluate.clone(),
+                    shutdown.clone(),
+                )
+                .with_progress(Publisher::new(&settings.bus, "quark-trainer")?),
+            ),
             Service::Evaluator => Arc::new(quark_evaluator::EvaluatorService::new(
                 store()?,
                 db.clone(),

@@ -35,6 +35,7 @@ mod data;
 mod distill;
 mod hyperparameters;
 mod plan;
+mod progress;
 mod quantize;
 mod rloo;
 mod tuning;
@@ -42,7 +43,7 @@ mod tuning;
 use async_trait::async_trait;
 use data::Data;
 use plan::Plan;
-use quark_events::bus::{Handler, HandlerError};
+use quark_events::bus::{Handler, HandlerError, Publisher};
 use quark_events::{Event, EventHeader, EventKind, Id, ModelShape, ModelTrained, RunKind};
 use quark_lineage::{Follower, Lineage};
 use quark_ml::checkpoint;
@@ -96,6 +97,8 @@ pub struct TrainerService {
     shutdown: CancellationToken,
     /// One job at a time per instance.
     busy: tokio::sync::Mutex<()>,
+    /// Where jobs report their progress (training.progressed), when anywhere.
+    progress: Option<Publisher>,
 }
 
 /// A job ready to run.
@@ -163,7 +166,14 @@ impl TrainerService {
             gate,
             shutdown,
             busy: tokio::sync::Mutex::new(()),
+            progress: None,
         }
+    }
+
+    /// Jobs report their progress through `publisher` as training.progressed.
+    pub fn with_progress(mut self, publisher: Publisher) -> Self {
+        self.progress = Some(publisher);
+        self
     }
 
     fn shape(&self, device: tch::Device, vocab_size: i64) -> GptConfig {
@@ -360,8 +370,12 @@ impl TrainerService {
     }
 
     /// Trains until done, learnt (fine-tuning) or shut down (an error: the job resumes).
-    fn train(&self, job: &mut Job) -> Result<Outcome, HandlerError> {
+    fn train(&self, job: &mut Job, cause: &EventHeader) -> Result<Outcome, HandlerError> {
         let shutdown = self.shutdown.clone();
+        let mut reporter = self.progress.clone().map(|p| {
+            let device = job.trainer.state().device.clone();
+            progress::Reporter::new(p, cause, job.run_kind, device)
+        });
         let data = &job.data;
         let selector = &mut job.selector;
         let run_kind = serde_json::to_value(job.run_kind)
@@ -372,6 +386,9 @@ impl TrainerService {
         let outcome = tokio::task::block_in_place(|| {
             job.trainer
                 .run_observed(data.batches.as_ref(), validation, |progress, model| {
+                    if let Some(r) = reporter.as_mut() {
+                        r.report(progress, NAME);
+                    }
                     if let Some(loss) = progress.loss {
                         let kind = run_kind.clone();
                         metrics::gauge!("quark_training_loss", "run_kind" => kind.clone())
@@ -435,7 +452,7 @@ impl TrainerService {
         let mut job = self.setup(plan, &dir, device).await?;
         let resumed_at = job.trainer.state().step;
         info!(job = %dir.display(), run_kind = ?job.run_kind, resuming = resumed_at > 0, step = resumed_at, parameters = job.trainer.model.parameters(), device = ?device, "training");
-        let outcome = self.train(&mut job)?;
+        let outcome = self.train(&mut job, cause)?;
         // Before publishing, which merges the adapters away.
         let hyperparameters = self.hyperparameters(&job);
         let mut metrics = HashMap::from([

@@ -90,6 +90,13 @@ pub fn describe(event: &Event) -> String {
                 .map(|m| format!(" {}", short(&m)))
                 .unwrap_or_default()
         ),
+        Event::TrainingProgressed(e) => format!(
+            "training {}: step {}/{}, loss {}",
+            short(&e.job_id),
+            e.step,
+            e.max_steps,
+            e.loss.map_or("-".into(), |l| format!("{l:.3}"))
+        ),
         Event::DeadLetterRedriven(e) => format!(
             "dead letter {}:{}:{} sent back to {} by {}",
             e.dead_letter_topic, e.partition, e.offset, e.source_topic, e.operator
@@ -107,9 +114,14 @@ pub async fn follow(settings: &Settings, shutdown: CancellationToken) -> anyhow:
     let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
     for topic in metadata.topics() {
-        // Every served response is an event: the telemetry windows summarise them here.
-        let shown = EventKind::from_topic(topic.name())
-            .is_some_and(|kind| kind != EventKind::ResponseServed);
+        // Every served response is an event: the telemetry windows summarise them here; a
+        // job's progress comes every second: its model.trained says how it ended.
+        let shown = EventKind::from_topic(topic.name()).is_some_and(|kind| {
+            !matches!(
+                kind,
+                EventKind::ResponseServed | EventKind::TrainingProgressed
+            )
+        });
         if shown {
             for partition in topic.partitions() {
                 assignment.add_partition_offset(topic.name(), partition.id(), Offset::End)?;
