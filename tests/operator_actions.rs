@@ -5,28 +5,12 @@
 
 use quark_e2e::*;
 use quark_events::bus::Publisher;
-use quark_events::samples::sample;
-use quark_events::{Alias, Event, EventHeader, EventKind, Id, Timestamp};
+use quark_events::{Alias, Id, Timestamp};
 use quark_registry::{RegistryService, alias_of};
 use serde_json::Value;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A model trained and through the gate, its events on one partition (one correlation id).
-fn through_the_gate() -> (Id, [Event; 2]) {
-    let root = EventHeader::root("test");
-    let Event::ModelTrained(mut trained) = sample(EventKind::ModelTrained, "trainer") else {
-        unreachable!()
-    };
-    trained.header = EventHeader::caused_by(&root, "trainer", "trained");
-    let Event::EvalCompleted(mut passed) = sample(EventKind::EvalCompleted, "evaluator") else {
-        unreachable!()
-    };
-    passed.header = EventHeader::caused_by(&trained.header, "evaluator", "completed");
-    passed.model_id = trained.model_id;
-    (trained.model_id, [trained.into(), passed.into()])
-}
 
 async fn quark(cluster: &Cluster, args: &[&str]) -> Output {
     let mut command = std::process::Command::new(bin("quark"));

@@ -117,15 +117,7 @@ fn publisher_of(cluster: &Cluster) -> Publisher {
 }
 
 async fn models(cluster: &Cluster, url: &str) -> Vec<Value> {
-    let listed: Value = cluster
-        .http
-        .get(format!("{url}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = cluster.get(&format!("{url}/v1/models")).await;
     listed["data"].as_array().unwrap().clone()
 }
 

@@ -219,6 +219,18 @@ impl Cluster {
         )
     }
 
+    /// `GET url`, read as JSON.
+    pub async fn get(&self, url: &str) -> Value {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The gateway's `/v1/admin/status`.
     pub async fn admin_status(&self, url: &str) -> Value {
         self.http

@@ -80,6 +80,23 @@ pub fn feedback_on(request_id: &str) -> Event {
     f.into()
 }
 
+/// A model trained and through the gate, its events on one partition (one correlation id).
+pub fn through_the_gate() -> (Id, [Event; 2]) {
+    use quark_events::samples::sample;
+    use quark_events::{EventHeader, EventKind};
+    let root = EventHeader::root("test");
+    let Event::ModelTrained(mut trained) = sample(EventKind::ModelTrained, "trainer") else {
+        unreachable!()
+    };
+    trained.header = EventHeader::caused_by(&root, "trainer", "trained");
+    let Event::EvalCompleted(mut passed) = sample(EventKind::EvalCompleted, "evaluator") else {
+        unreachable!()
+    };
+    passed.header = EventHeader::caused_by(&trained.header, "evaluator", "completed");
+    passed.model_id = trained.model_id;
+    (trained.model_id, [trained.into(), passed.into()])
+}
+
 /// Where cargo put the workspace's executables: beside this one, or above a test's `deps/`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -15,7 +15,9 @@ pub use ledger::{ConsumerPositions, LedgerMigration, ProcessedEvents, positions}
 pub use publisher::Publisher;
 pub use redrive::{DeadLetter, Redrive, dead_letters, redrive};
 pub use runner::{Handler, HandlerError, RetryPolicy, Runner};
-pub use topics::{PartitionState, TopicState, dlq_topic, ensure_topics, inspect, read_topic};
+pub use topics::{
+    PartitionState, TopicState, dlq_topic, ensure_topics, inspect, quark_topics, read_topic,
+};
 
 /// Kafka header names Quark sets on every message.
 pub mod headers {

@@ -55,7 +55,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn read(message: OwnedMessage) -> DeadLetter {
+    /// Reads a message of a dead-letter topic.
+    pub fn from_message(message: OwnedMessage) -> DeadLetter {
         let header = |key: &str| {
             message
                 .headers()
@@ -128,7 +129,7 @@ pub fn dead_letters(
     let mut letters = Vec::new();
     for kind in EventKind::ALL {
         for message in read_topic(config, &dlq_topic(kind.topic()))? {
-            let mut letter = DeadLetter::read(message);
+            let mut letter = DeadLetter::from_message(message);
             letter.redelivered = redelivered.get(&letter.id).copied();
             letters.push(letter);
         }

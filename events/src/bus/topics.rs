@@ -22,7 +22,7 @@ pub fn dlq_topic(topic: &str) -> String {
 }
 
 /// Every topic Quark uses: each event type's and its dead-letter topic.
-fn all_topics() -> Vec<String> {
+pub fn quark_topics() -> Vec<String> {
     EventKind::ALL
         .iter()
         .flat_map(|k| [k.topic().to_string(), dlq_topic(k.topic())])
@@ -41,7 +41,7 @@ pub async fn ensure_topics(config: &BusConfig) -> Result<(), BusError> {
             .map(|t| t.name().to_string())
             .collect()
     };
-    let names: Vec<String> = all_topics()
+    let names: Vec<String> = quark_topics()
         .into_iter()
         .filter(|name| !existing.contains(name))
         .collect();
@@ -138,7 +138,7 @@ pub fn inspect(config: &BusConfig) -> Result<Vec<TopicState>, BusError> {
     let client: BaseConsumer = config.client_config("quark-inspect").create()?;
     let metadata = client.fetch_metadata(None, TIMEOUT)?;
     let mut states = Vec::new();
-    for name in all_topics() {
+    for name in quark_topics() {
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
             continue;
         };

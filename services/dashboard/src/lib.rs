@@ -1,34 +1,113 @@
 //! The operators' dashboard: a page served by Quark (no CDN, nothing fetched at run time) that
-//! shows the loop live over server-sent events — each topic's messages and every consumer's
-//! lag, the dead letters, the aliases and the latest alias moves — and redrives dead letters.
+//! shows the loop live over server-sent events — the learning cycles and models, each topic's
+//! rate and every consumer's lag over time, the dead letters, serving, and a browser of the
+//! messages themselves — and acts: redrives dead letters, rolls back and promotes models.
 //! Reading is open (serve it on loopback); actions need one of the gateway's API keys.
+//!
+//! One tail reads every topic into an in-memory view as messages arrive, and a sampler reads
+//! the topics' sizes and the consumers' positions each tick; a page's state is a copy of that
+//! view, so serving it costs the same however busy the bus is.
 
-mod snapshot;
+mod actions;
+mod schemas;
+mod tail;
+mod view;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use quark_events::bus::{BusConfig, Publisher, Redrive, dead_letters, redrive};
+use quark_events::bus::{BusConfig, inspect, positions};
 use quark_events::codec::default_resolver;
+use quark_events::{SchemaResolver, Timestamp};
 use sea_orm::DatabaseConnection;
-use serde::Deserialize;
 use serde_json::json;
-pub use snapshot::Snapshot;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+pub use view::{Snapshot, View};
 
 /// What the dashboard reads and acts on.
 pub struct Dashboard {
-    pub bus: BusConfig,
-    pub db: DatabaseConnection,
+    bus: BusConfig,
+    db: DatabaseConnection,
     /// Keys that may act (the gateway's `api_keys`).
-    pub api_keys: Vec<String>,
-    /// How often the page is sent a new state.
-    pub every: Duration,
+    api_keys: Vec<String>,
+    /// How often the page gets a new state.
+    every: Duration,
+    view: Arc<Mutex<View>>,
+    /// Why the last sample of the topics failed, while it does.
+    trouble: Mutex<Option<String>>,
+    /// The schema registry's URL, when there is one.
+    registry: Option<String>,
+    /// Reads the writer schemas of messages framed by schema id or by fingerprint.
+    resolver: Arc<dyn SchemaResolver>,
+}
+
+impl Dashboard {
+    /// A dashboard of the cluster `bus` (positions in `db`) that sends a new state `every`
+    /// and keeps the latest `keep` messages of each topic for the browser.
+    pub fn new(
+        bus: BusConfig,
+        db: DatabaseConnection,
+        api_keys: Vec<String>,
+        every: Duration,
+        keep: usize,
+    ) -> Dashboard {
+        Dashboard {
+            bus,
+            db,
+            api_keys,
+            every,
+            view: Arc::new(Mutex::new(View::new(keep))),
+            trouble: Mutex::new(None),
+            registry: None,
+            resolver: default_resolver(),
+        }
+    }
+
+    /// Decodes with `resolver` instead of the process's registry.
+    pub fn with_resolver(mut self, resolver: Arc<dyn SchemaResolver>) -> Dashboard {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Shows the subjects of the schema registry at `url` (empty: none).
+    pub fn with_schema_registry(mut self, url: &str) -> Dashboard {
+        self.registry = Some(url.to_string()).filter(|u| !u.is_empty());
+        self
+    }
+
+    /// The state now, as the page gets it.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = self.view.lock().expect("view").snapshot();
+        snapshot.error = self.trouble.lock().expect("trouble").clone();
+        snapshot
+    }
+
+    /// Samples the topics' sizes and the consumers' positions into the view.
+    async fn sample(&self) {
+        let bus = self.bus.clone();
+        let states = tokio::task::spawn_blocking(move || inspect(&bus)).await;
+        let read = match (states, positions(&self.db).await) {
+            (Ok(Ok(states)), Ok(positions)) => {
+                let at = Timestamp::now().0;
+                self.view
+                    .lock()
+                    .expect("view")
+                    .sample(at, &states, &positions);
+                None
+            }
+            (Ok(Err(e)), _) => Some(format!("bus: {e}")),
+            (Err(e), _) => Some(format!("bus: {e}")),
+            (_, Err(e)) => Some(format!("database: {e}")),
+        };
+        *self.trouble.lock().expect("trouble") = read;
+    }
 }
 
 pub fn router(dashboard: Arc<Dashboard>) -> Router {
@@ -52,7 +131,10 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         )
         .route("/api/state", get(state))
         .route("/api/stream", get(stream))
-        .route("/api/dead-letters/redrive", post(redrive_letters))
+        .route("/api/messages", get(messages))
+        .route("/api/schemas", get(schemas))
+        .route("/api/dead-letters/redrive", post(actions::redrive_letters))
+        .route("/api/models/move", post(actions::move_alias))
         .with_state(dashboard)
 }
 
@@ -67,96 +149,86 @@ fn failed(status: StatusCode, message: impl ToString) -> Response {
 
 /// `GET /api/state`: the loop now.
 async fn state(State(d): State<Arc<Dashboard>>) -> Response {
-    match Snapshot::read(&d.bus, &d.db).await {
-        Ok(s) => Json(s).into_response(),
-        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
+    Json(d.snapshot()).into_response()
 }
 
-/// `GET /api/stream`: the state every `every`, as server-sent events (`state`).
+/// `GET /api/stream`: the state every tick, as server-sent events (`state`). A page that
+/// reads slowly misses ticks rather than falling behind.
 async fn stream(State(d): State<Arc<Dashboard>>) -> Response {
-    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(d.every));
-    let events = ticks.then(move |_| {
-        let d = d.clone();
-        async move {
-            let data = match Snapshot::read(&d.bus, &d.db).await {
-                Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
-                Err(e) => json!({"error": e.to_string()}).to_string(),
-            };
-            Ok::<_, std::convert::Infallible>(SseEvent::default().event("state").data(data))
-        }
+    let mut ticks = tokio::time::interval(d.every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let events = tokio_stream::wrappers::IntervalStream::new(ticks).map(move |_| {
+        let data = serde_json::to_string(&d.snapshot()).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(SseEvent::default().event("state").data(data))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct RedriveRequest {
-    /// Letters by id, or every one not yet redriven.
-    #[serde(default)]
-    ids: Vec<String>,
-    #[serde(default)]
-    all: bool,
-    operator: Option<String>,
-    reason: Option<String>,
-}
-
-/// `POST /api/dead-letters/redrive` (API key): sends letters back to their source topic.
-async fn redrive_letters(
+/// `GET /api/messages?topic&type&correlation&since_ms&until_ms&before&limit&order`: a page of
+/// the messages held, decoded to JSON (either framing), newest first unless `order=asc`.
+async fn messages(
     State(d): State<Arc<Dashboard>>,
-    headers: HeaderMap,
-    body: Json<RedriveRequest>,
+    query: Result<Query<view::Query>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !key.is_some_and(|k| d.api_keys.iter().any(|known| known == k)) {
-        return failed(
-            StatusCode::UNAUTHORIZED,
-            "redriving needs an API key: Authorization: Bearer <key>",
-        );
-    }
-    if body.ids.is_empty() && !body.all {
+    let Ok(Query(query)) = query else {
         return failed(
             StatusCode::BAD_REQUEST,
-            "name the dead letters (ids) or ask for all",
+            "query: topic, type, correlation (text); since_ms, until_ms, before, limit (numbers); order=asc",
         );
-    }
-    let bus = d.bus.clone();
-    let letters =
-        tokio::task::spawn_blocking(move || dead_letters(&bus, default_resolver().as_ref())).await;
-    let letters = match letters {
-        Ok(Ok(letters)) => letters,
-        Ok(Err(e)) => return failed(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => return failed(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let chosen: Vec<_> = letters
-        .into_iter()
-        .filter(|l| l.redelivered.is_none() && (body.all || body.ids.contains(&l.id)))
-        .collect();
-    let publisher = match Publisher::new(&d.bus, "quark-dashboard") {
-        Ok(p) => p,
-        Err(e) => return failed(StatusCode::SERVICE_UNAVAILABLE, e),
+    let page = d
+        .view
+        .lock()
+        .expect("view")
+        .page(&query, d.resolver.as_ref());
+    Json(page).into_response()
+}
+
+/// `GET /api/schemas`: the registry's subjects, versions and compatibility.
+async fn schemas(State(d): State<Arc<Dashboard>>) -> Response {
+    let Some(registry) = &d.registry else {
+        return failed(
+            StatusCode::NOT_FOUND,
+            "no schema registry is configured (schema_registry.url)",
+        );
     };
-    let by = Redrive {
-        operator: body.operator.as_deref().unwrap_or("dashboard"),
-        reason: body.reason.as_deref(),
-    };
-    match redrive(&publisher, &chosen, by).await {
-        Ok(records) => Json(json!({"redriven": records.len()})).into_response(),
-        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
+    match schemas::subjects(registry).await {
+        Ok(subjects) => Json(json!({"registry": registry, "subjects": subjects})).into_response(),
+        Err(e) => failed(StatusCode::BAD_GATEWAY, e),
     }
 }
 
-/// Serves `dashboard` on `listener` until `shutdown`.
+/// Serves `dashboard` on `listener` until `shutdown`, with its tail and sampler.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     dashboard: Arc<Dashboard>,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(dashboard))
+    let stop = shutdown.child_token();
+    let tail = tail::spawn(
+        dashboard.bus.clone(),
+        dashboard.resolver.clone(),
+        dashboard.view.clone(),
+        stop.clone(),
+    );
+    let sampler = {
+        let d = dashboard.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(d.every);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            while stop.run_until_cancelled(ticks.tick()).await.is_some() {
+                d.sample().await;
+            }
+        })
+    };
+    let served = axum::serve(listener, router(dashboard))
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await;
+    stop.cancel();
+    let _ = sampler.await;
+    let _ = tokio::task::spawn_blocking(move || tail.join()).await;
+    served
 }

@@ -52,6 +52,15 @@ pub struct DashboardSettings {
     pub listen: String,
     /// How often the page gets a new state.
     pub refresh_ms: u64,
+    /// How many of each topic's latest messages the message browser holds.
+    #[serde(default = "DashboardSettings::default_keep")]
+    pub keep_messages: usize,
+}
+
+impl DashboardSettings {
+    fn default_keep() -> usize {
+        5_000
+    }
 }
 
 impl Default for DashboardSettings {
@@ -59,6 +68,7 @@ impl Default for DashboardSettings {
         DashboardSettings {
             listen: "127.0.0.1:8090".into(),
             refresh_ms: 1_000,
+            keep_messages: DashboardSettings::default_keep(),
         }
     }
 }

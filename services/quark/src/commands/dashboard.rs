@@ -22,12 +22,16 @@ pub async fn start(
         .await
         .with_context(|| format!("dashboard.listen: cannot listen on {listen}"))?;
     let url = format!("http://{}/", listener.local_addr()?);
-    let dashboard = Arc::new(Dashboard {
-        bus: settings.bus.clone(),
-        db: database,
-        api_keys: settings.gateway.api_keys.clone(),
-        every: Duration::from_millis(settings.dashboard.refresh_ms.max(100)),
-    });
+    let dashboard = Arc::new(
+        Dashboard::new(
+            settings.bus.clone(),
+            database,
+            settings.gateway.api_keys.clone(),
+            Duration::from_millis(settings.dashboard.refresh_ms.max(100)),
+            settings.dashboard.keep_messages,
+        )
+        .with_schema_registry(&settings.schema_registry.url),
+    );
     info!(%url, "dashboard");
     let task = tokio::spawn(quark_dashboard::serve(listener, dashboard, shutdown));
     Ok((url, task))
