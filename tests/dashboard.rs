@@ -7,7 +7,8 @@
 //! - its pages show the champion, a training job's progress and loss, the models' timeline
 //!   with the gate's checks and the aliases at an earlier moment, serving by model and route,
 //!   messages in both framings and one cycle's causal chain, and the registry's subjects; its
-//!   "Roll the champion back" goes through the registry with who and why.
+//!   "Retrain now" asks the improvement policy and "Roll the champion back" goes through the
+//!   registry, both with who and why.
 //!
 //! Screenshots go to a temporary directory, or to `docs/` with QUARK_SCREENSHOTS=docs.
 
@@ -16,7 +17,9 @@ use quark_e2e::*;
 use quark_events::bus::{Publisher, dead_letters, ensure_topics};
 use quark_events::codec::default_resolver;
 use quark_events::samples::sample;
-use quark_events::{Alias, Event, EventHeader, EventKind, Id, PromotionReason, SchemaResolver};
+use quark_events::{
+    Alias, Event, EventHeader, EventKind, Id, PromotionReason, RetrainTrigger, SchemaResolver,
+};
 use quark_journal::Journal;
 use quark_registry::{RegistryService, alias_of};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
@@ -282,6 +285,16 @@ async fn the_dashboard_shows_models_jobs_serving_messages_and_schemas_and_rolls_
         browser.status.success() && said.trim_end().ends_with("DONE"),
         "{said}\n{}",
         String::from_utf8_lossy(&browser.stderr)
+    );
+    // The page's retraining request went to the improvement policy, with who and why.
+    let retrain = events_on(&bus, EventKind::RetrainRequested.topic());
+    assert!(
+        matches!(&retrain[..], [Event::RetrainRequested(r)]
+            if r.trigger == RetrainTrigger::Manual
+                && r.header.producer == "quark-dashboard"
+                && r.reason == "dashboard: the answers drifted"
+                && r.is_for_policy()),
+        "{retrain:?}"
     );
     // The page's rollback went through the registry, with who and why.
     until("a champion again", WAIT, || async {

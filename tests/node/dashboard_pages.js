@@ -36,6 +36,12 @@ async function main() {
   await until("two cycles evaluated and promoted", () =>
     document.querySelectorAll('#cycles tr[data-at="promoted"]').length === 2);
   await shot("loop");
+  // An operator asks for a retraining (the key is typed in once for every action).
+  await page.fill("#key", "test-key");
+  await page.fill("#reason", "the answers drifted");
+  await page.click("#retrain");
+  await until("the retraining asked for", () => /^request \w+ sent$/.test(document.querySelector("#status").textContent));
+  await page.fill("#reason", "");
 
   await show("topics");
   await until("the served responses counted", () =>
@@ -57,10 +63,13 @@ async function main() {
     return models.length === 2 && models.every((m) => m === a);
   }, first);
   await page.click("#at-now");
-  await page.fill("#key", "test-key");
   await page.fill("#reason", "b answers worse");
+  const before = await page.textContent("#status");
   await page.click("#rollback");
-  await until("the request sent", () => /asked the registry/.test(document.querySelector("#status").textContent));
+  await until("the request sent", (earlier) => {
+    const status = document.querySelector("#status").textContent;
+    return /^request \w+ sent$/.test(status) && status !== earlier;
+  }, before);
   await until("the rollback on the timeline", () => {
     const row = document.querySelector('#moves tr[data-move="rollback"]');
     return row && row.children[3].textContent === "rollback: b answers worse" && row.children[4].textContent === "dashboard";

@@ -16,7 +16,8 @@ pub use publisher::Publisher;
 pub use redrive::{DeadLetter, Redrive, dead_letters, redrive};
 pub use runner::{Handler, HandlerError, RetryPolicy, Runner};
 pub use topics::{
-    PartitionState, TopicState, dlq_topic, ensure_topics, inspect, quark_topics, read_topic,
+    PartitionState, TopicState, dlq_topic, ensure_topics, inspect, inspect_with, quark_topics,
+    read_topic,
 };
 
 /// Kafka header names Quark sets on every message.

@@ -136,28 +136,59 @@ impl TopicState {
 /// that group's rebalancing on Tansu 0.6.
 pub fn inspect(config: &BusConfig) -> Result<Vec<TopicState>, BusError> {
     let client: BaseConsumer = config.client_config("quark-inspect").create()?;
+    inspect_with(&client)
+}
+
+/// [`inspect`] through a client kept by the caller (one who asks every second): the first and
+/// the next offsets of every partition, each in one request per broker.
+pub fn inspect_with(client: &BaseConsumer) -> Result<Vec<TopicState>, BusError> {
     let metadata = client.fetch_metadata(None, TIMEOUT)?;
-    let mut states = Vec::new();
+    let (mut first, mut next) = (TopicPartitionList::new(), TopicPartitionList::new());
+    let mut names = Vec::new();
     for name in quark_topics() {
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
             continue;
         };
-        let mut partitions = Vec::new();
         for p in topic.partitions() {
-            let (low, high) = client.fetch_watermarks(&name, p.id(), TIMEOUT)?;
-            partitions.push(PartitionState {
-                partition: p.id(),
-                low,
-                high,
-            });
+            // As ListOffsets reads them: -2 is the earliest offset, -1 the latest.
+            first.add_partition_offset(&name, p.id(), Offset::Beginning)?;
+            next.add_partition_offset(&name, p.id(), Offset::End)?;
         }
-        partitions.sort_by_key(|p| p.partition);
-        states.push(TopicState {
-            topic: name,
-            partitions,
-        });
+        names.push(name);
     }
-    Ok(states)
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (first, next) = (
+        client.offsets_for_times(first, TIMEOUT)?,
+        client.offsets_for_times(next, TIMEOUT)?,
+    );
+    let offset = |list: &TopicPartitionList, topic: &str, partition: i32| match list
+        .find_partition(topic, partition)
+        .map(|e| e.offset())
+    {
+        Some(Offset::Offset(o)) => o,
+        _ => 0,
+    };
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let mut partitions: Vec<PartitionState> = next
+                .elements_for_topic(&name)
+                .iter()
+                .map(|e| PartitionState {
+                    partition: e.partition(),
+                    low: offset(&first, &name, e.partition()),
+                    high: offset(&next, &name, e.partition()),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            TopicState {
+                topic: name,
+                partitions,
+            }
+        })
+        .collect())
 }
 
 /// Every message of `topic`, read from its first offset to the end it had when asked

@@ -169,7 +169,9 @@ function renderTopics(state) {
 // ---- dead letters ----
 
 function renderLetters(state) {
-  $("letter-count").textContent = String(state.dead_letters.length);
+  $("letter-count").textContent = String(state.dead_letters_waiting);
+  $("letters-note").textContent = state.dead_letters_waiting > state.dead_letters.length
+    ? `the oldest ${state.dead_letters.length} of ${state.dead_letters_waiting} shown` : "";
   $("letters").replaceChildren(...state.dead_letters.map((l) => row([
     cell(l.id), cell(l.source_topic), cell(l.consumer), cell(`[${l.error_label}] ${l.error}`),
     cell(button("Redrive", () => act("api/dead-letters/redrive", { ids: [l.id] }))),
@@ -356,11 +358,12 @@ async function act(path, body) {
   const answer = await response.json();
   $("status").textContent = !response.ok ? answer.error.message
     : answer.redriven !== undefined ? `redrove ${answer.redriven} dead letter(s)`
-      : `asked the registry (request ${short(answer.requested)})`;
+      : `request ${short(answer.requested)} sent`;
 }
 
 $("redrive-all").addEventListener("click", () => act("api/dead-letters/redrive", { all: true }));
 $("rollback").addEventListener("click", () => act("api/models/move", { action: "rollback" }));
+$("retrain").addEventListener("click", () => act("api/retrain", {}));
 for (const id of ["at", "at-slider"]) {
   $(id).addEventListener("input", () => {
     if (id === "at-slider") $("at").value = "";

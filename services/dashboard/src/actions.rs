@@ -1,6 +1,7 @@
 //! The page's actions, each with one of the API keys and recorded as events: redriving dead
-//! letters (dlq.redriven) and moving an alias by hand (promotion.requested, which the registry
-//! answers with model.promoted or dead-letters with why it could not).
+//! letters (dlq.redriven), moving an alias by hand (promotion.requested, which the registry
+//! answers with model.promoted or dead-letters with why it could not) and asking for a
+//! retraining (retrain.requested, for the improvement policy, as `quark retrain` does).
 
 use crate::{Dashboard, failed};
 use axum::Json;
@@ -9,7 +10,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use quark_events::bus::{Publisher, Redrive, dead_letters, redrive};
-use quark_events::{Event, EventHeader, Id, PromotionAction, PromotionRequested};
+use quark_events::{
+    Event, EventHeader, Id, PromotionAction, PromotionRequested, RetrainRequested, RetrainTrigger,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -131,13 +134,44 @@ pub async fn move_alias(
         operator: body.operator.unwrap_or_else(|| "dashboard".into()),
         reason: body.reason.filter(|r| !r.is_empty()),
     };
-    let id = request.header.event_id;
-    let publisher = match publisher(&d) {
+    asked(&d, Event::PromotionRequested(request)).await
+}
+
+/// Publishes `request` and answers 202 with its id.
+async fn asked(d: &Dashboard, request: Event) -> Response {
+    let publisher = match publisher(d) {
         Ok(p) => p,
         Err((status, why)) => return failed(status, why),
     };
-    match publisher.publish(&Event::PromotionRequested(request)).await {
+    let id = request.header().event_id;
+    match publisher.publish(&request).await {
         Ok(_) => (StatusCode::ACCEPTED, Json(json!({"requested": id}))).into_response(),
         Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainRequest {
+    operator: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /api/retrain`: asks the improvement policy for a retraining now (trigger `manual`).
+pub async fn retrain(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    body: Result<Json<RetrainRequest>, JsonRejection>,
+) -> Response {
+    let body: RetrainRequest = match authorised(&d, &headers, body) {
+        Ok(b) => b,
+        Err((status, why)) => return failed(status, why),
+    };
+    let operator = body.operator.unwrap_or_else(|| "dashboard".into());
+    let reason = match body.reason.filter(|r| !r.is_empty()) {
+        Some(reason) => format!("{operator}: {reason}"),
+        None => format!("{operator}: requested on the dashboard"),
+    };
+    let request = RetrainRequested::to_policy("quark-dashboard", RetrainTrigger::Manual, &reason);
+    asked(&d, Event::RetrainRequested(request)).await
 }

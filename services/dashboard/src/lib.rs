@@ -1,7 +1,8 @@
 //! The operators' dashboard: a page served by Quark (no CDN, nothing fetched at run time) that
 //! shows the loop live over server-sent events — the learning cycles and models, each topic's
 //! rate and every consumer's lag over time, the dead letters, serving, and a browser of the
-//! messages themselves — and acts: redrives dead letters, rolls back and promotes models.
+//! messages themselves — and acts: redrives dead letters, rolls back and promotes models, asks
+//! for a retraining.
 //! Reading is open (serve it on loopback); actions need one of the gateway's API keys.
 //!
 //! One tail reads every topic into an in-memory view as messages arrive, and a sampler reads
@@ -20,9 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use quark_events::bus::{BusConfig, inspect, positions};
+use quark_events::bus::{BusConfig, inspect_with, positions};
 use quark_events::codec::default_resolver;
 use quark_events::{SchemaResolver, Timestamp};
+use rdkafka::consumer::BaseConsumer;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -89,10 +91,9 @@ impl Dashboard {
         snapshot
     }
 
-    /// Samples the topics' sizes and the consumers' positions into the view.
-    async fn sample(&self) {
-        let bus = self.bus.clone();
-        let states = tokio::task::spawn_blocking(move || inspect(&bus)).await;
+    /// Samples the topics' sizes (through `client`) and the consumers' positions into the view.
+    async fn sample(&self, client: Arc<BaseConsumer>) {
+        let states = tokio::task::spawn_blocking(move || inspect_with(&client)).await;
         let read = match (states, positions(&self.db).await) {
             (Ok(Ok(states)), Ok(positions)) => {
                 let at = Timestamp::now().0;
@@ -135,6 +136,7 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/api/schemas", get(schemas))
         .route("/api/dead-letters/redrive", post(actions::redrive_letters))
         .route("/api/models/move", post(actions::move_alias))
+        .route("/api/retrain", post(actions::retrain))
         .with_state(dashboard)
 }
 
@@ -213,6 +215,13 @@ pub async fn serve(
         dashboard.view.clone(),
         stop.clone(),
     );
+    let client: Arc<BaseConsumer> = Arc::new(
+        dashboard
+            .bus
+            .client_config("quark-dashboard-sampler")
+            .create()
+            .map_err(std::io::Error::other)?,
+    );
     let sampler = {
         let d = dashboard.clone();
         let stop = stop.clone();
@@ -220,7 +229,7 @@ pub async fn serve(
             let mut ticks = tokio::time::interval(d.every);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
             while stop.run_until_cancelled(ticks.tick()).await.is_some() {
-                d.sample().await;
+                d.sample(client.clone()).await;
             }
         })
     };

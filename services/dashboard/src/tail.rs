@@ -18,6 +18,9 @@ const NEW_TOPICS: Duration = Duration::from_secs(5);
 /// How long it waits after the bus failed it before it tries again.
 const AGAIN: Duration = Duration::from_secs(1);
 const METADATA: Duration = Duration::from_secs(10);
+/// How long one fetch waits for new messages, and for how many bytes of them.
+const FETCH_WAIT_MS: u64 = 500;
+const FETCH_MIN_BYTES: u64 = 1 << 20;
 
 /// Reads the bus into `view` on a thread of its own until `stop`.
 pub fn spawn(
@@ -52,6 +55,10 @@ fn read(
         .client_config("quark-dashboard")
         .set("group.id", "quark-dashboard")
         .set("enable.auto.commit", "false")
+        // It reads every partition of every topic: fetches that wait for a batch ask the
+        // broker far less often, and a page that changes once a tick loses nothing by them.
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
+        .set("fetch.min.bytes", FETCH_MIN_BYTES.to_string())
         .create()?;
     let mut assigned = HashSet::new();
     let mut looked = None::<Instant>;

@@ -44,6 +44,8 @@ pub struct View {
     seen_order: VecDeque<Id>,
 }
 
+/// How many dead letters the page lists (all are counted, and redriven by "all").
+const LETTERS: usize = 200;
 /// How many of the latest event ids are remembered.
 const SEEN: usize = 200_000;
 
@@ -52,8 +54,10 @@ const SEEN: usize = 200_000;
 pub struct Snapshot {
     pub at_ms: i64,
     pub topics: Vec<topics::TopicNow>,
-    /// Dead letters not yet redriven, oldest first.
+    /// Dead letters not yet redriven, oldest first (the first [`LETTERS`]).
     pub dead_letters: Vec<Letter>,
+    /// How many dead letters are not redriven yet.
+    pub dead_letters_waiting: usize,
     #[serde(rename = "loop")]
     pub cycle: cycles::LoopNow,
     /// Training jobs running, then the latest finished.
@@ -219,10 +223,14 @@ impl View {
             *m.entry(l.source_topic.as_str()).or_default() += 1;
             m
         });
+        let topics = self.topics.now(&dead);
+        let waiting = letters.len();
+        letters.truncate(LETTERS);
         Snapshot {
             at_ms: self.topics.last_ms(),
-            topics: self.topics.now(&dead),
+            topics,
             dead_letters: letters,
+            dead_letters_waiting: waiting,
             cycle: self.cycles.now(),
             jobs: self.jobs.now(),
             models: self.models.now(),

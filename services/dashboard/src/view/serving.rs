@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// How many of the latest latencies the percentiles are taken over.
 const LATENCIES: usize = 1_000;
+/// Routes and models the page shows, the busiest first.
+const SHOWN: usize = 50;
 
 #[derive(Default)]
 struct Route {
@@ -113,9 +115,11 @@ impl Serving {
     }
 
     pub fn now(&self) -> ServingNow {
-        let routes = self
-            .routes
-            .iter()
+        let mut busiest: Vec<_> = self.routes.iter().collect();
+        busiest.sort_by_key(|(_, r)| std::cmp::Reverse(r.requests));
+        let routes = busiest
+            .into_iter()
+            .take(SHOWN)
             .map(|((model_id, route), r)| {
                 let mut sorted: Vec<f64> = r.latencies_ms.iter().copied().collect();
                 sorted.sort_by(f64::total_cmp);
@@ -137,8 +141,14 @@ impl Serving {
         let mut ids: Vec<&String> = self.reported.keys().chain(self.feedback.keys()).collect();
         ids.sort();
         ids.dedup();
+        let traffic = |id: &String| {
+            let reported = self.reported.get(id).map_or(0, |r| r.requests);
+            reported + self.feedback.get(id).map_or(0, |f| f.count as i64)
+        };
+        ids.sort_by_key(|id| std::cmp::Reverse(traffic(id)));
         let models = ids
             .into_iter()
+            .take(SHOWN)
             .map(|id| {
                 let reported = self.reported.get(id);
                 let feedback = self.feedback.get(id);
