@@ -156,7 +156,10 @@ impl TestBroker {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(bin("quark-broker"))
+        // QUARK_BROKER names another build of it (benchmarks run the release one).
+        let program =
+            std::env::var_os("QUARK_BROKER").map_or_else(|| bin("quark-broker"), PathBuf::from);
+        let child = Command::new(program)
             .args(["--listen", &self.address, "--data-dir"])
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -166,6 +169,11 @@ impl TestBroker {
         wait_for("the broker to listen", Duration::from_secs(30), || {
             std::net::TcpStream::connect(&self.address).is_ok()
         });
+    }
+
+    /// The broker process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the broker (SIGKILL, no clean shutdown) and starts it again on the same storage.
