@@ -133,6 +133,53 @@ fn the_loop_starts_cold_learns_from_feedback_holds_the_gate_and_survives_a_crash
     assert!(reports.iter().all(|p| p.step <= p.max_steps
         && p.loss.is_none_or(f64::is_finite)
         && p.header.correlation_id == model.header.correlation_id));
+    // The dashboard quark up serves shows the cycle, its finished job and the promotion.
+    let page = quark
+        .log_fields("up")
+        .iter()
+        .find(|f| f["message"] == "dashboard")
+        .and_then(|f| f["url"].as_str().map(str::to_string))
+        .expect("quark up logs its dashboard's URL");
+    let first_id = first.to_string();
+    let shows = |state: &Value| {
+        let listed = |v: &Value| v.as_array().cloned().unwrap_or_default();
+        let cycle = listed(&state["loop"]["cycles"]).iter().any(|c| {
+            c["at"] == "promoted"
+                && c["model_id"] == first_id.as_str()
+                && c["cause"] == "data.collected"
+        });
+        let job = listed(&state["jobs"])
+            .iter()
+            .any(|j| j["model_id"] == first_id.as_str() && !listed(&j["loss"]).is_empty());
+        let gate = listed(&state["models"]["moves"]).iter().any(|m| {
+            m["model_id"] == first_id.as_str()
+                && m["reason"] == "gate_passed"
+                && m["evaluation"]["outcome"] == "completed"
+        });
+        cycle && job && gate
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state: Value = quark
+            .http
+            .get(format!("{page}api/state"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default();
+        if shows(&state) {
+            break;
+        }
+        let (cycles, jobs, moves) = (
+            &state["loop"]["cycles"],
+            &state["jobs"],
+            &state["models"]["moves"],
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard never showed the first cycle:\ncycles {cycles}\njobs {jobs}\nmoves {moves}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     wait_for(
         "the gateway to serve the first model",
         Duration::from_secs(60),

@@ -221,27 +221,17 @@ impl Cluster {
 
     /// `GET url`, read as JSON.
     pub async fn get(&self, url: &str) -> Value {
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json_of(self.http.get(url)).await
     }
 
     /// The gateway's `/v1/admin/status`.
     pub async fn admin_status(&self, url: &str) -> Value {
-        self.http
-            .get(format!("{url}/v1/admin/status"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json_of(
+            self.http
+                .get(format!("{url}/v1/admin/status"))
+                .bearer_auth(KEY),
+        )
+        .await
     }
 
     pub async fn wait_until_serving(&self, url: &str, model: Id) {
@@ -280,4 +270,9 @@ impl Cluster {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// The JSON `request` is answered with.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }

@@ -73,8 +73,13 @@ impl Cycles {
             {
                 self.roots.remove(&old);
             }
-            self.roots
-                .insert(correlation.clone(), (event.kind().topic().to_string(), at));
+            let kind = event.kind().topic().to_string();
+            // Catching up, the tail reads topics side by side: a later step can come first.
+            if let Some(cycle) = self.cycles.get_mut(&correlation) {
+                cycle.cause.get_or_insert(kind.clone());
+                cycle.steps.entry("collected").or_insert(at);
+            }
+            self.roots.insert(correlation.clone(), (kind, at));
             self.root_order.push_back(correlation.clone());
         }
         match event {
@@ -131,5 +136,36 @@ impl Cycles {
             last_feedback_ms: self.last_feedback_ms,
             feedback_waiting: self.waiting,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quark_events::samples::sample;
+    use quark_events::{EventHeader, EventKind};
+
+    #[test]
+    fn a_cycle_learns_what_started_it_even_when_the_start_is_read_late() {
+        let mut root = sample(EventKind::DataCollected, "collect");
+        let Event::DataCollected(collected) = &mut root else {
+            unreachable!()
+        };
+        collected.header = EventHeader::root("collect");
+        let mut prepared = sample(EventKind::DatasetPrepared, "curator");
+        let Event::DatasetPrepared(p) = &mut prepared else {
+            unreachable!()
+        };
+        p.header = EventHeader::caused_by(&collected.header, "curator", "prepared");
+        let mut cycles = Cycles::default();
+        cycles.saw(&prepared);
+        assert_eq!(cycles.now().cycles[0].cause, None);
+        cycles.saw(&root);
+        let cycle = &cycles.now().cycles[0];
+        assert_eq!(cycle.cause.as_deref(), Some("data.collected"));
+        assert_eq!(
+            (cycle.at, cycle.steps.keys().copied().collect::<Vec<_>>()),
+            ("prepared", vec!["collected", "prepared"])
+        );
     }
 }

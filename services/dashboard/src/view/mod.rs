@@ -164,8 +164,7 @@ impl View {
         self.cycles.saw(event);
         match event {
             Event::ModelTrained(e) => {
-                let cause = self.cycles.cause(&e.header.correlation_id.to_string());
-                self.models.trained(e, cause);
+                self.models.trained(e);
                 self.jobs.trained(e);
             }
             Event::TrainingProgressed(e) => self.jobs.progressed(e),
@@ -224,6 +223,10 @@ impl View {
             m
         });
         let topics = self.topics.now(&dead);
+        let mut models = self.models.now();
+        for v in &mut models.versions {
+            v.cause = self.cycles.cause(&v.correlation_id);
+        }
         let waiting = letters.len();
         letters.truncate(LETTERS);
         Snapshot {
@@ -233,7 +236,7 @@ impl View {
             dead_letters_waiting: waiting,
             cycle: self.cycles.now(),
             jobs: self.jobs.now(),
-            models: self.models.now(),
+            models,
             serving: self.serving.now(),
             read: self.seq,
             held: self.messages.held(),

@@ -17,7 +17,8 @@ pub struct Version {
     pub tokenizer_id: String,
     /// The learning cycle that made it (`quark trace` and the message browser follow it).
     pub correlation_id: String,
-    /// The event type that started that cycle (feedback, a retrain request, collected data).
+    /// The event type that started that cycle (feedback, a retrain request, collected data),
+    /// filled in from the cycles when the page asks.
     pub cause: Option<String>,
     pub training: BTreeMap<String, f64>,
     /// Its latest evaluation's metrics.
@@ -80,7 +81,7 @@ fn spelled(value: impl Serialize) -> String {
 }
 
 impl Models {
-    pub fn trained(&mut self, e: &ModelTrained, cause: Option<String>) {
+    pub fn trained(&mut self, e: &ModelTrained) {
         let id = e.model_id.to_string();
         if self.versions.iter().any(|v| v.model_id == id) {
             return;
@@ -93,7 +94,7 @@ impl Models {
             dataset_ids: e.dataset_ids.iter().map(ToString::to_string).collect(),
             tokenizer_id: e.tokenizer_id.to_string(),
             correlation_id: e.header.correlation_id.to_string(),
-            cause,
+            cause: None,
             training: sorted(&e.metrics),
             metrics: BTreeMap::new(),
         });
