@@ -94,6 +94,8 @@ async fn reward_model(cluster: &Cluster, champion: &ModelPromoted) -> ModelTrain
 async fn promote(cluster: &Cluster, aliases: &[&str]) -> Vec<ModelPromoted> {
     let publisher = Publisher::new(&cluster.broker.bus(), "registry").unwrap();
     let tokenizer = Id::random();
+    // One chain, so one partition: followers read the moves in the order they were made.
+    let chain = Id::random();
     let mut promoted = Vec::new();
     for (i, alias) in aliases.iter().enumerate() {
         let path = cluster.dir.path().join(format!("model-{i}"));
@@ -106,6 +108,7 @@ async fn promote(cluster: &Cluster, aliases: &[&str]) -> Vec<ModelPromoted> {
             named => (Alias::Named, Some(named.to_string())),
         };
         p.header.occurred_at = Timestamp(p.header.occurred_at.0 + i as i64);
+        p.header.correlation_id = chain;
         publisher.publish(&p.clone().into()).await.unwrap();
         promoted.push(p);
     }
