@@ -7,7 +7,7 @@ use quark_events::SchemaResolver;
 use quark_events::bus::{BusConfig, BusError, quark_topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ pub fn spawn(
         .name("dashboard-tail".into())
         .spawn(move || {
             // Where it has read to, so a new connection goes on from there.
-            let mut next: Vec<(String, i32, i64)> = Vec::new();
+            let mut next: HashMap<(String, i32), i64> = HashMap::new();
             while !stop.is_cancelled() {
                 if let Err(e) = read(&bus, resolver.as_ref(), &view, &stop, &mut next) {
                     warn!(error = %e, "dashboard: reading the bus failed; trying again");
@@ -49,7 +49,7 @@ fn read(
     resolver: &dyn SchemaResolver,
     view: &Mutex<View>,
     stop: &CancellationToken,
-    next: &mut Vec<(String, i32, i64)>,
+    next: &mut HashMap<(String, i32), i64>,
 ) -> Result<(), BusError> {
     let consumer: BaseConsumer = bus
         .client_config("quark-dashboard")
@@ -72,10 +72,7 @@ fn read(
         };
         let message = received?.detach();
         let at = (message.topic().to_string(), message.partition());
-        match next.iter_mut().find(|(t, p, _)| (t, *p) == (&at.0, at.1)) {
-            Some(n) => n.2 = message.offset() + 1,
-            None => next.push((at.0, at.1, message.offset() + 1)),
-        }
+        next.insert(at, message.offset() + 1);
         view.lock()
             .expect("the view is never left half-written")
             .ingest(message, resolver);
@@ -88,7 +85,7 @@ fn read(
 fn assign_new(
     consumer: &BaseConsumer,
     assigned: &mut HashSet<(String, i32)>,
-    next: &[(String, i32, i64)],
+    next: &HashMap<(String, i32), i64>,
 ) -> Result<(), BusError> {
     let wanted = quark_topics();
     let metadata = consumer.fetch_metadata(None, METADATA)?;
@@ -104,9 +101,8 @@ fn assign_new(
                 continue;
             }
             let from = next
-                .iter()
-                .find(|(t, partition, _)| (t, *partition) == (&key.0, key.1))
-                .map_or(Offset::Beginning, |n| Offset::Offset(n.2));
+                .get(&key)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
             list.add_partition_offset(&key.0, key.1, from)?;
             assigned.insert(key);
         }

@@ -57,10 +57,7 @@ impl Jobs {
             .or_insert_with(|| Job {
                 job_id: e.job_id.to_string(),
                 correlation_id: e.header.correlation_id.to_string(),
-                run_kind: serde_json::to_value(e.run_kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                run_kind: super::models::spelled(e.run_kind),
                 device: e.device.clone(),
                 step: 0,
                 max_steps: e.max_steps,

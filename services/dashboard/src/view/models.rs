@@ -73,7 +73,8 @@ fn sorted(metrics: &HashMap<String, f64>) -> BTreeMap<String, f64> {
     metrics.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
-fn spelled(value: impl Serialize) -> String {
+/// An enum as the event spells it (`gate_passed`, `sft`).
+pub(super) fn spelled(value: impl Serialize) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
