@@ -23,8 +23,6 @@ use quark_events::{
 use quark_journal::Journal;
 use quark_registry::{RegistryService, alias_of};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -100,31 +98,16 @@ async fn the_dashboard_follows_the_loop_live_and_redrives_dead_letters() {
             .contains("API key")
     );
 
-    let shots = screenshots(&cluster);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/node/dashboard.js");
-    let mut browser = Process(
-        Command::new("node")
-            .args([script, &url, &shots])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("node (scripts/bootstrap installs playwright-core; Debian's chromium)"),
-    );
-    let mut said = BufReader::new(browser.0.stdout.take().unwrap()).lines();
-    let mut hear = move |word: &str| {
-        let line = said
-            .next()
-            .expect("the browser script ended early")
-            .unwrap();
-        assert_eq!(line, word);
-    };
-    tokio::task::block_in_place(|| hear("READY"));
+    let shots = screenshots(cluster.dir.path());
+    let mut browser = BrowserScript::start("dashboard.js", &[&url, &shots]);
+    let said = tokio::task::block_in_place(|| browser.hear());
+    assert_eq!(said, "READY");
     publish(&publisher, 3, 5).await;
-    tokio::task::block_in_place(|| hear("LIVE"));
+    assert_eq!(tokio::task::block_in_place(|| browser.hear()), "LIVE");
     mending.broken.store(false, Ordering::SeqCst);
-    writeln!(browser.0.stdin.as_mut().unwrap(), "FIXED").unwrap();
-    tokio::task::block_in_place(|| hear("DONE"));
-    assert!(browser.0.wait().unwrap().success());
+    browser.tell("FIXED");
+    assert_eq!(tokio::task::block_in_place(|| browser.hear()), "DONE");
+    tokio::task::block_in_place(|| browser.finish());
 
     // The redriven letters were handled once each by the fixed consumer.
     until("the letters handled", WAIT, || async {
@@ -190,6 +173,7 @@ async fn the_dashboard_shows_models_jobs_serving_messages_and_schemas_and_rolls_
     cluster.tasks.spawn(quark_schema_registry::serve(
         registry_listener,
         schemas,
+        quark_schema_registry::ApiKeys::new([KEY]),
         cluster.shutdown.clone(),
     ));
     let publisher = Publisher::new(&bus, "test").unwrap();
@@ -268,24 +252,13 @@ async fn the_dashboard_shows_models_jobs_serving_messages_and_schemas_and_rolls_
         assert!(found.is_none_or(|at| at < i), "{chain:?}");
     }
 
-    let shots = screenshots(&cluster);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/node/dashboard_pages.js");
-    let a_id = a.to_string();
-    let b_id = b.to_string();
-    let browser = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args([script, &url, &shots, &a_id, &b_id])
-            .output()
-            .expect("node (scripts/bootstrap installs playwright-core; Debian's chromium)")
-    })
-    .await
-    .unwrap();
-    let said = String::from_utf8_lossy(&browser.stdout);
-    assert!(
-        browser.status.success() && said.trim_end().ends_with("DONE"),
-        "{said}\n{}",
-        String::from_utf8_lossy(&browser.stderr)
-    );
+    let shots = screenshots(cluster.dir.path());
+    let (a_id, b_id) = (a.to_string(), b.to_string());
+    tokio::task::block_in_place(|| {
+        let mut browser = BrowserScript::start("dashboard_pages.js", &[&url, &shots, &a_id, &b_id]);
+        assert_eq!(browser.hear(), "DONE");
+        browser.finish();
+    });
     // The page's retraining request went to the improvement policy, with who and why.
     let retrain = events_on(&bus, EventKind::RetrainRequested.topic());
     assert!(
@@ -320,14 +293,6 @@ async fn the_dashboard_shows_models_jobs_serving_messages_and_schemas_and_rolls_
 async fn messages(cluster: &Cluster, url: &str, query: &str) -> Vec<serde_json::Value> {
     let page = cluster.get(&format!("{url}api/messages?{query}")).await;
     page["messages"].as_array().unwrap().clone()
-}
-
-/// Where screenshots go: `docs/` with QUARK_SCREENSHOTS=docs, else the test's directory.
-fn screenshots(cluster: &Cluster) -> String {
-    match std::env::var("QUARK_SCREENSHOTS").as_deref() {
-        Ok("docs") => concat!(env!("CARGO_MANIFEST_DIR"), "/../docs").into(),
-        _ => cluster.dir.path().display().to_string(),
-    }
 }
 
 /// Bad requests get a 4xx in the API's error shape, and actions need the key.

@@ -8,7 +8,7 @@ use quark_events::bus::{Handler, HandlerError, Publisher, Runner, ensure_topics}
 use quark_events::samples::sample;
 use quark_events::{Event, EventKind, SchemaResolver};
 use quark_schema_registry::store::VersionSpec;
-use quark_schema_registry::{Store, preregister, serve, subject_of};
+use quark_schema_registry::{ApiKeys, Store, preregister, serve, subject_of};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,7 +79,10 @@ async fn confluents_python_clients_work_with_quarks_registry_and_runner() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, store.clone(), shutdown.clone()));
+    let keys = ApiKeys::new([KEY]);
+    let server = tokio::spawn(serve(listener, store.clone(), keys, shutdown.clone()));
+    // Registering needs the key: Confluent's clients take it in the URL (HTTP Basic).
+    let writer_url = url.replace("http://", &format!("http://quark:{KEY}@"));
     let resolver: Arc<dyn SchemaResolver> = Arc::new(store.resolver());
     let schema = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -92,7 +95,7 @@ async fn confluents_python_clients_work_with_quarks_registry_and_runner() {
         Runner::new(handler.clone(), bus.clone(), db.clone()).with_resolver(resolver.clone());
     let runner = tokio::spawn(runner.run(shutdown.clone()));
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let produced = python(args(&["produce", &broker.address, &url, schema])).await;
+    let produced = python(args(&["produce", &broker.address, &writer_url, schema])).await;
     let feedback_id = registered_id(&store, EventKind::FeedbackReceived).await;
     assert_eq!(produced[0]["magic"], 0, "Confluent framing");
     assert_eq!(
@@ -141,10 +144,16 @@ async fn confluents_python_clients_work_with_quarks_registry_and_runner() {
 
     // The Python client's registration of an incompatible schema is refused with 409.
     let subject = subject_of(EventKind::FeedbackReceived);
-    let refused = python(args(&["incompatible", &url, &subject, schema])).await;
+    let refused = python(args(&["incompatible", &writer_url, &subject, schema])).await;
     assert_eq!(
         refused[0],
         serde_json::json!({"status": 409, "error_code": 409})
+    );
+    // Without the key, the same client is refused before anything is checked.
+    let unauthorised = python(args(&["incompatible", &url, &subject, schema])).await;
+    assert_eq!(
+        unauthorised[0],
+        serde_json::json!({"status": 401, "error_code": 40101})
     );
     assert_eq!(store.versions(&subject).await.unwrap(), [1]);
 

@@ -1,10 +1,12 @@
 //! Real things for tests: a Tansu broker process on a free port, SQLite files and fresh
 //! PostgreSQL databases, consumers that read topics from the beginning.
 
+mod browser;
 mod clients;
 mod cluster;
 mod handlers;
 mod stack;
+pub use browser::{BrowserScript, screenshots};
 pub use clients::{kafkajs, python_clients, python_script};
 pub use cluster::{
     AugmenterTables, Cluster, GatewayTables, KEY, open, promotion, promotion_of, promotion_sized,
@@ -402,6 +404,16 @@ pub fn events_on(bus: &BusConfig, topic: &str) -> Vec<Event> {
         return vec![];
     }
     decode_all(&read_topic(bus, topic, total))
+}
+
+/// Every message on every topic now, raw (for checks of what must never be written).
+pub fn every_message(bus: &BusConfig) -> Vec<OwnedMessage> {
+    quark_events::bus::inspect(bus)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.messages() > 0)
+        .flat_map(|t| read_topic(bus, &t.topic, t.messages() as usize))
+        .collect()
 }
 
 /// Waits until `topic` holds an event that `found` picks, and returns it.

@@ -4,7 +4,7 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
     /// Bootstrap servers, comma-separated (`host:port,…`). Empty: `quark up` starts the
@@ -43,6 +43,40 @@ impl Default for BusConfig {
             fetch_wait_max_ms: 80,
             properties: BTreeMap::new(),
         }
+    }
+}
+
+/// Whether an option named `key` holds a secret (`sasl.password`, `ssl.key.password`,
+/// `aws_secret_access_key`, `token`…), never to be shown.
+pub fn is_secret(key: &str) -> bool {
+    ["password", "secret", "token"]
+        .iter()
+        .any(|s| key.to_ascii_lowercase().contains(s))
+}
+
+/// `value`, or `<redacted>` where `key` names a secret.
+pub fn shown<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret(key) { "<redacted>" } else { value }
+}
+
+/// Debug without the secrets among the properties: settings are printed in errors and logs.
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), shown(k, v)))
+            .collect();
+        f.debug_struct("BusConfig")
+            .field("brokers", &self.brokers)
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("max_poll_interval_ms", &self.max_poll_interval_ms)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
+            .field("properties", &properties)
+            .finish()
     }
 }
 

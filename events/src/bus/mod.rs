@@ -10,7 +10,7 @@ mod runner;
 mod topics;
 mod trace;
 
-pub use config::BusConfig;
+pub use config::{BusConfig, is_secret, shown};
 pub use ledger::{ConsumerPositions, LedgerMigration, ProcessedEvents, positions};
 pub use publisher::Publisher;
 pub use redrive::{DeadLetter, Redrive, dead_letters, redrive};

@@ -7,7 +7,7 @@ use crate::{Dashboard, failed};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use quark_events::bus::{Publisher, Redrive, dead_letters, redrive};
 use quark_events::{
@@ -27,16 +27,9 @@ fn authorised<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Json<T>, JsonRejection>,
 ) -> Result<T, Refusal> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !key.is_some_and(|k| d.api_keys.iter().any(|known| known == k)) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            "this action needs an API key: Authorization: Bearer <key>".into(),
-        ));
-    }
+    d.api_keys
+        .check(headers)
+        .map_err(|refusal| (StatusCode::UNAUTHORIZED, refusal.message().to_string()))?;
     body.map(|Json(b)| b)
         .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))
 }

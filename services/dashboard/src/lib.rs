@@ -21,9 +21,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
+use quark_api_keys::ApiKeys;
 use quark_events::bus::{BusConfig, inspect_with, positions};
 use quark_events::codec::default_resolver;
 use quark_events::{SchemaResolver, Timestamp};
+use quark_schema_registry::client::shown_url;
 use rdkafka::consumer::BaseConsumer;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
@@ -38,7 +40,7 @@ pub struct Dashboard {
     bus: BusConfig,
     db: DatabaseConnection,
     /// Keys that may act (the gateway's `api_keys`).
-    api_keys: Vec<String>,
+    api_keys: ApiKeys,
     /// How often the page gets a new state.
     every: Duration,
     view: Arc<Mutex<View>>,
@@ -63,7 +65,7 @@ impl Dashboard {
         Dashboard {
             bus,
             db,
-            api_keys,
+            api_keys: ApiKeys::new(&api_keys),
             every,
             view: Arc::new(Mutex::new(View::new(keep))),
             trouble: Mutex::new(None),
@@ -197,7 +199,10 @@ async fn schemas(State(d): State<Arc<Dashboard>>) -> Response {
         );
     };
     match schemas::subjects(registry).await {
-        Ok(subjects) => Json(json!({"registry": registry, "subjects": subjects})).into_response(),
+        Ok(subjects) => {
+            let registry = shown_url(registry);
+            Json(json!({"registry": registry, "subjects": subjects})).into_response()
+        }
         Err(e) => failed(StatusCode::BAD_GATEWAY, e),
     }
 }

@@ -3,6 +3,7 @@
 //! type it carries and whether this build writes its latest version.
 
 use quark_events::EventKind;
+use quark_schema_registry::client::split_credentials;
 use quark_schema_registry::subject_of;
 use serde::Serialize;
 use serde_json::Value;
@@ -20,50 +21,62 @@ pub struct Subject {
     pub current: Option<bool>,
 }
 
-async fn get(client: &reqwest::Client, url: reqwest::Url) -> Result<Value, String> {
-    let response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
-    if !status.is_success() {
-        return Err(format!("{url}: {status} {body}"));
-    }
-    Ok(body)
+/// Reads the registry at one URL, sending the credentials the URL carries as HTTP Basic.
+struct Reader {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    credentials: Option<(String, String)>,
 }
 
-/// `registry` with the path `segments` (each escaped as one segment).
-fn at(registry: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
-    let mut url = registry.clone();
-    if let Ok(mut path) = url.path_segments_mut() {
-        path.pop_if_empty().extend(segments);
+impl Reader {
+    fn new(registry: &str) -> Result<Reader, String> {
+        let (base, credentials) = split_credentials(registry).map_err(|e| e.to_string())?;
+        let base = reqwest::Url::parse(&base).map_err(|e| format!("{base}: {e}"))?;
+        let client = reqwest::Client::new();
+        Ok(Reader {
+            client,
+            base,
+            credentials,
+        })
     }
-    url
+
+    /// GET the path `segments` (each escaped as one segment), with `query`.
+    async fn get(&self, segments: &[&str], query: Option<&str>) -> Result<Value, String> {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url.set_query(query);
+        let mut request = self.client.get(url.clone());
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url}: {status} {body}"));
+        }
+        Ok(body)
+    }
 }
 
 /// Every subject of the registry at `registry`.
 pub async fn subjects(registry: &str) -> Result<Vec<Subject>, String> {
-    let client = reqwest::Client::new();
-    let base = reqwest::Url::parse(registry).map_err(|e| format!("{registry}: {e}"))?;
-    let names: Vec<String> = serde_json::from_value(get(&client, at(&base, &["subjects"])).await?)
-        .map_err(|e| format!("{registry}/subjects: {e}"))?;
+    let reader = Reader::new(registry)?;
+    let names: Vec<String> = serde_json::from_value(reader.get(&["subjects"], None).await?)
+        .map_err(|e| format!("{}/subjects: {e}", reader.base))?;
     let mut subjects = Vec::new();
     for name in names {
-        let versions: Vec<i64> = serde_json::from_value(
-            get(&client, at(&base, &["subjects", &name, "versions"])).await?,
-        )
-        .unwrap_or_default();
-        let latest = get(
-            &client,
-            at(&base, &["subjects", &name, "versions", "latest"]),
-        )
-        .await
-        .ok();
-        let mut config = at(&base, &["config", &name]);
-        config.set_query(Some("defaultToGlobal=true"));
-        let compatibility = get(&client, config)
+        let versions: Vec<i64> =
+            serde_json::from_value(reader.get(&["subjects", &name, "versions"], None).await?)
+                .unwrap_or_default();
+        let latest = reader
+            .get(&["subjects", &name, "versions", "latest"], None)
+            .await
+            .ok();
+        let compatibility = reader
+            .get(&["config", &name], Some("defaultToGlobal=true"))
             .await
             .ok()
             .and_then(|c| c["compatibilityLevel"].as_str().map(str::to_string));

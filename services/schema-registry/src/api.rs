@@ -7,13 +7,16 @@ use crate::store::{Store, SubjectVersion, VersionSpec};
 use crate::{CompatibilityLevel, RegistryError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use quark_api_keys::ApiKeys;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::Arc;
 use tracing::warn;
 
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -21,8 +24,9 @@ pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 type Reply = Result<Response, RegistryError>;
 type Params = Query<HashMap<String, String>>;
 
-/// The registry's routes over `store`.
-pub fn router(store: Store) -> Router {
+/// The registry's routes over `store`; writes (registering, deleting, setting compatibility)
+/// need one of `keys`, reads are open.
+pub fn router(store: Store, keys: ApiKeys) -> Router {
     Router::new()
         .route("/", get(|| async { ok(json!({})) }))
         .route("/subjects", get(subjects))
@@ -50,7 +54,29 @@ pub fn router(store: Store) -> Router {
             "/config/{subject}",
             get(subject_config).put(set_subject_config),
         )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(keys),
+            writes_need_a_key,
+        ))
         .with_state(store)
+}
+
+async fn writes_need_a_key(
+    State(keys): State<Arc<ApiKeys>>,
+    path: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let writes = match *request.method() {
+        Method::PUT | Method::DELETE => true,
+        // Other POSTs (lookups, compatibility checks) only read.
+        Method::POST => path.as_str() == "/subjects/{subject}/versions",
+        _ => false,
+    };
+    if let (true, Err(refusal)) = (writes, keys.check(request.headers())) {
+        return RegistryError::Unauthorized(refusal.message()).into_response();
+    }
+    next.run(request).await
 }
 
 impl IntoResponse for RegistryError {

@@ -18,7 +18,10 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 const MISS_RETRY: Duration = Duration::from_secs(10);
 
 pub struct RemoteRegistry {
+    /// The URL without its credentials, for requests and messages.
     base: String,
+    /// User and password from the URL (`http://user:key@host`), sent as HTTP Basic.
+    credentials: Option<(String, String)>,
     http: reqwest::Client,
     cache: LocalRegistry,
     /// (subject, version) pairs already loaded.
@@ -30,14 +33,17 @@ pub struct RemoteRegistry {
 impl RemoteRegistry {
     /// Connects to the registry at `url`, registers every current event schema under
     /// `<topic>-value` (as a serializer with `auto.register.schemas` does) and loads every
-    /// version of every subject.
+    /// version of every subject. Credentials in the URL go as HTTP Basic, as Confluent's
+    /// clients send them.
     pub async fn connect(url: &str) -> Result<Arc<RemoteRegistry>, RegistryError> {
+        let (base, credentials) = split_credentials(url)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| remote(url, e))?;
+            .map_err(|e| remote(&base, e))?;
         let registry = Arc::new(RemoteRegistry {
-            base: url.trim_end_matches('/').to_string(),
+            base,
+            credentials,
             http,
             cache: LocalRegistry::empty(),
             loaded: Mutex::new(HashSet::new()),
@@ -50,7 +56,11 @@ impl RemoteRegistry {
             registry.cache.register(id, kind.schema().clone());
         }
         let loaded = registry.load_all().await?;
-        info!(url, schemas = loaded, "schema registry connected");
+        info!(
+            url = registry.base,
+            schemas = loaded,
+            "schema registry connected"
+        );
         Ok(registry)
     }
 
@@ -82,6 +92,9 @@ impl RemoteRegistry {
             .http
             .request(method, &url)
             .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
@@ -190,6 +203,38 @@ impl RemoteRegistry {
             SchemaMiss::Fingerprint(f) => self.cache.schema_by_fingerprint(&f).is_some(),
         }
     }
+}
+
+/// `url` without its user and password (trailing slash dropped), and them percent-decoded.
+pub fn split_credentials(url: &str) -> Result<(String, Option<(String, String)>), RegistryError> {
+    let mut parsed = url::Url::parse(url).map_err(|e| RegistryError::Remote {
+        url: "(the schema registry's URL)".into(),
+        reason: e.to_string(),
+    })?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = match (parsed.username(), parsed.password()) {
+        ("", None) => None,
+        (user, password) => Some((decode(user), decode(password.unwrap_or_default()))),
+    };
+    // Neither can fail on an http(s) URL, which has a host.
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    Ok((
+        parsed.as_str().trim_end_matches('/').to_string(),
+        credentials,
+    ))
+}
+
+/// `url` as it may be shown: without its credentials.
+pub fn shown_url(url: &str) -> String {
+    if url.is_empty() {
+        return String::new();
+    }
+    split_credentials(url).map_or_else(|_| "(an unreadable URL)".into(), |(base, _)| base)
 }
 
 fn remote(url: &str, error: impl std::fmt::Display) -> RegistryError {

@@ -29,6 +29,8 @@ pub enum RegistryError {
         level: &'static str,
         messages: Vec<String>,
     },
+    #[error("Unauthorized: {0}")]
+    Unauthorized(&'static str),
     #[error("Malformed request: {0}")]
     BadRequest(String),
     #[error("{0} is not supported by this registry")]
@@ -59,6 +61,7 @@ impl RegistryError {
             RegistryError::InvalidCompatibility(_) => 42203,
             RegistryError::Incompatible { .. } => 409,
             RegistryError::BadRequest(_) => 400,
+            RegistryError::Unauthorized(_) => 40101,
             RegistryError::Unsupported(_) => 42206,
             RegistryError::Storage(_) => 50001,
             RegistryError::Io(_) | RegistryError::Remote { .. } => 50003,
@@ -71,6 +74,7 @@ impl RegistryError {
         match self.error_code() {
             409 => StatusCode::CONFLICT,
             400 => StatusCode::BAD_REQUEST,
+            40101 => StatusCode::UNAUTHORIZED,
             code if code / 100 == 404 => StatusCode::NOT_FOUND,
             code if code / 100 == 422 => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +92,7 @@ impl RegistryError {
             RegistryError::InvalidCompatibility(_) => "invalid_compatibility",
             RegistryError::Incompatible { .. } => "incompatible",
             RegistryError::BadRequest(_) => "bad_request",
+            RegistryError::Unauthorized(_) => "unauthorized",
             RegistryError::Unsupported(_) => "unsupported",
             RegistryError::Storage(_) => "storage",
             RegistryError::Io(_) => "io",

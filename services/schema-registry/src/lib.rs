@@ -24,6 +24,7 @@ pub use error::RegistryError;
 pub use store::{Store, StoreResolver};
 pub use tables::SchemaRegistryMigration;
 
+pub use quark_api_keys::ApiKeys;
 use quark_events::EventKind;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -54,11 +55,12 @@ pub async fn preregister(store: &Store) -> Result<(), RegistryError> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
+    keys: ApiKeys,
     shutdown: CancellationToken,
 ) -> Result<(), RegistryError> {
     let address = listener.local_addr().map_err(RegistryError::Io)?;
     info!(url = %format!("http://{address}"), "schema registry listening");
-    axum::serve(listener, api::router(store))
+    axum::serve(listener, api::router(store, keys))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(RegistryError::Io)

@@ -251,6 +251,66 @@ async fn errors_use_confluents_codes() {
 }
 
 #[tokio::test]
+async fn writes_need_the_key_and_reads_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let schema = json!({"schema": v1().to_string()});
+    let level = json!({"compatibility": "NONE"});
+    let writes = [
+        (
+            "POST",
+            "/subjects/things-value/versions",
+            Some(schema.clone()),
+        ),
+        ("PUT", "/config", Some(level.clone())),
+        ("PUT", "/config/things-value", Some(level)),
+        ("DELETE", "/subjects/things-value", None),
+    ];
+    for key in [None, Some("not-the-key")] {
+        for (method, path, body) in &writes {
+            let (status, reply) = server.call_as(key, method, path, body.clone()).await;
+            assert_eq!(
+                (status, error_code(&reply)),
+                (401, 40101),
+                "{method} {path}: {reply}"
+            );
+        }
+    }
+    let basic = |key: &str| {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("quark:{key}"));
+        format!("Basic {pair}")
+    };
+    let registered = reqwest::Client::new()
+        .post(format!("{}/subjects/things-value/versions", server.url))
+        .header("authorization", basic(common::KEY))
+        .header("content-type", "application/json")
+        .body(schema.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status().as_u16(), 200, "HTTP Basic with the key");
+    let (status, _) = server.call_as(None, "GET", "/config", None).await;
+    assert_eq!(status, 200);
+    for (method, path, body) in [
+        ("GET", "/subjects", None),
+        ("GET", "/subjects/things-value/versions/1", None),
+        ("POST", "/subjects/things-value", Some(schema.clone())),
+        (
+            "POST",
+            "/compatibility/subjects/things-value/versions/latest",
+            Some(schema),
+        ),
+    ] {
+        let (status, reply) = server.call_as(None, method, path, body).await;
+        assert_eq!(status, 200, "{method} {path}: {reply}");
+    }
+    // Nothing was written without the key.
+    assert_eq!(server.store.versions("things-value").await.unwrap(), [1]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_restart_keeps_ids_versions_config_and_deletions() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

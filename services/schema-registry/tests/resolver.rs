@@ -152,7 +152,10 @@ async fn the_http_client_resolves_every_version_and_registers_the_current_schema
         .register(&subject_of(KIND), &old)
         .await
         .unwrap();
-    let remote = RemoteRegistry::connect(&server.url).await.unwrap();
+    // It registers: the key goes in the URL, as Confluent's clients take it.
+    let remote = RemoteRegistry::connect(&server.url_with_key())
+        .await
+        .unwrap();
     for kind in EventKind::ALL {
         let registered = latest(&server.store, *kind).await.id as u32;
         assert_eq!(remote.id_of(*kind), Some(registered), "{kind}");

@@ -9,6 +9,7 @@ use quark_events::bus::{Publisher, Runner, ensure_topics};
 use quark_moderation::Moderator;
 use quark_runtime::metrics::{self, Group};
 use quark_runtime::{Settings, db};
+use quark_schema_registry::client::shown_url;
 use sea_orm::DatabaseConnection;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,7 +93,9 @@ fn banner(settings: &Settings, args: &UpArgs, dashboard: &str) -> String {
     };
     format!(
         "quark up: gateway http://{}/v1 · dashboard {dashboard} · schema registry {} · bus {} · logs {logs}",
-        settings.gateway.listen, settings.schema_registry.url, settings.bus.brokers
+        settings.gateway.listen,
+        shown_url(&settings.schema_registry.url),
+        settings.bus.brokers
     )
 }
 

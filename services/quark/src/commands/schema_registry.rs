@@ -7,7 +7,8 @@ use crate::Migrator;
 use anyhow::Context;
 use quark_events::codec::install_registry;
 use quark_runtime::{Settings, db};
-use quark_schema_registry::{RemoteRegistry, Store, preregister, serve};
+use quark_schema_registry::client::shown_url;
+use quark_schema_registry::{ApiKeys, RemoteRegistry, Store, preregister, serve};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -36,8 +37,9 @@ pub async fn start(settings: &mut Settings, shutdown: &CancellationToken) -> any
     settings.schema_registry.url = format!("http://{}", listener.local_addr()?);
     install_registry(Arc::new(store.resolver()));
     let token = shutdown.clone();
+    let keys = ApiKeys::new(&settings.gateway.api_keys);
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, store, token.clone()).await {
+        if let Err(e) = serve(listener, store, keys, token.clone()).await {
             error!(error = %e, "the schema registry stopped; shutting down");
             token.cancel();
         }
@@ -52,10 +54,12 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<()> {
     if url.is_empty() {
         return Ok(());
     }
+    // Never the credentials a URL may carry, in messages or logs.
+    let shown = shown_url(url);
     let registry = RemoteRegistry::connect(url)
         .await
-        .with_context(|| format!("cannot use the schema registry at {url}"))?;
+        .with_context(|| format!("cannot use the schema registry at {shown}"))?;
     install_registry(registry);
-    info!(url, "schema registry (external) in use");
+    info!(url = shown, "schema registry (external) in use");
     Ok(())
 }

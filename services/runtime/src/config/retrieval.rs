@@ -1,5 +1,6 @@
 //! Step 6: where the knowledge indexes live, what goes into them and how passages are cut.
 
+use quark_events::bus::shown;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,12 +42,7 @@ pub struct StorageOptions(pub BTreeMap<String, String>);
 
 impl std::fmt::Debug for StorageOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = self.0.iter().map(|(key, value)| {
-            let secret = ["secret", "token", "password"]
-                .iter()
-                .any(|s| key.contains(s));
-            (key, if secret { "<redacted>" } else { value.as_str() })
-        });
+        let shown = self.0.iter().map(|(key, value)| (key, shown(key, value)));
         f.debug_map().entries(shown).finish()
     }
 }

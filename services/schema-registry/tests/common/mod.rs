@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use quark_schema_registry::{SchemaRegistryMigration, Store};
+use quark_schema_registry::{ApiKeys, SchemaRegistryMigration, Store};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use serde_json::Value;
@@ -29,6 +29,9 @@ pub async fn database(dir: &Path) -> DatabaseConnection {
     db
 }
 
+/// The key the test server's writes need.
+pub const KEY: &str = "registry-test-key";
+
 /// The registry's HTTP server on a free port.
 pub struct Server {
     pub url: String,
@@ -46,7 +49,7 @@ impl Server {
         let task = tokio::spawn({
             let (store, shutdown) = (store.clone(), shutdown.clone());
             async move {
-                quark_schema_registry::serve(listener, store, shutdown)
+                quark_schema_registry::serve(listener, store, ApiKeys::new([KEY]), shutdown)
                     .await
                     .unwrap()
             }
@@ -65,10 +68,30 @@ impl Server {
         self.task.await.unwrap();
     }
 
-    /// A request with Confluent's content type; returns the status and the JSON reply.
+    /// The URL with the key in it, as Confluent's clients take credentials.
+    pub fn url_with_key(&self) -> String {
+        self.url.replace("http://", &format!("http://quark:{KEY}@"))
+    }
+
+    /// A request with Confluent's content type and the key; returns the status and the JSON
+    /// reply.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(Some(KEY), method, path, body).await
+    }
+
+    /// A request with `key` as its bearer token, or none.
+    pub async fn call_as(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/vnd.schemaregistry.v1+json")
