@@ -1,7 +1,7 @@
 //! The API key's routes: the gateway's status (its models, their batches, the router's
 //! intent classifier) and a manual retrain.
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorBody};
 use crate::routes::authorise;
 use crate::{Gateway, NAME, Served};
 use axum::Json;
@@ -11,6 +11,10 @@ use axum::response::{IntoResponse, Response};
 use quark_events::{Event, RetrainRequested, RetrainTrigger};
 use std::sync::Arc;
 
+#[utoipa::path(get, path = "/v1/admin/status", security(("api_key" = [])), responses(
+        (status = 200, description = "the gateway's models, batches and intent classifier", body = serde_json::Value),
+        (status = 401, description = "no API key, or not one of gateway.api_keys", body = ErrorBody),
+))]
 pub(crate) async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorise(&gateway, &headers) {
         return e.into_response();
@@ -50,6 +54,11 @@ fn batch(served: &Served) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(post, path = "/v1/admin/retrain", security(("api_key" = [])), responses(
+        (status = 202, description = "a retrain.requested event for the improvement policy", body = serde_json::Value),
+        (status = 401, description = "no API key, or not one of gateway.api_keys", body = ErrorBody),
+        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+))]
 pub(crate) async fn retrain(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorise(&gateway, &headers) {
         return e.into_response();

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -41,22 +42,46 @@ impl ApiError {
     }
 }
 
+/// The body of every refusal, in OpenAI's shape.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `not_found_error`,
+    /// `request_too_large` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request field at fault, where one is.
+    pub param: Option<&'static str>,
+    /// Always null (OpenAI's machine-readable code).
+    pub code: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind(),
-                "param": self.param,
-                "code": null,
-            }
-        });
-        (self.status, Json(body)).into_response()
+        let error = ErrorDetail {
+            kind: self.kind(),
+            message: self.message,
+            param: self.param,
+            code: None,
+        };
+        (self.status, Json(ErrorBody { error })).into_response()
     }
 }
 
+/// One server-sent event of a streamed answer, as the OpenAPI document describes it: `data` is
+/// a chunk in JSON, and `[DONE]` last.
+#[derive(ToSchema)]
+pub struct StreamEvent {
+    pub data: String,
+}
+
 /// `stop`: one string or a list.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     #[default]
@@ -76,19 +101,22 @@ impl Stop {
 }
 
 /// `stream_options`: `include_usage` adds a last chunk with the usage and no choices.
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Sampling parameters common to both endpoints.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct Sampling {
+    /// At least 1 (0 with `echo`), at most the gateway's `max_tokens`.
     pub max_tokens: Option<usize>,
     /// The chat endpoint's newer name for `max_tokens`.
     pub max_completion_tokens: Option<usize>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     #[serde(default)]
     pub stop: Stop,
@@ -96,11 +124,13 @@ pub struct Sampling {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Choices per prompt (a stream takes one).
+    #[schema(minimum = 1, maximum = 8)]
     pub n: Option<usize>,
 }
 
 /// The completions endpoint's `prompt`: a string, strings, token ids, or lists of them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum PromptInput {
     One(String),
@@ -126,7 +156,8 @@ impl PromptInput {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "champion", "prompt": "To be, or not", "max_tokens": 4}))]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptInput,
@@ -134,18 +165,26 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     /// Log-probabilities of each token, with this many (0 to 5) most likely alternatives.
+    #[schema(maximum = 5)]
     pub logprobs: Option<usize>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "model": "champion",
+    "messages": [{"role": "user", "content": "Who is Hamlet?"}],
+    "max_tokens": 4
+}))]
 pub struct ChatRequest {
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<crate::chat_input::ChatMessage>,
     /// Log-probabilities of the answer's tokens, with `top_logprobs` (0 to 20) alternatives.
     #[serde(default)]
     pub logprobs: bool,
+    #[schema(maximum = 20)]
     pub top_logprobs: Option<usize>,
     #[serde(flatten)]
     pub sampling: Sampling,
@@ -155,10 +194,16 @@ pub struct ChatRequest {
     pub quark: crate::knowledge::QuarkOptions,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "request_id": "chatcmpl-0123456789abcdef0123456789abcdef",
+    "rating": 1,
+    "correction": "Hamlet is the Prince of Denmark."
+}))]
 pub struct FeedbackRequest {
     pub request_id: String,
     /// 1 (bad) to 5 (good).
+    #[schema(minimum = 1, maximum = 5)]
     pub rating: i32,
     pub correction: Option<String>,
     pub preferred_response: Option<String>,
@@ -200,6 +245,16 @@ pub(crate) enum TextInput {
     Many(Vec<String>),
     // Token arrays, image parts: anything that is not text.
     Other(serde::de::IgnoredAny),
+}
+
+/// [`TextInput`]'s schema: what is accepted (anything else is refused with 400).
+pub(crate) fn text_input() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let one_of = OneOfBuilder::new()
+        .item(text())
+        .item(ArrayBuilder::new().items(text()));
+    Schema::OneOf(one_of.build())
 }
 
 impl TextInput {

@@ -4,8 +4,9 @@
 use crate::api::ApiError;
 use quark_ml::chat::{Message, Role};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChatRole {
     System,
@@ -18,21 +19,21 @@ pub enum ChatRole {
 }
 
 /// A message's content: a string, or parts of which only text is understood.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessage {
     pub role: ChatRole,
     /// Absent or null only in an assistant's tool call, which is refused.
@@ -40,12 +41,27 @@ pub struct ChatMessage {
 }
 
 /// The tool-calling fields of a chat request: any of them present is refused.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct Tools {
+    #[schema(schema_with = refused)]
     tools: Option<serde::de::IgnoredAny>,
+    #[schema(schema_with = refused)]
     tool_choice: Option<serde::de::IgnoredAny>,
+    #[schema(schema_with = refused)]
     functions: Option<serde::de::IgnoredAny>,
+    #[schema(schema_with = refused)]
     function_call: Option<serde::de::IgnoredAny>,
+}
+
+/// A tool-calling field's schema: only null (absent) is accepted.
+fn refused() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Null)
+        .description(Some(
+            "tool and function calling is not supported: only null",
+        ))
+        .build()
 }
 
 impl Tools {

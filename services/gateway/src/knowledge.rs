@@ -11,6 +11,7 @@ use quark_retrieval::retriever::{RetrieveError, Retriever};
 use quark_retrieval::store::{Hit, SearchMode, StoreError};
 use serde::Deserialize;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 /// The index the gateway answers from and how it searches it.
 pub struct Knowledge {
@@ -23,12 +24,14 @@ pub struct Knowledge {
 }
 
 /// Quark's own request options, under `"quark"` in a chat request's body.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuarkOptions {
     pub retrieval: Option<bool>,
     /// Passages to retrieve (default: the gateway's `k`).
     pub k: Option<usize>,
+    /// `vector`, `full_text` or `hybrid`.
+    #[schema(value_type = Option<String>)]
     pub mode: Option<SearchMode>,
 }
 

@@ -35,6 +35,7 @@ pub mod knowledge;
 mod logprobs;
 pub mod moderation;
 mod observed;
+pub mod openapi;
 mod reply;
 mod router;
 mod routes;
@@ -88,6 +89,8 @@ struct Counts {
 
 pub struct Gateway {
     pub settings: GatewaySettings,
+    /// Who may send feedback and act through /v1/admin.
+    keys: quark_api_keys::ApiKeys,
     store: Arc<ArtifactStore>,
     models_dir: PathBuf,
     db: DatabaseConnection,
@@ -113,6 +116,7 @@ impl Gateway {
         // Its serving metrics need the process's recorder (installed once).
         quark_runtime::metrics::handle();
         Arc::new(Gateway {
+            keys: quark_api_keys::ApiKeys::new(&settings.api_keys),
             settings,
             store,
             models_dir: data_dir.join("models"),

@@ -8,7 +8,7 @@
 //! changed, says what was found under `"quark": {"moderation"}` and is counted in telemetry.
 
 use crate::Gateway;
-use crate::api::{ApiError, TextInput};
+use crate::api::{ApiError, ErrorBody, TextInput, text_input};
 use crate::routes::body;
 use axum::Json;
 use axum::extract::State;
@@ -24,6 +24,7 @@ use quark_runtime::config::ModerationSettings;
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 /// Texts one `/v1/moderations` request may carry.
 const MAX_INPUTS: usize = 256;
@@ -233,8 +234,9 @@ impl Streamed {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ModerationRequest {
+    #[schema(schema_with = text_input)]
     input: TextInput,
     model: Option<String>,
 }
@@ -242,6 +244,13 @@ pub struct ModerationRequest {
 /// `POST /v1/moderations`: `{"input": "..." | ["...", ...], "model"?}` → `{"id", "model",
 /// "results": [{"flagged", "categories", "category_scores"}]}`, with the categories the
 /// classifier has learnt (OpenAI's names).
+#[utoipa::path(post, path = "/v1/moderations", request_body = ModerationRequest, responses(
+        (status = 200, description = "one result per input", body = serde_json::Value),
+        (status = 404, description = "moderation is off on this gateway, or no such moderation model", body = ErrorBody),
+        (status = 400, description = "a body that is not JSON or not this request's shape, or a value out of range", body = ErrorBody),
+        (status = 413, description = "a body larger than gateway.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+))]
 pub async fn moderations(
     State(gateway): State<Arc<Gateway>>,
     parsed: Result<Json<ModerationRequest>, JsonRejection>,
@@ -257,9 +266,10 @@ async fn moderate(
     parsed: Result<Json<ModerationRequest>, JsonRejection>,
 ) -> Result<serde_json::Value, ApiError> {
     let request = body(parsed)?;
+    // Like embeddings without an encoder: nothing here answers this route.
     let screen = gateway.screen().ok_or_else(|| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "moderation is off on this gateway (gateway.moderation)",
         )
     })?;

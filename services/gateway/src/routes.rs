@@ -1,6 +1,6 @@
 //! The HTTP routes.
 
-use crate::api::{ApiError, ChatRequest, Sampling};
+use crate::api::{ApiError, ChatRequest, ErrorBody, Sampling, StreamEvent};
 use crate::chat_input::ChatMessage;
 use crate::fleet::{Listed, unknown_model};
 use crate::moderation::{Answered, generate_screened};
@@ -35,6 +35,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/feedback", post(crate::feedback::feedback))
         .route("/v1/admin/status", get(crate::admin::status))
         .route("/v1/admin/retrain", post(crate::admin::retrain))
+        .route("/openapi.json", get(crate::openapi::document))
         .merge(quark_runtime::metrics::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
@@ -61,18 +62,10 @@ fn with_request_id(request_id: &str, mut response: Response) -> Response {
 }
 
 pub(crate) fn authorise(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
-    let key = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match key {
-        Some(key) if gateway.settings.api_keys.iter().any(|k| k == key) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key")),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs an API key: Authorization: Bearer <key>",
-        )),
-    }
+    gateway
+        .keys
+        .check(headers)
+        .map_err(|refusal| ApiError::new(StatusCode::UNAUTHORIZED, refusal.message()))
 }
 
 fn now_s() -> i64 {
@@ -91,12 +84,19 @@ fn model_object(listed: &Listed) -> serde_json::Value {
 }
 
 /// `GET /v1/models`: every model an alias points at, with its aliases.
+#[utoipa::path(get, path = "/v1/models", responses(
+        (status = 200, description = "the served models, with their aliases", body = serde_json::Value),
+))]
 async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
     let data: Vec<_> = gateway.listing().iter().map(model_object).collect();
     Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 
 /// `GET /v1/models/{id}`: a served model by its id or by one of its aliases.
+#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "a model id or alias")), responses(
+        (status = 200, description = "the model", body = serde_json::Value),
+        (status = 404, description = "no served model has this id or alias", body = ErrorBody),
+))]
 async fn model(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
     let alias = if id == "quark" { "champion" } else { &id };
     let found = gateway
@@ -465,6 +465,16 @@ pub(crate) async fn answer(
     )
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest, responses(
+        (status = 200, description = "the answer; server-sent chunks with stream", content(
+            (serde_json::Value = "application/json"),
+            (StreamEvent = "text/event-stream")
+        )),
+        (status = 400, description = "a body that is not JSON or not this request's shape, or a value out of range", body = ErrorBody),
+        (status = 404, description = "no served model has this id or alias", body = ErrorBody),
+        (status = 413, description = "a body larger than gateway.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+))]
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,

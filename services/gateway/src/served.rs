@@ -69,7 +69,7 @@ pub(crate) struct Exchange {
     pub shadow_of: Option<String>,
 }
 
-fn scrub(text: &str) -> String {
+pub(crate) fn scrub(text: &str) -> String {
     pii::scrub(text).0
 }
 
