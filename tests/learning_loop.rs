@@ -4,6 +4,8 @@
 //! is killed mid-retraining and restarted: it resumes and trains once), which is evaluated,
 //! promoted, and has learnt them; noise released by `quark retrain` is stopped by the gate; a
 //! live regression rolls back while clients stream; `quark replay` rebuilds the same registry.
+//! quark up's dashboard, in Chromium, shows the first cycle, the champion and new feedback live.
+//! Neither the API key nor personal data sent to the gateway reaches a log or a topic.
 //! A second trainer joining the group shares the jobs.
 
 use quark_e2e::*;
@@ -11,6 +13,8 @@ use quark_events::{Event, EventKind, Id, ModelTrained, PromotionReason, RetrainT
 use quark_ml::chat::{self, Message, Role};
 use quark_ml::data::Packed;
 use quark_runtime::ArtifactStore;
+use rdkafka::Message as _;
+use rdkafka::message::Headers;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -134,7 +138,7 @@ fn the_loop_starts_cold_learns_from_feedback_holds_the_gate_and_survives_a_crash
         && p.loss.is_none_or(f64::is_finite)
         && p.header.correlation_id == model.header.correlation_id));
     // The dashboard quark up serves shows the cycle, its finished job and the promotion.
-    let page = quark
+    let dashboard = quark
         .log_fields("up")
         .iter()
         .find(|f| f["message"] == "dashboard")
@@ -162,7 +166,7 @@ fn the_loop_starts_cold_learns_from_feedback_holds_the_gate_and_survives_a_crash
     loop {
         let state: Value = quark
             .http
-            .get(format!("{page}api/state"))
+            .get(format!("{dashboard}api/state"))
             .send()
             .and_then(|r| r.json())
             .unwrap_or_default();
@@ -256,12 +260,20 @@ print("openai client ok", len(chunks), "chunks")
     // Standard third-party clients through the same broker first (aiokafka's idempotent
     // producer used to leave it half-dead); they send praise, which teaches nothing, so the
     // loop below sees exactly its own corrections.
-    python_clients(
+    // quark up's dashboard is open in Chromium meanwhile: their feedback shows without a reload.
+    let shots = screenshots(quark.data.path());
+    let champion = first.to_string();
+    let mut page = BrowserScript::start("dashboard_up.js", &[&dashboard, &champion, &shots]);
+    let shown: usize = page.hear().strip_prefix("READY ").unwrap().parse().unwrap();
+    let praise = python_clients(
         &quark.broker.address,
         2,
         true,
         &["aiokafka-idempotent", "kafka-python", "confluent-kafka"],
     );
+    page.tell(&format!("EXPECT {}", shown + praise.len()));
+    assert_eq!(page.hear(), "DONE");
+    page.finish();
 
     // Learning from feedback: four corrections → retrain → evaluate → promote. The process is
     // killed while it retrains and restarted: the job resumes and is trained once.
@@ -597,6 +609,31 @@ print("openai client ok", len(chunks), "chunks")
         replies.len()
     );
 
+    // A prompt and a correction with personal data in them, sent with the key.
+    let (status, body) = quark.post(
+        "/v1/chat/completions",
+        json!({"model": "champion", "messages": [{"role": "user", "content": format!("Mail {EMAIL} or call {PHONE}")}], "max_tokens": 4}),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let request = body["id"].as_str().unwrap().to_string();
+    let (status, body) = quark.post(
+        "/v1/feedback",
+        json!({"request_id": request, "rating": 4, "correction": format!("Write to {EMAIL}.")}),
+        Some(KEY),
+    );
+    assert_eq!(status, 202, "{body}");
+    let feedback = body["feedback_id"].as_str().unwrap().to_string();
+    let scrubbed = quark.wait(EventKind::FeedbackReceived, |e| match e {
+        Event::FeedbackReceived(f) if f.feedback_id.to_string() == feedback => f.correction.clone(),
+        _ => None,
+    });
+    assert_eq!(scrubbed, "Write to <EMAIL>.");
+    quark.wait(EventKind::ResponseServed, |e| match e {
+        Event::ResponseServed(r) if r.request_id == request => Some(()),
+        _ => None,
+    });
+
     // Replay: once the registry has folded the last telemetry windows, stop, drop and rebuild
     // it from the topics; it is the same.
     let published = |quark: &Stack| -> i64 {
@@ -642,6 +679,7 @@ print("openai client ok", len(chunks), "chunks")
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(registry_snapshot(quark.data.path()), live);
+    nothing_secret_was_written(&quark);
     let out = quark
         .command(&["models", "--at", &chrono_now_ms().to_string()])
         .output()
@@ -718,6 +756,48 @@ impl Load {
             .into_iter()
             .flat_map(|c| c.join().unwrap())
             .collect()
+    }
+}
+
+const EMAIL: &str = "jane.doe@gmail.com";
+const PHONE: &str = "+1 415-555-0132";
+
+/// Neither the API key nor the personal data sent is in any log or any message of any topic
+/// (payloads, keys and headers).
+fn nothing_secret_was_written(quark: &Stack) {
+    let secrets = [KEY, EMAIL, PHONE];
+    let mut logs = Vec::new();
+    for entry in std::fs::read_dir(quark.data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            logs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(
+        logs.iter().any(|(_, text)| text.len() > 10_000),
+        "the logs were read"
+    );
+    let messages = every_message(&quark.broker.bus());
+    let mut written = Vec::new();
+    for m in &messages {
+        let headers = m.headers().into_iter().flat_map(|h| h.iter());
+        let values = headers.filter_map(|h| h.value).map(<[u8]>::to_vec);
+        let parts = [m.payload(), m.key()]
+            .into_iter()
+            .flatten()
+            .map(<[u8]>::to_vec);
+        written.extend(
+            parts
+                .chain(values)
+                .map(|bytes| (m.topic().to_string(), bytes)),
+        );
+    }
+    assert!(messages.len() > 100, "every topic was read");
+    for secret in secrets {
+        let found = |bytes: &[u8]| bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        for (source, bytes) in logs.iter().chain(&written) {
+            assert!(!found(bytes), "{secret:?} written to {source}");
+        }
     }
 }
 
