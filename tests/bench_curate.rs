@@ -2,14 +2,19 @@
 //!
 //!   quark-bench-curate shakespeare DIR        near-duplicate pairs among every .txt under DIR
 //!   quark-bench-curate corpus DIR OUT.jsonl   the dedup benchmark corpus (see `corpus`)
-//!   quark-bench-curate dedup IN.jsonl OUT     MinHash dedup alone: documents/s, removed ids to OUT
+//!   quark-bench-curate dedup IN_DIR OUT_DIR   MinHash dedup end to end, as datatrove runs it:
+//!                                             from IN_DIR's JSON-lines files to OUT_DIR's
+//!                                             kept.jsonl and removed.jsonl, on rayon's threads
+//!   quark-bench-curate dedup-memory IN.jsonl OUT   the same dedup timed in memory only (the
+//!                                             corpus read first): removed ids to OUT
 //!   quark-bench-curate pipeline IN.jsonl      the whole curation: MB/s per core, peak memory
 
 use quark_curate::dedup::DedupIndex;
 use quark_curate::filters::Lexicon;
 use quark_curate::minhash::{LshIndex, MinHashConfig, MinHasher, jaccard, shingles};
 use quark_curate::pipeline::{CurateConfig, Curator, Document, Outcome};
-use quark_curate::store::read_documents;
+use quark_curate::store::{documents, read_documents};
+use std::io::Write;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -178,6 +183,76 @@ fn run(input: &Path, config: CurateConfig, removed_out: Option<&Path>) {
     );
 }
 
+fn dedup_only() -> CurateConfig {
+    CurateConfig {
+        quality: None,
+        max_toxicity: None,
+        languages: vec![],
+        scrub_pii: false,
+        exact_dedup: false,
+        near_dedup: true,
+        samples_per_reason: 0,
+    }
+}
+
+/// Timed from the first read to the last write flushed: every `.jsonl` of `input` in name
+/// order, in batches of 1,000, each document written to `output`'s kept.jsonl or removed.jsonl.
+fn dedup_files(input: &Path, output: &Path) {
+    let started = Instant::now();
+    let mut files: Vec<_> = std::fs::read_dir(input)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    std::fs::create_dir_all(output).unwrap();
+    let open = |name: &str| std::io::BufWriter::new(std::fs::File::create(output.join(name)).unwrap());
+    let (mut kept, mut removed) = (open("kept.jsonl"), open("removed.jsonl"));
+    let config = MinHashConfig::default();
+    let index = DedupIndex::in_memory(config);
+    let mut curator = Curator::new(dedup_only(), index, Box::new(Lexicon::english()));
+    let (mut count, mut dropped) = (0, 0);
+    for file in &files {
+        let mut read = documents(file).unwrap().map(Result::unwrap).peekable();
+        while read.peek().is_some() {
+            let batch: Vec<Document> = read.by_ref().take(1000).collect();
+            count += batch.len();
+            for outcome in curator.curate(batch) {
+                let (out, document) = match outcome {
+                    Outcome::Kept { document } => (&mut kept, document),
+                    Outcome::Rejected { document, .. } => {
+                        dropped += 1;
+                        (&mut removed, document)
+                    }
+                };
+                serde_json::to_writer(&mut *out, &document).unwrap();
+                out.write_all(b"\n").unwrap();
+            }
+        }
+    }
+    kept.flush().unwrap();
+    removed.flush().unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "quark",
+            "settings": {
+                "timed": "read JSON lines from disk → dedup → kept.jsonl and removed.jsonl written",
+                "files": files.len(),
+                "threads": rayon::current_num_threads(),
+                "shingles": format!("word {}-grams of lower-cased words, punctuation dropped", config.shingle),
+                "hashes": format!("{} bands × {} rows, duplicate at estimated Jaccard ≥ {}", config.bands, config.rows, config.threshold),
+            },
+            "documents": count,
+            "seconds": seconds,
+            "documents_per_s": count as f64 / seconds,
+            "removed": dropped,
+            "peak_memory_mb": peak_memory_mb(),
+        })
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| {
@@ -190,19 +265,8 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("shakespeare") => shakespeare(arg(2)),
         Some("corpus") => corpus(arg(2), arg(3)),
-        Some("dedup") => run(
-            arg(2),
-            CurateConfig {
-                quality: None,
-                max_toxicity: None,
-                languages: vec![],
-                scrub_pii: false,
-                exact_dedup: false,
-                near_dedup: true,
-                samples_per_reason: 0,
-            },
-            Some(arg(3)),
-        ),
+        Some("dedup") => dedup_files(arg(2), arg(3)),
+        Some("dedup-memory") => run(arg(2), dedup_only(), Some(arg(3))),
         Some("pipeline") => run(
             arg(2),
             CurateConfig {
@@ -215,7 +279,7 @@ fn main() {
             None,
         ),
         _ => panic!(
-            "usage: quark-bench-curate shakespeare DIR | corpus DIR OUT | dedup IN OUT | pipeline IN"
+            "usage: quark-bench-curate shakespeare DIR | corpus DIR OUT | dedup IN_DIR OUT_DIR | dedup-memory IN OUT | pipeline IN"
         ),
     }
 }
