@@ -14,9 +14,9 @@ use quark_curate::filters::Lexicon;
 use quark_curate::minhash::{LshIndex, MinHashConfig, MinHasher, jaccard, shingles};
 use quark_curate::pipeline::{CurateConfig, Curator, Document, Outcome};
 use quark_curate::store::{documents, read_documents};
-use std::io::Write;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -206,7 +206,8 @@ fn dedup_files(input: &Path, output: &Path) {
         .collect();
     files.sort();
     std::fs::create_dir_all(output).unwrap();
-    let open = |name: &str| std::io::BufWriter::new(std::fs::File::create(output.join(name)).unwrap());
+    let open =
+        |name: &str| std::io::BufWriter::new(std::fs::File::create(output.join(name)).unwrap());
     let (mut kept, mut removed) = (open("kept.jsonl"), open("removed.jsonl"));
     let config = MinHashConfig::default();
     let index = DedupIndex::in_memory(config);

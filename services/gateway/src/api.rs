@@ -4,7 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -59,6 +59,24 @@ pub struct ErrorDetail {
     pub param: Option<&'static str>,
     /// Always null (OpenAI's machine-readable code).
     pub code: Option<String>,
+}
+
+/// The refusals of the routes that take a body, for the OpenAPI document (each an
+/// [`ErrorBody`]).
+#[derive(IntoResponses)]
+pub enum Refusals {
+    /// A body that is not JSON or not the request's shape, or a value out of range.
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// No such model (or request id), or the route is off on this gateway.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// A body larger than `gateway.max_body_bytes`.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// No model is loaded yet, or the bus did not take the event.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 impl IntoResponse for ApiError {

@@ -2,7 +2,7 @@
 //! turn as its own response.served; with `echo` and `logprobs`, the prompt's tokens'
 //! log-probabilities (a log-likelihood, as lm-evaluation-harness asks for one).
 
-use crate::api::{ApiError, CompletionRequest, ErrorBody, Prompt, StreamEvent};
+use crate::api::{ApiError, CompletionRequest, Prompt, Refusals, StreamEvent};
 use crate::reply::Shape;
 use crate::routes::{Prepared, Scoring, answer, body};
 use crate::{Gateway, Served};
@@ -53,10 +53,7 @@ fn prompt_of(served: &Served, prompt: Prompt) -> Result<(String, Vec<u32>), ApiE
             (serde_json::Value = "application/json"),
             (StreamEvent = "text/event-stream")
         )),
-        (status = 400, description = "a body that is not JSON or not this request's shape, or a value out of range", body = ErrorBody),
-        (status = 404, description = "no served model has this id or alias", body = ErrorBody),
-        (status = 413, description = "a body larger than gateway.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+        Refusals,
 ))]
 pub(crate) async fn completions(
     State(gateway): State<Arc<Gateway>>,

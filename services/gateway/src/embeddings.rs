@@ -3,7 +3,7 @@
 //! client asks for by default).
 
 use crate::Gateway;
-use crate::api::{ApiError, ErrorBody, TextInput, text_input};
+use crate::api::{ApiError, Refusals, TextInput, text_input};
 use crate::routes::body;
 use axum::Json;
 use axum::extract::State;
@@ -29,10 +29,7 @@ pub struct EmbeddingRequest {
 
 #[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingRequest, responses(
         (status = 200, description = "one embedding per input", body = serde_json::Value),
-        (status = 400, description = "a body that is not JSON or not this request's shape, or a value out of range", body = ErrorBody),
-        (status = 404, description = "no embedding model by that name, or none configured", body = ErrorBody),
-        (status = 413, description = "a body larger than gateway.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+        Refusals,
 ))]
 pub async fn embeddings(
     State(gateway): State<Arc<Gateway>>,

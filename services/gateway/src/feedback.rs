@@ -7,7 +7,7 @@
 //! cause; the augmenter joins it to the response.served it has folded. Its prompt and response
 //! are left empty for that join. An id no Quark gateway can have issued is rejected here (404).
 
-use crate::api::{ApiError, ErrorBody, FeedbackRequest};
+use crate::api::{ApiError, ErrorBody, FeedbackRequest, Refusals};
 use crate::routes::{authorise, body};
 use crate::served::{is_request_id, response_event_id, scrub};
 use crate::{Gateway, NAME};
@@ -86,11 +86,8 @@ fn validate(request: &FeedbackRequest) -> Result<(), ApiError> {
 
 #[utoipa::path(post, path = "/v1/feedback", request_body = FeedbackRequest, security(("api_key" = [])), responses(
         (status = 202, description = "recorded as a feedback.received event", body = serde_json::Value),
-        (status = 400, description = "a body that is not JSON or not this request's shape, or a value out of range", body = ErrorBody),
         (status = 401, description = "no API key, or not one of gateway.api_keys", body = ErrorBody),
-        (status = 404, description = "a request id no gateway can have issued", body = ErrorBody),
-        (status = 413, description = "a body larger than gateway.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+        Refusals,
 ))]
 pub(crate) async fn feedback(
     State(gateway): State<Arc<Gateway>>,

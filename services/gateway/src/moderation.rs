@@ -8,7 +8,7 @@
 //! changed, says what was found under `"quark": {"moderation"}` and is counted in telemetry.
 
 use crate::Gateway;
-use crate::api::{ApiError, ErrorBody, TextInput, text_input};
+use crate::api::{ApiError, Refusals, TextInput, text_input};
 use crate::routes::body;
 use axum::Json;
 use axum::extract::State;
@@ -246,10 +246,7 @@ pub struct ModerationRequest {
 /// classifier has learnt (OpenAI's names).
 #[utoipa::path(post, path = "/v1/moderations", request_body = ModerationRequest, responses(
         (status = 200, description = "one result per input", body = serde_json::Value),
-        (status = 404, description = "moderation is off on this gateway, or no such moderation model", body = ErrorBody),
-        (status = 400, description = "a body that is not JSON or not this request's shape, or a value out of range", body = ErrorBody),
-        (status = 413, description = "a body larger than gateway.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+        Refusals,
 ))]
 pub async fn moderations(
     State(gateway): State<Arc<Gateway>>,

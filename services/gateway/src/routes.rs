@@ -1,6 +1,6 @@
 //! The HTTP routes.
 
-use crate::api::{ApiError, ChatRequest, ErrorBody, Sampling, StreamEvent};
+use crate::api::{ApiError, ChatRequest, ErrorBody, Refusals, Sampling, StreamEvent};
 use crate::chat_input::ChatMessage;
 use crate::fleet::{Listed, unknown_model};
 use crate::moderation::{Answered, generate_screened};
@@ -470,10 +470,7 @@ pub(crate) async fn answer(
             (serde_json::Value = "application/json"),
             (StreamEvent = "text/event-stream")
         )),
-        (status = 400, description = "a body that is not JSON or not this request's shape, or a value out of range", body = ErrorBody),
-        (status = 404, description = "no served model has this id or alias", body = ErrorBody),
-        (status = 413, description = "a body larger than gateway.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "no model is loaded yet, or the bus did not take the event", body = ErrorBody),
+        Refusals,
 ))]
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
