@@ -100,6 +100,7 @@ async fn responses_carry_confluents_content_type_and_plain_json_requests_are_acc
     for content_type in ["application/json", "application/vnd.schemaregistry+json"] {
         let response = reqwest::Client::new()
             .post(format!("{}/subjects/plain-value/versions", server.url))
+            .bearer_auth(common::KEY)
             .header("content-type", content_type)
             .body(json!({"schema": v1().to_string()}).to_string())
             .send()
