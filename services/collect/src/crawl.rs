@@ -242,7 +242,7 @@ impl Crawler {
         }
         let text = String::from_utf8_lossy(&body);
         if content_type.starts_with("text/html") || content_type.starts_with("application/xhtml") {
-            Ok(html::parse(&text))
+            html::parse(&text)
         } else if content_type.starts_with("text/plain") {
             Ok(html::Page {
                 title: None,

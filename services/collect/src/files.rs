@@ -136,7 +136,7 @@ fn read(path: &Path, id: &str, options: &FileOptions, collected: &mut Collected)
     let source = path.display().to_string();
     let texts: Vec<(String, Result<String, String>)> = match kind {
         Kind::Text | Kind::Code => vec![(id.to_string(), Ok(text))],
-        Kind::Html => vec![(id.to_string(), Ok(html::parse(&text).text))],
+        Kind::Html => vec![(id.to_string(), html::parse(&text).map(|page| page.text))],
         Kind::JsonLines => text
             .lines()
             .enumerate()
