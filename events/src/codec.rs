@@ -223,10 +223,16 @@ fn write_datum(event: &Event, out: &mut Vec<u8>) -> Result<(), CodecError> {
         })
 }
 
+/// The most one string, byte array or collection of a datum may allocate: more than any
+/// message the bus carries (librdkafka's `message.max.bytes` is 1 MB), where apache-avro's own
+/// default (512 MiB) let a corrupted length in a 200-byte message ask for half a gigabyte.
+pub const MAX_DATUM_ALLOCATION: usize = 16 << 20;
+
 /// Decodes a message in either framing. A single-object fingerprint that is not a current
 /// schema's, and every Confluent id, are looked up in `resolver`; the writer schema found is
 /// resolved into the current one.
 pub fn decode(bytes: &[u8], resolver: &dyn SchemaResolver) -> Result<Event, CodecError> {
+    apache_avro::util::max_allocation_bytes(MAX_DATUM_ALLOCATION);
     match bytes {
         [] => Err(CodecError::Empty),
         [0xC3, 0x01, rest @ ..] => {
