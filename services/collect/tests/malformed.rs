@@ -51,7 +51,10 @@ fn malformed_files_are_skipped_with_their_reason_or_read_and_curated_without_a_p
     );
     write(d, "deep.html", deep.as_bytes());
     // Twenty thousand paragraphs, items and cells never closed, nor the document.
-    let unclosed = format!("<html><body>{}text", "<p>line<li>item<td>cell".repeat(20_000));
+    let unclosed = format!(
+        "<html><body>{}text",
+        "<p>line<li>item<td>cell".repeat(20_000)
+    );
     write(d, "unclosed.html", unclosed.as_bytes());
     let bomb = zip_bomb(512 << 20);
     assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
