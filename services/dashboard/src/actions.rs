@@ -18,25 +18,33 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;
 
-/// Why an action is not carried out.
-type Refusal = (StatusCode, String);
+/// Why an action is not carried out, answered in the API's error shape.
+pub struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        failed(self.0, self.1)
+    }
+}
+
+type Reply = Result<Response, Refused>;
 
 /// The body of an action, once its key is checked.
 fn authorised<T: DeserializeOwned>(
     d: &Dashboard,
     headers: &HeaderMap,
     body: Result<Json<T>, JsonRejection>,
-) -> Result<T, Refusal> {
+) -> Result<T, Refused> {
     d.api_keys
         .check(headers)
-        .map_err(|refusal| (StatusCode::UNAUTHORIZED, refusal.message().to_string()))?;
+        .map_err(|refusal| Refused(StatusCode::UNAUTHORIZED, refusal.message().into()))?;
     body.map(|Json(b)| b)
-        .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))
+        .map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
-fn publisher(d: &Dashboard) -> Result<Publisher, Refusal> {
+fn publisher(d: &Dashboard) -> Result<Publisher, Refused> {
     Publisher::new(&d.bus, "quark-dashboard")
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        .map_err(|e| Refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -56,40 +64,32 @@ pub async fn redrive_letters(
     State(d): State<Arc<Dashboard>>,
     headers: HeaderMap,
     body: Result<Json<RedriveRequest>, JsonRejection>,
-) -> Response {
-    let body: RedriveRequest = match authorised(&d, &headers, body) {
-        Ok(b) => b,
-        Err((status, why)) => return failed(status, why),
-    };
+) -> Reply {
+    let body: RedriveRequest = authorised(&d, &headers, body)?;
     if body.ids.is_empty() && !body.all {
-        return failed(
+        return Err(Refused(
             StatusCode::BAD_REQUEST,
-            "name the dead letters (ids) or ask for all",
-        );
+            "name the dead letters (ids) or ask for all".into(),
+        ));
     }
     let (bus, resolver) = (d.bus.clone(), d.resolver.clone());
-    let letters = tokio::task::spawn_blocking(move || dead_letters(&bus, resolver.as_ref())).await;
-    let letters = match letters {
-        Ok(Ok(letters)) => letters,
-        Ok(Err(e)) => return failed(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => return failed(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
+    let letters = tokio::task::spawn_blocking(move || dead_letters(&bus, resolver.as_ref()))
+        .await
+        .map_err(|e| Refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let chosen: Vec<_> = letters
         .into_iter()
         .filter(|l| l.redelivered.is_none() && (body.all || body.ids.contains(&l.id)))
         .collect();
-    let publisher = match publisher(&d) {
-        Ok(p) => p,
-        Err((status, why)) => return failed(status, why),
-    };
+    let publisher = publisher(&d)?;
     let by = Redrive {
         operator: body.operator.as_deref().unwrap_or("dashboard"),
         reason: body.reason.as_deref(),
     };
-    match redrive(&publisher, &chosen, by).await {
-        Ok(records) => Json(json!({"redriven": records.len()})).into_response(),
-        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
+    let records = redrive(&publisher, &chosen, by)
+        .await
+        .map_err(|e| Refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!({"redriven": records.len()})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -111,13 +111,13 @@ pub async fn move_alias(
     State(d): State<Arc<Dashboard>>,
     headers: HeaderMap,
     body: Result<Json<MoveRequest>, JsonRejection>,
-) -> Response {
-    let body: MoveRequest = match authorised(&d, &headers, body) {
-        Ok(b) => b,
-        Err((status, why)) => return failed(status, why),
-    };
+) -> Reply {
+    let body: MoveRequest = authorised(&d, &headers, body)?;
     if body.action == PromotionAction::Promote && body.model_id.is_none() {
-        return failed(StatusCode::BAD_REQUEST, "promote needs the model_id");
+        return Err(Refused(
+            StatusCode::BAD_REQUEST,
+            "promote needs the model_id".into(),
+        ));
     }
     let request = PromotionRequested {
         header: EventHeader::root("quark-dashboard"),
@@ -131,16 +131,13 @@ pub async fn move_alias(
 }
 
 /// Publishes `request` and answers 202 with its id.
-async fn asked(d: &Dashboard, request: Event) -> Response {
-    let publisher = match publisher(d) {
-        Ok(p) => p,
-        Err((status, why)) => return failed(status, why),
-    };
+async fn asked(d: &Dashboard, request: Event) -> Reply {
     let id = request.header().event_id;
-    match publisher.publish(&request).await {
-        Ok(_) => (StatusCode::ACCEPTED, Json(json!({"requested": id}))).into_response(),
-        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
+    publisher(d)?
+        .publish(&request)
+        .await
+        .map_err(|e| Refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"requested": id}))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -155,11 +152,8 @@ pub async fn retrain(
     State(d): State<Arc<Dashboard>>,
     headers: HeaderMap,
     body: Result<Json<RetrainRequest>, JsonRejection>,
-) -> Response {
-    let body: RetrainRequest = match authorised(&d, &headers, body) {
-        Ok(b) => b,
-        Err((status, why)) => return failed(status, why),
-    };
+) -> Reply {
+    let body: RetrainRequest = authorised(&d, &headers, body)?;
     let operator = body.operator.unwrap_or_else(|| "dashboard".into());
     let reason = match body.reason.filter(|r| !r.is_empty()) {
         Some(reason) => format!("{operator}: {reason}"),

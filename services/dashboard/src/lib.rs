@@ -25,7 +25,7 @@ use quark_api_keys::ApiKeys;
 use quark_events::bus::{BusConfig, inspect_with, positions};
 use quark_events::codec::default_resolver;
 use quark_events::{SchemaResolver, Timestamp};
-use quark_schema_registry::client::shown_url;
+use quark_schema_registry::http::shown_url;
 use rdkafka::consumer::BaseConsumer;
 use sea_orm::DatabaseConnection;
 use serde_json::json;

@@ -3,10 +3,10 @@
 //! type it carries and whether this build writes its latest version.
 
 use quark_events::EventKind;
-use quark_schema_registry::client::split_credentials;
+use quark_schema_registry::RegistryError;
+use quark_schema_registry::http::RegistryHttp;
 use quark_schema_registry::subject_of;
 use serde::Serialize;
-use serde_json::Value;
 
 #[derive(Debug, Serialize)]
 pub struct Subject {
@@ -21,51 +21,14 @@ pub struct Subject {
     pub current: Option<bool>,
 }
 
-/// Reads the registry at one URL, sending the credentials the URL carries as HTTP Basic.
-struct Reader {
-    client: reqwest::Client,
-    base: reqwest::Url,
-    credentials: Option<(String, String)>,
-}
-
-impl Reader {
-    fn new(registry: &str) -> Result<Reader, String> {
-        let (base, credentials) = split_credentials(registry).map_err(|e| e.to_string())?;
-        let base = reqwest::Url::parse(&base).map_err(|e| format!("{base}: {e}"))?;
-        let client = reqwest::Client::new();
-        Ok(Reader {
-            client,
-            base,
-            credentials,
-        })
-    }
-
-    /// GET the path `segments` (each escaped as one segment), with `query`.
-    async fn get(&self, segments: &[&str], query: Option<&str>) -> Result<Value, String> {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url.set_query(query);
-        let mut request = self.client.get(url.clone());
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password));
-        }
-        let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
-        let status = response.status();
-        let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{url}: {status} {body}"));
-        }
-        Ok(body)
-    }
-}
-
 /// Every subject of the registry at `registry`.
-pub async fn subjects(registry: &str) -> Result<Vec<Subject>, String> {
-    let reader = Reader::new(registry)?;
-    let names: Vec<String> = serde_json::from_value(reader.get(&["subjects"], None).await?)
-        .map_err(|e| format!("{}/subjects: {e}", reader.base))?;
+pub async fn subjects(registry: &str) -> Result<Vec<Subject>, RegistryError> {
+    let reader = RegistryHttp::new(registry)?;
+    let listed = reader.get(&["subjects"], None).await?;
+    let names: Vec<String> = serde_json::from_value(listed).map_err(|e| RegistryError::Remote {
+        url: format!("{}/subjects", reader.url()),
+        reason: e.to_string(),
+    })?;
     let mut subjects = Vec::new();
     for name in names {
         let versions: Vec<i64> =

@@ -3,6 +3,7 @@
 //! every schema registered under any subject, by id and by single-object fingerprint, filled at
 //! connect and refreshed on a miss.
 
+use crate::http::{RegistryHttp, remote};
 use crate::{RegistryError, subject_of};
 use apache_avro::Schema;
 use futures::future::BoxFuture;
@@ -13,16 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// A fingerprint that was not found is looked for again only after this long.
 const MISS_RETRY: Duration = Duration::from_secs(10);
 
 pub struct RemoteRegistry {
-    /// The URL without its credentials, for requests and messages.
-    base: String,
-    /// User and password from the URL (`http://user:key@host`), sent as HTTP Basic.
-    credentials: Option<(String, String)>,
-    http: reqwest::Client,
+    http: RegistryHttp,
     cache: LocalRegistry,
     /// (subject, version) pairs already loaded.
     loaded: Mutex<HashSet<(String, i64)>>,
@@ -36,15 +32,8 @@ impl RemoteRegistry {
     /// version of every subject. Credentials in the URL go as HTTP Basic, as Confluent's
     /// clients send them.
     pub async fn connect(url: &str) -> Result<Arc<RemoteRegistry>, RegistryError> {
-        let (base, credentials) = split_credentials(url)?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| remote(&base, e))?;
         let registry = Arc::new(RemoteRegistry {
-            base,
-            credentials,
-            http,
+            http: RegistryHttp::new(url)?,
             cache: LocalRegistry::empty(),
             loaded: Mutex::new(HashSet::new()),
             missed: Mutex::new(HashMap::new()),
@@ -57,7 +46,7 @@ impl RemoteRegistry {
         }
         let loaded = registry.load_all().await?;
         info!(
-            url = registry.base,
+            url = registry.http.url(),
             schemas = loaded,
             "schema registry connected"
         );
@@ -66,55 +55,23 @@ impl RemoteRegistry {
 
     /// Registers `schema` under `subject`; returns its id.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
-        let path = format!("/subjects/{subject}/versions");
         let reply = self
-            .call(
-                reqwest::Method::POST,
-                &path,
-                Some(json!({"schema": schema})),
+            .http
+            .post(
+                &["subjects", subject, "versions"],
+                json!({"schema": schema}),
             )
             .await
             .map_err(|source| RegistryError::Preregistration {
                 subject: subject.to_string(),
                 source: Box::new(source),
             })?;
-        id_in(&self.base, &reply)
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, RegistryError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password));
-        }
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-                .body(body.to_string());
-        }
-        let response = request.send().await.map_err(|e| remote(&url, e))?;
-        let status = response.status();
-        let reply: Value = response.json().await.map_err(|e| remote(&url, e))?;
-        if status.is_success() {
-            return Ok(reply);
-        }
-        Err(RegistryError::Remote {
-            url,
-            reason: format!("{status}: {reply}"),
-        })
+        id_in(self.http.url(), &reply)
     }
 
     /// Loads the versions of every subject not loaded yet; returns how many.
     async fn load_all(&self) -> Result<usize, RegistryError> {
-        let subjects = self.call(reqwest::Method::GET, "/subjects", None).await?;
+        let subjects = self.http.get(&["subjects"], None).await?;
         let mut count = 0;
         for subject in subjects
             .as_array()
@@ -123,11 +80,8 @@ impl RemoteRegistry {
             .filter_map(Value::as_str)
         {
             let versions = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/subjects/{subject}/versions"),
-                    None,
-                )
+                .http
+                .get(&["subjects", subject, "versions"], None)
                 .await?;
             for version in versions
                 .as_array()
@@ -139,9 +93,9 @@ impl RemoteRegistry {
                 if self.loaded.lock().expect("loaded lock").contains(&key) {
                     continue;
                 }
-                let path = format!("/subjects/{subject}/versions/{version}");
-                let found = self.call(reqwest::Method::GET, &path, None).await?;
-                self.learn(id_in(&self.base, &found)?, &found);
+                let path = ["subjects", subject, "versions", &version.to_string()];
+                let found = self.http.get(&path, None).await?;
+                self.learn(id_in(self.http.url(), &found)?, &found);
                 self.loaded.lock().expect("loaded lock").insert(key);
                 count += 1;
             }
@@ -152,7 +106,8 @@ impl RemoteRegistry {
     /// Fetches the schema of `id`.
     async fn load_id(&self, id: u32) -> Result<(), RegistryError> {
         let found = self
-            .call(reqwest::Method::GET, &format!("/schemas/ids/{id}"), None)
+            .http
+            .get(&["schemas", "ids", &id.to_string()], None)
             .await?;
         self.learn(id, &found);
         Ok(())
@@ -202,45 +157,6 @@ impl RemoteRegistry {
             SchemaMiss::Id(id) => self.cache.contains(id),
             SchemaMiss::Fingerprint(f) => self.cache.schema_by_fingerprint(&f).is_some(),
         }
-    }
-}
-
-/// `url` without its user and password (trailing slash dropped), and them percent-decoded.
-pub fn split_credentials(url: &str) -> Result<(String, Option<(String, String)>), RegistryError> {
-    let mut parsed = url::Url::parse(url).map_err(|e| RegistryError::Remote {
-        url: "(the schema registry's URL)".into(),
-        reason: e.to_string(),
-    })?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let credentials = match (parsed.username(), parsed.password()) {
-        ("", None) => None,
-        (user, password) => Some((decode(user), decode(password.unwrap_or_default()))),
-    };
-    // Neither can fail on an http(s) URL, which has a host.
-    let _ = parsed.set_username("");
-    let _ = parsed.set_password(None);
-    Ok((
-        parsed.as_str().trim_end_matches('/').to_string(),
-        credentials,
-    ))
-}
-
-/// `url` as it may be shown: without its credentials.
-pub fn shown_url(url: &str) -> String {
-    if url.is_empty() {
-        return String::new();
-    }
-    split_credentials(url).map_or_else(|_| "(an unreadable URL)".into(), |(base, _)| base)
-}
-
-fn remote(url: &str, error: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Remote {
-        url: url.to_string(),
-        reason: error.to_string(),
     }
 }
 

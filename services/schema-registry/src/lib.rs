@@ -8,13 +8,14 @@
 //!   single-object fingerprint ([`store::StoreResolver`]).
 //! - [`compat`]: compatibility levels, checked with apache-avro's schema compatibility.
 //! - [`client`]: [`client::RemoteRegistry`], the same resolver over HTTP for an external
-//!   registry (Confluent Schema Registry, Karapace).
+//!   registry (Confluent Schema Registry, Karapace), through [`http::RegistryHttp`].
 //! - [`preregister`]: every current event schema as subject `<topic>-value`.
 
 pub mod api;
 pub mod client;
 pub mod compat;
 mod error;
+pub mod http;
 pub mod store;
 pub mod tables;
 

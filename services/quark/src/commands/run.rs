@@ -9,7 +9,7 @@ use quark_events::bus::{Publisher, Runner, ensure_topics};
 use quark_moderation::Moderator;
 use quark_runtime::metrics::{self, Group};
 use quark_runtime::{Settings, db};
-use quark_schema_registry::client::shown_url;
+use quark_schema_registry::http::shown_url;
 use sea_orm::DatabaseConnection;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use crate::Migrator;
 use anyhow::Context;
 use quark_events::codec::install_registry;
 use quark_runtime::{Settings, db};
-use quark_schema_registry::client::shown_url;
+use quark_schema_registry::http::shown_url;
 use quark_schema_registry::{ApiKeys, RemoteRegistry, Store, preregister, serve};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
