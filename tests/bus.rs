@@ -529,6 +529,20 @@ async fn journal_projection_on_postgres() {
     projection_on(TestDb::Postgres).await;
 }
 
+/// Services started together on one PostgreSQL database each migrate it on start: none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_starting_together_migrate_one_postgres_database_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = TestDb::Postgres.url(dir.path()).await;
+    let opened =
+        futures::future::join_all((0..6).map(|_| quark_runtime::db::open::<quark::Migrator>(&url)))
+            .await;
+    for db in opened {
+        let db = db.expect("every service migrates or finds it migrated");
+        assert_eq!(Journal::find().count(&db).await.unwrap(), 0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_augmenter_schedule_asks_the_policy_every_interval_until_shutdown() {
     let world = World::start(TestDb::Sqlite).await;

@@ -1,6 +1,9 @@
 //! The projection database: SQLite by default, PostgreSQL in production, migrated on open.
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 use std::time::Duration;
 
@@ -29,9 +32,23 @@ pub async fn open<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbE
         db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000;")
             .await?;
     }
-    M::up(&db, None).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        // Services started together on one database would race to apply the same migration
+        // (the loser fails on the migrations table's key): one at a time, each in a
+        // transaction that holds the lock until it commits.
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        M::up(&txn, None).await?;
+        txn.commit().await?;
+    } else {
+        M::up(&db, None).await?;
+    }
     Ok(db)
 }
+
+/// The PostgreSQL advisory lock key Quark's migrations take ("quark" in ASCII).
+const MIGRATION_LOCK: i64 = 0x71_75_61_72_6b;
 
 /// Inserts `row` unless a row with the same `key` columns exists (a replayed event).
 pub async fn insert_new<C, A, K>(
