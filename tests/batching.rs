@@ -1,6 +1,8 @@
 //! The gateway's continuous batch, over HTTP on the real broker: 64 concurrent streamed
 //! completions, each with its own seed, temperature, stop sequence and length, each return
-//! exactly what the same request returns alone, and the batch ran them together.
+//! exactly what the same request returns alone, and the batch ran them together. A burst past
+//! `gateway.max_in_flight` is turned back with 429 and `Retry-After`, and every request asked
+//! again is answered and published once.
 
 use futures::StreamExt;
 use quark_e2e::{Cluster, GatewayTables, open, promotion_of};
@@ -150,4 +152,104 @@ async fn concurrent_streams_return_what_each_returns_alone() {
     let peak = status["batch"]["peak_running"].as_u64().unwrap();
     assert!(peak >= 16, "the requests shared decode steps: {status}");
     assert_eq!(status["batch"]["running"], 0);
+}
+
+/// What a burst client saw: its answer's request id, and the refusals it got on the way.
+struct Burst {
+    served: String,
+    refused: Vec<(String, Value)>,
+}
+
+/// Asks until the answer comes, waiting as long as each 429's `Retry-After` says.
+async fn until_served(http: &reqwest::Client, url: &str, body: &Value) -> Burst {
+    let mut refused = vec![];
+    loop {
+        let response = http.post(url).json(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (id, retry_after) = (header("x-request-id").unwrap(), header("retry-after"));
+        // A streamed answer is server-sent events, not JSON.
+        let text = response.text().await.unwrap();
+        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        match status {
+            200 => {
+                return Burst {
+                    served: id,
+                    refused,
+                };
+            }
+            429 => {
+                let wait: u64 = retry_after
+                    .expect("a 429 says when to retry")
+                    .parse()
+                    .unwrap();
+                refused.push((id, answer));
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_past_the_gateways_limit_is_turned_back_with_429_and_loses_nothing() {
+    let cluster = Cluster::start().await;
+    let db = open::<GatewayTables>(cluster.dir.path(), "gateway.db").await;
+    let settings = quark_runtime::config::GatewaySettings {
+        instance: "burst".into(),
+        max_in_flight: 2,
+        ..quark_runtime::Settings::default().gateway
+    };
+    let url = cluster
+        .gateway_with(settings, &db, true, None, |_| {})
+        .await;
+    let promoted = quark_e2e::promotion(&cluster.store, cluster.dir.path()).await;
+    let publisher = Publisher::new(&cluster.broker.bus(), "registry").unwrap();
+    publisher.publish(&promoted.clone().into()).await.unwrap();
+    cluster.wait_until_serving(&url, promoted.model_id).await;
+
+    // 40 clients at once against room for 2: streamed and whole answers alike.
+    let http = reqwest::Client::new();
+    let endpoint = format!("{url}/v1/completions");
+    let bodies: Vec<Value> = (0..40)
+        .map(|i| json!({"model": "champion", "prompt": "Now is the", "max_tokens": 48, "stream": i % 2 == 0}))
+        .collect();
+    let bursts =
+        futures::future::join_all(bodies.iter().map(|b| until_served(&http, &endpoint, b))).await;
+
+    let refused: Vec<&(String, Value)> = bursts.iter().flat_map(|b| &b.refused).collect();
+    assert!(!refused.is_empty(), "40 at once against room for 2");
+    for (_, body) in &refused {
+        assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    }
+    // Every answer was published once; nothing refused was.
+    let served = cluster
+        .events(quark_events::EventKind::ResponseServed, bursts.len())
+        .await;
+    let published: std::collections::BTreeSet<String> = served
+        .iter()
+        .map(|e| match e {
+            quark_events::Event::ResponseServed(r) => r.request_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let answered: std::collections::BTreeSet<String> =
+        bursts.iter().map(|b| b.served.clone()).collect();
+    assert_eq!(published, answered);
+    assert!(refused.iter().all(|(id, _)| !published.contains(id)));
+    // And the places are all given back.
+    let status = cluster.admin_status(&url).await;
+    assert_eq!(status["batch"]["running"], 0, "{status}");
+    let again = futures::future::join_all((0..2).map(|_| {
+        http.post(&endpoint)
+            .json(&json!({"model": "champion", "prompt": "Now", "max_tokens": 4}))
+            .send()
+    }))
+    .await;
+    assert!(again.iter().all(|r| r.as_ref().unwrap().status() == 200));
 }

@@ -36,6 +36,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             s if s.is_server_error() => "server_error",
             _ => "invalid_request_error",
         }
@@ -52,7 +53,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub message: String,
     /// `invalid_request_error`, `authentication_error`, `not_found_error`,
-    /// `request_too_large` or `server_error`.
+    /// `request_too_large`, `rate_limit_error` or `server_error`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The request field at fault, where one is.
@@ -74,6 +75,10 @@ pub enum Refusals {
     /// A body larger than `gateway.max_body_bytes`.
     #[response(status = 413)]
     TooLarge(ErrorBody),
+    /// The gateway is answering `gateway.max_in_flight` generations already: retry after the
+    /// seconds in `Retry-After`.
+    #[response(status = 429, headers(("Retry-After" = u32, description = "seconds to wait")))]
+    Busy(ErrorBody),
     /// No model is loaded yet, or the bus did not take the event.
     #[response(status = 503)]
     Unavailable(ErrorBody),
@@ -87,7 +92,14 @@ impl IntoResponse for ApiError {
             param: self.param,
             code: None,
         };
-        (self.status, Json(ErrorBody { error })).into_response()
+        let mut response = (self.status, Json(ErrorBody { error })).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // A generation of the default length takes about a second on a CPU.
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, 1.into());
+        }
+        response
     }
 }
 

@@ -103,6 +103,8 @@ pub struct Gateway {
     intents: std::sync::RwLock<Option<Arc<intents::Intents>>>,
     intent_learner: std::sync::OnceLock<Arc<intents::IntentLearner>>,
     window: Mutex<(Timestamp, HashMap<Id, Counts>)>,
+    /// Places for generations in flight (`gateway.max_in_flight`).
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
@@ -117,6 +119,7 @@ impl Gateway {
         quark_runtime::metrics::handle();
         Arc::new(Gateway {
             keys: quark_api_keys::ApiKeys::new(&settings.api_keys),
+            admission: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
             settings,
             store,
             models_dir: data_dir.join("models"),
@@ -130,6 +133,28 @@ impl Gateway {
             intent_learner: std::sync::OnceLock::new(),
             window: Mutex::new((Timestamp::now(), HashMap::new())),
         })
+    }
+
+    /// Takes `n` places for generations, or refuses with 429 when fewer are free.
+    pub(crate) fn admit(
+        &self,
+        n: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, api::ApiError> {
+        let refused = || {
+            metrics::counter!("quark_gateway_busy_total").increment(1);
+            api::ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this gateway is answering its limit of {} generations; retry shortly",
+                    self.settings.max_in_flight
+                ),
+            )
+        };
+        let n = u32::try_from(n).map_err(|_| refused())?;
+        self.admission
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| refused())
     }
 
     /// Answers chat from `knowledge` from now on, and serves its embeddings (once: a second

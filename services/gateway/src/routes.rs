@@ -436,6 +436,7 @@ pub(crate) async fn answer(
                 "a streamed request takes one prompt and n = 1",
             ));
         }
+        let admitted = gateway.admit(prepared.len())?;
         let mut jobs = Vec::with_capacity(prepared.len());
         for (i, p) in prepared.into_iter().enumerate() {
             let id = if i == 0 {
@@ -454,8 +455,17 @@ pub(crate) async fn answer(
             sources: jobs[0].sources.clone(),
         };
         Ok::<_, ApiError>(match stream {
-            true => streamed(gateway.clone(), jobs.remove(0), reply, include_usage),
-            false => whole(gateway.clone(), jobs, reply).await,
+            true => streamed(
+                gateway.clone(),
+                jobs.remove(0),
+                reply,
+                (include_usage, admitted),
+            ),
+            false => {
+                let response = whole(gateway.clone(), jobs, reply).await;
+                drop(admitted);
+                response
+            }
         })
     }
     .await;

@@ -67,12 +67,13 @@ impl Chunk {
     }
 }
 
-/// Streams the reply to `job` (see the module's doc).
+/// Streams the reply to `job` (see the module's doc), holding its place among the
+/// generations in flight until the generation ends.
 pub(crate) fn streamed(
     gateway: Arc<Gateway>,
     job: Job,
     reply: Reply,
-    include_usage: bool,
+    (include_usage, admitted): (bool, tokio::sync::OwnedSemaphorePermit),
 ) -> Response {
     let reply = Arc::new(reply);
     let served = job.served.clone();
@@ -80,6 +81,7 @@ pub(crate) fn streamed(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _ = done_tx.send(run(gateway, &job, Some(tx)).await);
+        drop(admitted);
     });
     let pieces = {
         let reply = reply.clone();

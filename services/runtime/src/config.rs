@@ -235,6 +235,10 @@ pub struct GatewaySettings {
     /// is unloaded to make room, the champion never), in MiB.
     #[serde(default = "models_memory_mb")]
     pub models_memory_mb: u64,
+    /// Generations this gateway takes on at once (running, waiting for the batch or
+    /// streaming; a request with n choices counts n). More get 429 with `Retry-After` until
+    /// one ends: a burst is turned back at once instead of queueing without bound.
+    pub max_in_flight: usize,
     #[serde(default)]
     pub router: RouterSettings,
 }
@@ -503,6 +507,7 @@ impl Default for Settings {
                 batch: BatchSettings::default(),
                 device: auto(),
                 models_memory_mb: models_memory_mb(),
+                max_in_flight: 256,
                 router: RouterSettings::default(),
             },
             augment: AugmentSettings {
