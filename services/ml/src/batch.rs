@@ -490,9 +490,16 @@ impl<'m> Scheduler<'m> {
             }
         }
         // From the last: the row that moves into a removed one has not ended.
+        let mut finished = Vec::with_capacity(ended.len());
         for (row, failure) in ended.into_iter().rev() {
             self.cache.swap_remove(row)?;
-            self.running.swap_remove(row).end(failure);
+            finished.push((self.running.swap_remove(row), failure));
+        }
+        // Counted before the askers hear they are done: a load read after an answer has
+        // arrived no longer shows it running.
+        self.count();
+        for (generation, failure) in finished {
+            generation.end(failure);
         }
         Ok(())
     }
