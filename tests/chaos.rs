@@ -334,30 +334,33 @@ fn knowledge(dir: &Path) -> usize {
     facts.len()
 }
 
-#[test]
-fn chaos_loses_nothing_and_applies_nothing_twice() {
-    let (kills, seed) = (
-        setting("QUARK_CHAOS_KILLS", 12) as u32,
-        setting("QUARK_CHAOS_SEED", 17),
-    );
+/// What the workload did while the schedule killed.
+struct Workload {
+    seconds: f64,
+    client_retries: u32,
+    ingest_tries: Vec<u32>,
+    rollback_tries: Vec<u32>,
+    corrections: usize,
+}
+
+/// Drives the loop under the schedule until `kills` kills are done, 12 corrections sent and a
+/// rollback carried out: ingest, then feedback once a first model is served, then a rollback
+/// after each new champion that feedback trained (a rollback is a champion move too:
+/// 1 → 2, rollback 3 → 4, …).
+fn drive(chaos: &mut Chaos, kills: u32, corpus: &str, docs: &Path) -> Workload {
     let started = Instant::now();
-    let mut chaos = Chaos::start(seed);
-    let docs = chaos.stack.data.path().join("knowledge-docs");
-    let documents = knowledge(&docs);
-    let corpus = chaos.stack.corpus.display().to_string();
     let mut ingests = [
         Retried::new(
             &["ingest", docs.to_str().unwrap(), "--kind", "knowledge"],
             "ingest",
         ),
-        Retried::new(&["seed", "--ingest", &corpus], "seed"),
+        Retried::new(&["seed", "--ingest", corpus], "seed"),
     ];
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers: Option<Vec<JoinHandle<u32>>> = None;
     let corrected = Arc::new(AtomicUsize::new(0));
     let mut rollbacks: Vec<Retried> = vec![];
-    let mut last_look = Instant::now();
-    let mut champions = 0;
+    let (mut last_look, mut champions) = (Instant::now(), 0);
     loop {
         assert!(
             started.elapsed() < DEADLINE,
@@ -367,55 +370,63 @@ fn chaos_loses_nothing_and_applies_nothing_twice() {
             chaos.exits
         );
         chaos.tick();
-        ingests.iter_mut().for_each(|i| i.tick(&chaos));
+        ingests.iter_mut().for_each(|i| i.tick(chaos));
         if last_look.elapsed() > Duration::from_secs(3) {
-            champions = chaos.champions();
-            last_look = Instant::now();
+            (champions, last_look) = (chaos.champions(), Instant::now());
         }
-        // Feedback once a first model is served; a rollback after each new champion that
-        // feedback trained (a rollback is a champion move too: 1 → 2, rollback 3 → 4, …).
         if champions >= 1 && writers.is_none() {
-            writers = Some(clients(
-                chaos.stack.port,
-                3,
-                corrected.clone(),
-                stop.clone(),
-            ));
+            let port = chaos.stack.port;
+            writers = Some(clients(port, 3, corrected.clone(), stop.clone()));
         }
         let rolling = rollbacks.last().is_some_and(|r| !r.done);
         if !rolling && champions >= 2 * (rollbacks.len() + 1) {
             rollbacks.push(Retried::new(&["rollback", "--reason", "chaos"], "rollback"));
         }
-        rollbacks.iter_mut().for_each(|r| r.tick(&chaos));
-        let corrections = corrected.load(Ordering::Relaxed);
+        rollbacks.iter_mut().for_each(|r| r.tick(chaos));
         let rolled_back = rollbacks.last().is_some_and(|r| r.done);
-        if chaos.killed() >= kills && corrections >= 12 && rolled_back {
+        if chaos.killed() >= kills && corrected.load(Ordering::Relaxed) >= 12 && rolled_back {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
-    let retries: u32 = writers
-        .unwrap()
-        .into_iter()
-        .map(|w| w.join().unwrap())
-        .sum();
-    let chaos_time = started.elapsed();
+    let writers = writers.unwrap().into_iter();
+    Workload {
+        seconds: started.elapsed().as_secs_f64(),
+        client_retries: writers.map(|w| w.join().unwrap()).sum(),
+        ingest_tries: ingests.iter().map(|i| i.tries).collect(),
+        rollback_tries: rollbacks.iter().map(|r| r.tries).collect(),
+        corrections: corrected.load(Ordering::Relaxed),
+    }
+}
+
+#[test]
+fn chaos_loses_nothing_and_applies_nothing_twice() {
+    let (kills, seed) = (
+        setting("QUARK_CHAOS_KILLS", 12) as u32,
+        setting("QUARK_CHAOS_SEED", 17),
+    );
+    let mut chaos = Chaos::start(seed);
+    let docs = chaos.stack.data.path().join("knowledge-docs");
+    let documents = knowledge(&docs);
+    let corpus = chaos.stack.corpus.display().to_string();
+    let work = drive(&mut chaos, kills, &corpus, &docs);
 
     let report = history::check(&mut chaos, documents);
     let resumed = resumed_training_is_identical(seed);
     println!(
-        "chaos: seed {seed}, {} kills {:?} in {:.0} s, {} exits on their own {:?}; client retries {retries}, \
+        "chaos: seed {seed}, {} kills {:?} in {:.0} s, {} exits on their own {:?}; client retries {}, \
          ingest tries {:?}, rollbacks {} (tries {:?}), corrections {}",
         chaos.killed(),
         chaos.kills,
-        chaos_time.as_secs_f64(),
+        work.seconds,
         chaos.exits.len(),
         chaos.exits,
-        ingests.iter().map(|i| i.tries).collect::<Vec<_>>(),
-        rollbacks.len(),
-        rollbacks.iter().map(|r| r.tries).collect::<Vec<_>>(),
-        corrected.load(Ordering::Relaxed),
+        work.client_retries,
+        work.ingest_tries,
+        work.rollback_tries.len(),
+        work.rollback_tries,
+        work.corrections,
     );
     println!(
         "chaos: kills (seconds into the run, victim): {:?}",
