@@ -459,13 +459,11 @@ pub(crate) async fn answer(
                 gateway.clone(),
                 jobs.remove(0),
                 reply,
-                (include_usage, admitted),
+                include_usage,
+                admitted,
             ),
-            false => {
-                let response = whole(gateway.clone(), jobs, reply).await;
-                drop(admitted);
-                response
-            }
+            // The places are given back when `admitted` drops, once the reply is whole.
+            false => whole(gateway.clone(), jobs, reply).await,
         })
     }
     .await;

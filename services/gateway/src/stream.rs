@@ -73,7 +73,8 @@ pub(crate) fn streamed(
     gateway: Arc<Gateway>,
     job: Job,
     reply: Reply,
-    (include_usage, admitted): (bool, tokio::sync::OwnedSemaphorePermit),
+    include_usage: bool,
+    admitted: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let reply = Arc::new(reply);
     let served = job.served.clone();

@@ -34,8 +34,8 @@ pub async fn open<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbE
     }
     if db.get_database_backend() == DbBackend::Postgres {
         // Services started together on one database would race to apply the same migration
-        // (the loser fails on the migrations table's key): one at a time, each in a
-        // transaction that holds the lock until it commits.
+        // (sea-orm-migration takes no lock): one at a time, each in a transaction that holds
+        // the lock until it commits.
         let txn = db.begin().await?;
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             .await?;
