@@ -433,7 +433,18 @@ fn chaos_loses_nothing_and_applies_nothing_twice() {
         chaos.timeline
     );
     println!("chaos: {report}");
-    for difference in report.replay_differences.iter().take(10) {
+    let differences = &report.replay_differences;
+    if !differences.is_empty() {
+        let replay_only = differences
+            .iter()
+            .filter(|d| d.contains("replay only"))
+            .count();
+        println!(
+            "chaos: registry vs replay: {} rows only live, {replay_only} only replayed; the first 20:",
+            differences.len() - replay_only
+        );
+    }
+    for difference in differences.iter().take(20) {
         println!("chaos: registry vs replay: {difference}");
     }
     println!("chaos: {resumed}");

@@ -3,12 +3,15 @@
 //! the registry.
 
 use super::Chaos;
-use quark_e2e::every_message;
 use quark_events::bus::ProcessedEvents;
 use quark_events::bus::headers::CONSUMER;
+use quark_events::bus::{BusConfig, PartitionState, inspect};
 use quark_events::{Event, LocalRegistry, decode};
-use rdkafka::Message;
+use quark_journal::{Journal, JournalEntry};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -27,6 +30,10 @@ pub struct Report {
     owed: usize,
     consumed: usize,
     lost: Vec<String>,
+    /// Events some consumer processed that the topics do not hold.
+    off_the_bus: Vec<String>,
+    /// Partitions whose end the broker reports other than where a reader finds it.
+    ends_disagree: Vec<String>,
     dead_letters: Vec<String>,
     duplicates: Vec<String>,
     trained: usize,
@@ -66,6 +73,16 @@ impl Report {
             self.duplicates
         );
         assert_eq!(self.owed, self.consumed);
+        assert!(
+            self.ends_disagree.is_empty(),
+            "ends reported wrongly: {:?}",
+            self.ends_disagree
+        );
+        assert!(
+            self.off_the_bus.is_empty(),
+            "processed, but not on the topics: {:#?}",
+            self.off_the_bus
+        );
         assert!(self.trained >= 2 && self.promotions >= 3, "{self}");
         assert_eq!(
             self.examples, self.corrections,
@@ -88,7 +105,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "{} messages, {} events published; {} of {} deliveries owed to subscribers consumed, \
-             lost {}, dead letters {}, duplicates {}; {} models trained, {} promotions \
+             lost {}, processed but not on the topics {}, partition ends reported wrongly {}, dead letters {}, duplicates {}; {} models trained, {} promotions \
              ({} asked by operators); {} SFT examples for {} distinct corrections; {} journal rows for {} \
              events journalled; \
              {} index rows for {} passages; registry == replay: {}",
@@ -97,6 +114,8 @@ impl fmt::Display for Report {
             self.consumed,
             self.owed,
             self.lost.len(),
+            self.off_the_bus.len(),
+            self.ends_disagree.len(),
             self.dead_letters.len(),
             self.duplicates.len(),
             self.trained,
@@ -118,17 +137,96 @@ struct Topics {
     messages: usize,
     by_topic: BTreeMap<String, BTreeMap<String, Event>>,
     dead: Vec<OwnedMessage>,
+    /// Partitions whose end the broker reports other than where a reader finds it.
+    ends_disagree: Vec<String>,
+}
+
+/// Every message of `topic`'s `partitions`, each read from its start until the broker says
+/// it is at the end (partition EOF), with the offset each end was found at.
+fn read_to_end(
+    bus: &BusConfig,
+    topic: &str,
+    partitions: &[PartitionState],
+) -> (Vec<OwnedMessage>, Vec<i64>) {
+    let consumer: BaseConsumer = bus
+        .consumer_config("chaos-reader", "chaos-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        list.add_partition_offset(topic, p.partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut messages = vec![];
+    let (mut ends, mut next) = (BTreeMap::new(), BTreeMap::new());
+    let started = Instant::now();
+    while ends.len() < partitions.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{topic}: only partitions {ends:?} of {} read to their end",
+            partitions.len()
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                next.insert(message.partition(), message.offset() + 1);
+                messages.push(message.detach());
+            }
+            // Within one topic the partition number says which partition ended; a partition
+            // with nothing read ends where it starts.
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                let start = partitions
+                    .iter()
+                    .find(|p| p.partition == partition)
+                    .unwrap()
+                    .low;
+                ends.insert(partition, next.get(&partition).copied().unwrap_or(start));
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    (messages, ends.into_values().collect())
 }
 
 impl Topics {
+    /// Every partition read to its end as a reader finds it (not to the end the broker
+    /// reports), and the partitions where the two disagree.
     fn read(chaos: &Chaos) -> Topics {
         let registry = LocalRegistry::default();
         let mut topics = Topics {
             messages: 0,
             by_topic: BTreeMap::new(),
             dead: vec![],
+            ends_disagree: vec![],
         };
-        for message in every_message(&chaos.stack.broker.bus()) {
+        let bus = chaos.stack.broker.bus();
+        let reported = inspect(&bus).unwrap();
+        let read: Vec<(Vec<OwnedMessage>, Vec<i64>)> = std::thread::scope(|scope| {
+            let readers: Vec<_> = reported
+                .iter()
+                .map(|t| {
+                    let bus = &bus;
+                    scope.spawn(move || read_to_end(bus, &t.topic, &t.partitions))
+                })
+                .collect();
+            readers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let mut messages = vec![];
+        for (state, (found, ends)) in reported.iter().zip(read) {
+            for (p, end) in state.partitions.iter().zip(ends) {
+                if p.high != end {
+                    topics.ends_disagree.push(format!(
+                        "{}/{}: reported end {}, read to {end}",
+                        state.topic, p.partition, p.high
+                    ));
+                }
+            }
+            messages.extend(found);
+        }
+        for message in messages {
             if message.topic().ends_with(".dlq") {
                 topics.dead.push(message);
                 continue;
@@ -216,6 +314,35 @@ async fn unconsumed(
         }
     }
     (owed, missing)
+}
+
+/// Events that some consumer processed but the topics do not hold (the broker lost them after
+/// acknowledging them, or they were not read back), each with its journal row when it has one.
+async fn processed_off_the_bus(topics: &Topics, db: &DatabaseConnection) -> Vec<String> {
+    let on_bus: BTreeSet<&String> = topics.by_topic.values().flat_map(|e| e.keys()).collect();
+    let mut processors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in ProcessedEvents::find().all(db).await.unwrap() {
+        if !on_bus.contains(&row.event_id) {
+            processors
+                .entry(row.event_id)
+                .or_default()
+                .push(row.consumer);
+        }
+    }
+    let mut journal: BTreeMap<String, JournalEntry> = BTreeMap::new();
+    for entry in Journal::find().all(db).await.unwrap() {
+        journal.insert(entry.event_id.clone(), entry);
+    }
+    processors
+        .into_iter()
+        .map(|(id, by)| match journal.get(&id) {
+            Some(e) => format!(
+                "{} {id} from {} at {} ms, processed by {by:?}",
+                e.event_type, e.producer, e.occurred_at
+            ),
+            None => format!("{id}, processed by {by:?}"),
+        })
+        .collect()
 }
 
 /// Waits until every consumer has processed every event of its topics and no new event has
@@ -365,6 +492,8 @@ pub fn check(chaos: &mut Chaos, documents: usize) -> Report {
         owed,
         consumed: owed - lost.len(),
         lost,
+        off_the_bus: runtime.block_on(processed_off_the_bus(&topics, &db)),
+        ends_disagree: topics.ends_disagree.clone(),
         dead_letters: topics.dead_letters(),
         duplicates: duplicated_effects(&topics),
         trained: topics
