@@ -14,22 +14,33 @@ use quark_events::{
 };
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
 
-/// A move of `alias` to `model_id`, caused by `cause` and taking effect when it happened (so a
-/// replay re-derives it exactly); its id is derived from the cause and the alias.
-pub(crate) fn moved(
+/// A move of `alias` to `model_id`, caused by `cause`; its id is derived from the cause and
+/// the alias, so a cause handled again after a crash moves nothing twice.
+///
+/// It is stamped with the cause's time, or just after the registry's latest move when that is
+/// later: the registry reads its topics in the order their partitions deliver, not the order
+/// events happened, and its moves depend on the moves before them. Stamped this way they sort
+/// in the order it made them, which is the order a replay folds them in.
+pub(crate) async fn moved<C: ConnectionTrait>(
+    db: &C,
     cause: &EventHeader,
     alias: Alias,
     model_id: Id,
     reason: PromotionReason,
-) -> ModelPromoted {
+) -> Result<ModelPromoted, DbErr> {
     // The champion's slot is the one its promotions have always had: ids stay stable on replay.
     let slot = match alias {
         Alias::Champion => "promotion".to_string(),
         other => format!("promotion/{}", other.label()),
     };
+    let latest = promotion::Entity::find()
+        .order_by_desc(promotion::Column::PromotedAt)
+        .one(db)
+        .await?
+        .map_or(i64::MIN, |p| p.promoted_at + 1);
     let mut header = EventHeader::caused_by(cause, NAME, &slot);
-    header.occurred_at = cause.occurred_at;
-    ModelPromoted::moving(header, alias, model_id, reason)
+    header.occurred_at = Timestamp(cause.occurred_at.0.max(latest));
+    Ok(ModelPromoted::moving(header, alias, model_id, reason))
 }
 
 /// The alias moves `event` calls for: none, a new challenger, or a new champion with the
@@ -94,11 +105,11 @@ pub(crate) async fn champion_moves<C: ConnectionTrait>(
     reason: PromotionReason,
     champion: Option<Id>,
 ) -> Result<Vec<ModelPromoted>, DbErr> {
-    let mut promoted = moved(cause, Alias::Champion, model_id, reason);
+    let mut promoted = moved(db, cause, Alias::Champion, model_id, reason).await?;
     promoted.previous_model_id = champion;
     let mut moves = vec![carry_model(db, promoted.clone()).await?];
     if let Some(previous) = previous_after(db, &promoted).await? {
-        let p = moved(cause, Alias::Previous, previous, reason);
+        let p = moved(db, cause, Alias::Previous, previous, reason).await?;
         moves.push(carry_model(db, p).await?);
     }
     Ok(moves)
@@ -121,11 +132,13 @@ async fn challenger<C: ConnectionTrait>(
         return Ok(vec![]);
     }
     let mut p = moved(
+        db,
         &m.header,
         Alias::Challenger,
         m.model_id,
         PromotionReason::Trained,
-    );
+    )
+    .await?;
     p.previous_model_id = alias_of(db, Alias::Challenger).await?;
     Ok(vec![carry(db, p, m).await?])
 }

@@ -131,13 +131,25 @@ fn label<T: Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
-/// Folds one event into the projection (and records the decision it calls for).
+/// Folds one event into the projection and records the alias moves it calls for: what the
+/// live registry does with each event it consumes.
 pub async fn project<C: ConnectionTrait>(
     db: &C,
     event: &Event,
     policy: &RegistrySettings,
 ) -> Result<(), DbErr> {
     let decision = decide(db, event, policy).await?;
+    fold(db, event).await?;
+    for promotion in &decision {
+        record_promotion(db, promotion).await?;
+    }
+    Ok(())
+}
+
+/// Folds one event into the projection. Decides nothing: a replay takes the registry's
+/// decisions from the model.promoted events it made, rather than making them again from a
+/// state that may not be the one it made them in.
+pub async fn fold<C: ConnectionTrait>(db: &C, event: &Event) -> Result<(), DbErr> {
     match event {
         Event::DatasetPrepared(d) => {
             insert_new(
@@ -239,9 +251,6 @@ pub async fn project<C: ConnectionTrait>(
             .await?
         }
         _ => {}
-    }
-    for promotion in &decision {
-        record_promotion(db, promotion).await?;
     }
     Ok(())
 }

@@ -79,11 +79,13 @@ async fn named<C: ConnectionTrait>(
         .into_iter()
         .find_map(|(alias, id)| (alias == name).then_some(id));
     let mut p = moved(
+        db,
         &request.header,
         Alias::Named,
         model_id,
         PromotionReason::Manual,
-    );
+    )
+    .await?;
     (p.previous_model_id, p.alias_name) = (previous, Some(name.to_string()));
     carry_model(db, p).await
 }

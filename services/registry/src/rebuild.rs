@@ -1,12 +1,11 @@
 //! Replay's side of the registry: rebuilding it from every event, and comparing two
 //! registries by a snapshot of their rows.
 
-use crate::project;
+use crate::fold;
 use crate::tables::{
     self, alias, dataset, evaluation, feedback, forgotten, model, promotion, tokenizer,
 };
 use quark_events::Event;
-use quark_runtime::config::RegistrySettings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 
 /// Every row of every registry table, in a stable order: two registries are the same
@@ -32,19 +31,16 @@ pub async fn snapshot<C: ConnectionTrait>(db: &C) -> Result<serde_json::Value, D
 }
 
 /// Rebuilds the registry from `events` (every event of the topics, in any order): clears
-/// the tables and folds the events in the order they happened.
-pub async fn rebuild(
-    db: &DatabaseConnection,
-    mut events: Vec<Event>,
-    policy: &RegistrySettings,
-) -> Result<usize, DbErr> {
+/// the tables and folds the events in the order they happened. The alias moves are the
+/// model.promoted events among them, stamped in the order the registry made them.
+pub async fn rebuild(db: &DatabaseConnection, mut events: Vec<Event>) -> Result<usize, DbErr> {
     use sea_orm::TransactionTrait;
     // Time first; within a millisecond, the loop's own order (a cause before its effects).
     events.sort_by_key(|e| (e.header().occurred_at.0, e.kind()));
     let txn = db.begin().await?;
     tables::clear(&txn).await?;
     for event in &events {
-        project(&txn, event, policy).await?;
+        fold(&txn, event).await?;
     }
     txn.commit().await?;
     Ok(events.len())

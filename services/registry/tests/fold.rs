@@ -146,18 +146,74 @@ async fn promotions_rollbacks_and_the_champion_at_any_time_survive_a_rebuild() {
     let rebuilt = database(&dir, "rebuilt.db").await;
     let mut shuffled = all.clone();
     shuffled.reverse();
-    assert_eq!(
-        rebuild(&rebuilt, shuffled, &settings).await.unwrap(),
-        all.len()
-    );
+    assert_eq!(rebuild(&rebuilt, shuffled).await.unwrap(), all.len());
     assert_eq!(
         snapshot(&rebuilt).await.unwrap(),
         snapshot(&db).await.unwrap()
     );
     // Replaying into the live database itself (drop and rebuild) changes nothing either.
     let before = snapshot(&db).await.unwrap();
-    rebuild(&db, all, &settings).await.unwrap();
+    rebuild(&db, all).await.unwrap();
     assert_eq!(snapshot(&db).await.unwrap(), before);
+}
+
+/// A registry consumes its topics in the order their partitions deliver, not the order the
+/// events happened (a restart catches up topic by topic). Its decisions follow the order it
+/// made them in; a replay, which sorts by time, must fold them in that order too.
+#[tokio::test]
+async fn a_registry_that_consumed_events_out_of_their_order_rebuilds_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(&dir, "live.db").await;
+    let settings = Settings::default().registry;
+    let (a, b) = (trained(1_000, None), trained(2_000, None));
+    // b's gate passed before a's, but the registry read a's first.
+    let consumed = vec![
+        Event::ModelTrained(b.clone()),
+        Event::ModelTrained(a.clone()),
+        passed(3_000, &a, true),
+        passed(2_500, &b, true),
+    ];
+    let all = live(&db, &consumed, &settings).await;
+    let moves: Vec<(Alias, Id, Option<Id>)> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelPromoted(p) => Some((p.alias, p.model_id, p.previous_model_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (Alias::Challenger, b.model_id, None),
+            (Alias::Challenger, a.model_id, Some(b.model_id)),
+            (Alias::Champion, a.model_id, None),
+            (Alias::Champion, b.model_id, Some(a.model_id)),
+            (Alias::Previous, a.model_id, None),
+        ],
+        "the moves in the order the registry made them"
+    );
+    let times: Vec<i64> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelPromoted(p) => Some(p.header.occurred_at.0),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        times.windows(2).all(|t| t[0] <= t[1]),
+        "each decision is stamped no earlier than the one before it: {times:?}"
+    );
+    assert_eq!(
+        alias_of(&db, Alias::Champion).await.unwrap(),
+        Some(b.model_id)
+    );
+
+    let rebuilt = database(&dir, "rebuilt.db").await;
+    rebuild(&rebuilt, all).await.unwrap();
+    assert_eq!(
+        snapshot(&rebuilt).await.unwrap(),
+        snapshot(&db).await.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -338,7 +394,7 @@ async fn a_forgotten_document_flags_every_model_that_learnt_from_it_and_retrains
     // The flags are part of the projection a replay rebuilds.
     all.extend(live(&db, &[unrelated], &settings).await);
     let rebuilt = database(&dir, "rebuilt.db").await;
-    rebuild(&rebuilt, all, &settings).await.unwrap();
+    rebuild(&rebuilt, all).await.unwrap();
     assert_eq!(
         snapshot(&rebuilt).await.unwrap(),
         snapshot(&db).await.unwrap()

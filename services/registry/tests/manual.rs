@@ -161,7 +161,7 @@ async fn operators_move_aliases_through_the_registry_with_who_and_why() {
     }
     // Replayed, the projection (operators and notes included) is the same.
     let rebuilt = database(&dir, "rebuilt.db").await;
-    rebuild(&rebuilt, log, &settings).await.unwrap();
+    rebuild(&rebuilt, log).await.unwrap();
     assert_eq!(
         snapshot(&rebuilt).await.unwrap(),
         snapshot(&db).await.unwrap()

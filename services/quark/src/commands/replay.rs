@@ -156,7 +156,7 @@ pub async fn replay(settings: &Settings, skip_undecodable: bool) -> anyhow::Resu
             first.error
         );
     }
-    let folded = quark_registry::rebuild(&database, log.events, &settings.registry).await?;
+    let folded = quark_registry::rebuild(&database, log.events).await?;
     database.close().await.ok();
     Ok(Replayed {
         folded,
