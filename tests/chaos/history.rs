@@ -203,7 +203,18 @@ impl Topics {
             ends_disagree: vec![],
         };
         let bus = chaos.stack.broker.bus();
-        let reported = inspect(&bus).unwrap();
+        // The broker may have been killed last and still be starting.
+        let started = Instant::now();
+        let reported = loop {
+            match inspect(&bus) {
+                Ok(reported) => break reported,
+                Err(error) if started.elapsed() < Duration::from_secs(60) => {
+                    eprintln!("chaos: asking the broker for the topics' ends: {error}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(error) => panic!("the broker gives no ends: {error}"),
+            }
+        };
         let read: Vec<(Vec<OwnedMessage>, Vec<i64>)> = std::thread::scope(|scope| {
             let readers: Vec<_> = reported
                 .iter()

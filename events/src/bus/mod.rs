@@ -40,6 +40,12 @@ pub enum BusError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("the broker gave no offset for {topic}/{partition} ({found})")]
+    NoOffset {
+        topic: String,
+        partition: i32,
+        found: String,
+    },
     #[error(transparent)]
     Codec(#[from] crate::codec::CodecError),
     #[error("database: {0}")]
@@ -52,6 +58,7 @@ impl BusError {
         match self {
             BusError::Kafka(_) => "kafka",
             BusError::CreateTopic { .. } => "create_topic",
+            BusError::NoOffset { .. } => "no_offset",
             BusError::Codec(e) => e.label(),
             BusError::Db(_) => "database",
         }

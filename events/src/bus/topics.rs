@@ -163,32 +163,45 @@ pub fn inspect_with(client: &BaseConsumer) -> Result<Vec<TopicState>, BusError> 
         client.offsets_for_times(first, TIMEOUT)?,
         client.offsets_for_times(next, TIMEOUT)?,
     );
-    let offset = |list: &TopicPartitionList, topic: &str, partition: i32| match list
-        .find_partition(topic, partition)
-        .map(|e| e.offset())
-    {
-        Some(Offset::Offset(o)) => o,
-        _ => 0,
-    };
-    Ok(names
+    names
         .into_iter()
         .map(|name| {
-            let mut partitions: Vec<PartitionState> = next
+            let mut partitions = next
                 .elements_for_topic(&name)
                 .iter()
-                .map(|e| PartitionState {
-                    partition: e.partition(),
-                    low: offset(&first, &name, e.partition()),
-                    high: offset(&next, &name, e.partition()),
+                .map(|e| {
+                    Ok(PartitionState {
+                        partition: e.partition(),
+                        low: offset_of(&first, &name, e.partition())?,
+                        high: offset_of(&next, &name, e.partition())?,
+                    })
                 })
-                .collect();
+                .collect::<Result<Vec<PartitionState>, BusError>>()?;
             partitions.sort_by_key(|p| p.partition);
-            TopicState {
+            Ok(TopicState {
                 topic: name,
                 partitions,
-            }
+            })
         })
-        .collect())
+        .collect()
+}
+
+/// The offset the broker gave for one partition; an error rather than a guess when it gave
+/// none (a partition taken for empty would drop its messages from a replay).
+fn offset_of(list: &TopicPartitionList, topic: &str, partition: i32) -> Result<i64, BusError> {
+    let missing = |found: String| BusError::NoOffset {
+        topic: topic.to_string(),
+        partition,
+        found,
+    };
+    let element = list
+        .find_partition(topic, partition)
+        .ok_or_else(|| missing("no answer".into()))?;
+    element.error()?;
+    match element.offset() {
+        Offset::Offset(offset) => Ok(offset),
+        other => Err(missing(format!("{other:?}"))),
+    }
 }
 
 /// Every message of `topic`, read from its first offset to the end it had when asked
