@@ -29,13 +29,12 @@ KEY = "quark-local-key"
 BURST_SECONDS = 60
 SAMPLE_SECONDS = 15
 FEEDBACK_EVERY = 4.0
+# The honest corrections of scripts/bench-feedback: questions about the plays and their answers.
 PROMPTS = [
-    ("Who killed the king of Denmark?", "Claudius killed the king, his brother."),
-    ("Where does Hamlet live?", "Hamlet lives in the castle of Elsinore."),
-    ("Who loves Desdemona?", "Othello loves Desdemona."),
-    ("What did the witches tell Macbeth?", "The witches told Macbeth he would be king."),
-    ("Who is Ophelia's father?", "Polonius is Ophelia's father."),
-    ("Who betrays Othello?", "Iago betrays Othello."),
+    (c["prompt"], c["correction"])
+    for feedback_set in json.load(open(os.path.join(os.path.dirname(__file__), "feedback_sets.json")))["sets"]
+    if feedback_set["honest"] and feedback_set["kind"] == "facts"
+    for c in feedback_set["corrections"]
 ]
 
 answers = collections.Counter()  # (phase, status) -> count
