@@ -56,11 +56,13 @@ async function main() {
   await until("perplexity across both versions", () =>
     document.querySelector('figure[data-metric="perplexity"] figcaption')?.textContent === "perplexity: 13.900"
     && document.querySelectorAll('figure[data-metric="perplexity"] circle').length === 2);
-  // At the first move's moment, only the first model held aliases (challenger, champion).
+  // At the first move's moment the first model was the challenger and nothing else: the
+  // registry stamps each move after the one before it, so its promotion comes a moment later.
   await page.fill("#at-slider", "0");
   await until("the aliases at the start", (a) => {
+    const rows = [...document.querySelectorAll("#aliases-at tr")].map((tr) => tr.textContent);
     const models = [...document.querySelectorAll("#aliases-at td.model")].map((td) => td.textContent);
-    return models.length === 2 && models.every((m) => m === a);
+    return models.length === 1 && models[0] === a && rows.some((r) => r.startsWith("challenger"));
   }, first);
   await page.click("#at-now");
   await page.fill("#reason", "b answers worse");
