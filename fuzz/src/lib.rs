@@ -3,7 +3,7 @@
 
 use apache_avro::Schema;
 use quark_events::samples::sample;
-use quark_events::{Event, EventKind, Id, LocalRegistry, decode, encode};
+use quark_events::{Event, EventKind, Id, LocalRegistry, decode, encode, encode_confluent};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -89,4 +89,94 @@ pub fn decodes_or_refuses(bytes: &[u8]) {
         "{:?} changed on a round trip",
         event.kind()
     );
+}
+
+/// Each event type's sample in single-object and in Confluent framing.
+static ENCODED: LazyLock<Vec<[Vec<u8>; 2]>> = LazyLock::new(|| {
+    EventKind::ALL
+        .iter()
+        .map(|kind| {
+            let event = fixed_sample(*kind);
+            [
+                encode(&event).expect("samples encode"),
+                encode_confluent(&event, &*REGISTRY).expect("samples encode"),
+            ]
+        })
+        .collect()
+});
+
+/// A well-formed event damaged as `data` says: its first bytes pick the type, the framing and
+/// how much to cut off the end; each following (position, value) triple overwrites a byte.
+/// None when `data` is too short to say.
+pub fn damaged(data: &[u8]) -> Option<Vec<u8>> {
+    let [kind, framing, cut, edits @ ..] = data else {
+        return None;
+    };
+    let mut bytes = ENCODED[*kind as usize % ENCODED.len()][usize::from(framing % 2)].clone();
+    // Positions wrap around the message.
+    for edit in edits.chunks_exact(3) {
+        let at = usize::from(u16::from_be_bytes([edit[0], edit[1]])) % bytes.len();
+        bytes[at] = edit[2];
+    }
+    // Every other framing byte also cuts up to 7 bytes off the end.
+    let keep = bytes.len() - usize::from(cut % 8) * usize::from(framing & 2 != 0);
+    bytes.truncate(keep);
+    Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quark_events::SchemaResolver;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// Not a fuzzer: a fixed, seeded sweep over the targets' own code, so that `scripts/test`
+    /// notices when they stop building or the property stops holding for plain damage.
+    #[test]
+    fn every_damaged_event_decodes_to_itself_or_is_refused() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let (mut decoded, mut refused) = (0, 0);
+        for kind in 0..EventKind::ALL.len() as u8 {
+            for framing in 0..4 {
+                let intact = damaged(&[kind, framing, 0]).expect("three bytes say enough");
+                assert!(
+                    decode(&intact, &*REGISTRY).is_ok(),
+                    "{kind}/{framing} intact"
+                );
+                for _ in 0..200 {
+                    let mut data = vec![kind, framing, rng.random()];
+                    data.extend((0..3 * rng.random_range(1..4)).map(|_| rng.random::<u8>()));
+                    let bytes = damaged(&data).expect("long enough");
+                    decodes_or_refuses(&bytes);
+                    decodes_or_refuses(&data);
+                    match decode(&bytes, &*REGISTRY) {
+                        Ok(_) => decoded += 1,
+                        Err(_) => refused += 1,
+                    }
+                }
+            }
+        }
+        // Both outcomes are reached, or the sweep tests nothing.
+        assert!(
+            decoded > 0 && refused > 0,
+            "{decoded} decoded, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn every_committed_schema_version_parses_into_the_registry() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let committed: u32 = EventKind::ALL
+            .iter()
+            .map(|kind| committed_versions(&repo, kind.topic()).len() as u32)
+            .sum();
+        assert!(
+            committed >= EventKind::ALL.len() as u32,
+            "{committed} in git history"
+        );
+        let registered = (HISTORY_IDS..)
+            .take_while(|id| REGISTRY.schema(*id).is_some())
+            .count() as u32;
+        assert_eq!(registered, committed);
+    }
 }
