@@ -62,8 +62,9 @@ class Stack:
 
     def serving(self):
         try:
-            with urllib.request.urlopen(self.url + "/v1/models", timeout=5) as r:
-                return bool(json.load(r).get("data"))
+            # The champion, not just any alias: a first model is challenger a moment before.
+            with urllib.request.urlopen(self.url + "/v1/models/champion", timeout=5) as r:
+                return bool(json.load(r).get("id"))
         except OSError:
             return False
 

@@ -261,6 +261,58 @@ async fn every_alias_is_served_within_the_memory_budget() {
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn before_the_first_champion_the_champion_is_unavailable_not_missing() {
+    let cluster = Cluster::start().await;
+    let db = open::<GatewayTables>(cluster.dir.path(), "g.db").await;
+    let config = settings("first", 64, RouterSettings::default());
+    let url = cluster.gateway_with(config, &db, true, None, |_| {}).await;
+    // The registry's first moves: the model becomes challenger, then champion.
+    let challenger = promote(&cluster, &["challenger"]).await.remove(0);
+    quark_e2e::until("the challenger served", Duration::from_secs(60), || async {
+        !fleet(&cluster, &url).await.is_empty()
+    })
+    .await;
+    for name in ["champion", "quark"] {
+        let (status, body) = cluster
+            .post(
+                &format!("{url}/v1/completions"),
+                json!({"model": name, "prompt": "Hi", "max_tokens": 1}),
+                None,
+            )
+            .await;
+        assert_eq!(status, 503, "{name}: {body}");
+        assert_eq!(body["error"]["type"], "server_error", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no champion"),
+            "{body}"
+        );
+    }
+    let id = challenger.model_id.to_string();
+    assert_eq!(
+        complete(&cluster, &url, "challenger", "Hi").await["model"],
+        id
+    );
+    let mut champion = challenger.clone();
+    (champion.header, champion.alias) = (EventHeader::root("registry"), Alias::Champion);
+    publisher_of(&cluster)
+        .publish(&champion.into())
+        .await
+        .unwrap();
+    quark_e2e::until("the champion served", Duration::from_secs(60), || async {
+        fleet(&cluster, &url)
+            .await
+            .get(&id)
+            .is_some_and(|(aliases, _)| aliases.iter().any(|a| a == "champion"))
+    })
+    .await;
+    assert_eq!(complete(&cluster, &url, "quark", "Hi").await["model"], id);
+    cluster.stop().await;
+}
+
 /// The classifier trained on the labelled intents shipped in `examples/`, with its held-out
 /// accuracy.
 fn intent_classifier() -> Intents {

@@ -9,6 +9,7 @@
 //! at any more is unloaded. Requests in flight keep the model they started on.
 
 use crate::api::ApiError;
+use crate::router::ROUTED;
 use crate::{Gateway, LINEAGE, Served};
 use anyhow::Context;
 use axum::http::StatusCode;
@@ -83,7 +84,7 @@ impl Fleet {
     /// The model `name` means: an alias, `quark` (the champion), or the id of a model an
     /// alias points at.
     fn find(&self, name: &str) -> Option<Model> {
-        let alias = if name == "quark" { CHAMPION } else { name };
+        let alias = if name == ROUTED { CHAMPION } else { name };
         self.aliases
             .get(alias)
             .or_else(|| {
@@ -256,6 +257,14 @@ impl Gateway {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no model is promoted yet: the first one is still training",
+                ));
+            }
+            // The registry makes a first model challenger, then champion: between the two
+            // moves the champion is on its way, not missing.
+            if fleet.champion_id().is_none() && (name == CHAMPION || name == ROUTED) {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no champion is promoted yet: the first model is still being judged",
                 ));
             }
             fleet.find(name)
