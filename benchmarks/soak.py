@@ -84,14 +84,27 @@ def children(pid):
 
 
 def usage(pid):
+    """(resident MiB, of which anonymous MiB, open fds, threads). File-backed pages (shared
+    libraries such as libtorch, paged in as new kernels run) are the rest of the resident set."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        fields = {line.split(":")[0]: line.split()[1] for line in f if ":" in line}
     with open(f"/proc/{pid}/status") as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return rss / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return int(fields["Rss"]) / 1024, int(fields["Anonymous"]) / 1024, len(os.listdir(f"/proc/{pid}/fd")), threads
+
+
+def served_models():
+    """How many models the gateway lists (each alias's; a retraining adds a challenger)."""
+    try:
+        with urllib.request.urlopen(url + "/v1/models", timeout=30) as response:
+            return len(json.load(response)["data"])
+    except OSError:
+        return None
 
 
 def sample(start, samples, stop):
     while not stop.is_set():
-        row = {"t": time.time() - start, "phase": phase}
+        row = {"t": time.time() - start, "phase": phase, "models": served_models()}
         for name, pid in [("quark", up_pid)] + [("broker", c) for c in children(up_pid)]:
             try:
                 row[name] = usage(pid)
@@ -151,13 +164,13 @@ def main():
 
     print(f"soak: {minutes:.0f} min, steady {rate} requests/s (16 tokens each, a correction every {FEEDBACK_EVERY} s), "
           f"burst {rate * 10} requests/s for {BURST_SECONDS} s after {steady * 2 / 3 / 60:.0f} min")
-    print("soak: minute  quark RSS MiB  fds  broker RSS MiB  fds")
+    print("soak: minute  quark RSS MiB  anonymous  fds  threads  broker RSS MiB  fds  models served")
     for s in samples[:: max(1, 60 // SAMPLE_SECONDS)]:
-        quark_figures = s.get("quark", (0, 0))
-        broker_figures = s.get("broker", (0, 0))
-        print(f"soak: {s['t'] / 60:6.1f}  {quark_figures[0]:13.0f}  {quark_figures[1]:3}  {broker_figures[0]:14.0f}  {broker_figures[1]:3}  {s['phase']}")
+        q = s.get("quark", (0, 0, 0, 0))
+        b = s.get("broker", (0, 0, 0, 0))
+        print(f"soak: {s['t'] / 60:6.1f}  {q[0]:13.0f}  {q[1]:9.0f}  {q[2]:3}  {q[3]:7}  {b[0]:14.0f}  {b[2]:3}  {s['models']}  {s['phase']}")
     for name in ("quark", "broker"):
-        for field, label in ((0, "RSS MiB"), (1, "fds")):
+        for field, label in ((0, "RSS MiB"), (1, "anonymous MiB"), (2, "fds"), (3, "threads")):
             figures = trend(samples, name, field)
             if figures:
                 print(f"soak: {name} {label}: first {figures[0]:.0f}, last {figures[1]:.0f}, max {figures[2]:.0f}, trend {figures[3]:+.1f}/hour")
