@@ -36,6 +36,17 @@ impl Default for AdamWConfig {
 /// Variables with their names.
 type Named = Vec<(String, Tensor)>;
 
+/// The variables of `vs` that train, in name order.
+fn trainable_by_name(vs: &nn::VarStore) -> Named {
+    let mut variables: Named = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    variables
+}
+
 /// One parameter's place in its group's buffers.
 struct Slot {
     name: String,
@@ -157,14 +168,8 @@ impl AdamW {
     /// Covers every trainable variable of `vs` (grouped by dtype and decay, in name order),
     /// moving each into its group's flat buffer.
     pub fn new(vs: &nn::VarStore, config: AdamWConfig) -> AdamW {
-        let mut variables: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
         let mut grouped: Vec<((Kind, bool), Named)> = Vec::new();
-        for (name, variable) in variables {
+        for (name, variable) in trainable_by_name(vs) {
             let key = (variable.kind(), variable.dim() >= 2);
             match grouped.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, members)) => members.push((name, variable)),
@@ -319,13 +324,7 @@ pub struct PerParameterAdamW {
 
 impl PerParameterAdamW {
     pub fn new(vs: &nn::VarStore, config: AdamWConfig) -> PerParameterAdamW {
-        let mut variables: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = variables
+        let params = trainable_by_name(vs)
             .into_iter()
             .map(|(_, v)| (v.zeros_like(), v.zeros_like(), v.dim() >= 2, v))
             .map(|(m, s, decays, v)| (v, m, s, decays))
