@@ -7,8 +7,7 @@ broker it started are sampled. Then a burst at ten times the rate for a minute, 
 rate again. Afterwards: the memory and fd curves, the answers (200, 429, other) per phase, the
 time from the burst's end to the last 429, whether every answer the gateway gave was published
 (response.served on the topic against 200s counted here), each consumer's lag, dead letters,
-how much of the memory is freed memory the allocator holds (malloc_trim through gdb), and the
-ERROR lines of the log.
+and the ERROR lines of the log.
 
     python benchmarks/soak.py URL QUARK_BINARY UP_PID LOG MINUTES RATE
 """
@@ -16,7 +15,6 @@ import collections
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -146,21 +144,6 @@ def trend(samples, name, field):
     return points[0][1], points[-1][1], max(p[1] for p in points), slope * 3600
 
 
-def allocator_held():
-    """How much of the quark process's anonymous memory is freed memory glibc still holds: its
-    resident figures before and after `malloc_trim(0)`, called in the process through gdb
-    (when gdb is installed; the process pauses for about a second)."""
-    if not shutil.which("gdb"):
-        print("soak: gdb is not installed: what the allocator holds is not measured")
-        return
-    before = usage(up_pid)
-    subprocess.run(["gdb", "-p", str(up_pid), "-batch", "-ex", "call (int) malloc_trim(0)"],
-                   capture_output=True, timeout=120, check=True)
-    after = usage(up_pid)
-    print(f"soak: malloc_trim(0) at the end: resident {before[0]:.0f} -> {after[0]:.0f} MiB, "
-          f"anonymous {before[1]:.0f} -> {after[1]:.0f} MiB")
-
-
 def main():
     global phase
     models_before = len(quark_json("models", "--json")["models"])
@@ -206,7 +189,6 @@ def main():
     served = next(int(line.split()[1]) for line in topics.splitlines() if line.startswith("response.served "))
     print(f"soak: 200 answers {len(served_ids)}, distinct ids {len(set(served_ids))}; response.served on the topic {served}")
     print(topics)
-    allocator_held()
     errors = [line for line in open(log) if re.search(r'"level":"ERROR"| ERROR ', line)]
     print(f"soak: ERROR lines in {log}: {len(errors)}")
     for line in errors[:10]:
