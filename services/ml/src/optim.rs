@@ -143,6 +143,47 @@ impl Group {
     }
 }
 
+/// One step's AdamW arithmetic (PyTorch's single-tensor update), the same for a whole
+/// parameter or for a round of a flat buffer.
+struct Update {
+    config: AdamWConfig,
+    /// The weight-decay factor, for tensors that decay.
+    decay: Option<f64>,
+    step_size: f64,
+    bias2_sqrt: f64,
+}
+
+impl Update {
+    fn new(config: &AdamWConfig, step: u64, lr: f64, decays: bool) -> Update {
+        Update {
+            config: *config,
+            decay: (decays && config.weight_decay != 0.0).then_some(1.0 - lr * config.weight_decay),
+            step_size: lr / (1.0 - config.beta1.powi(step as i32)),
+            bias2_sqrt: (1.0 - config.beta2.powi(step as i32)).sqrt(),
+        }
+    }
+
+    fn apply(
+        &self,
+        values: &mut Tensor,
+        grads: &Tensor,
+        exp_avg: &mut Tensor,
+        exp_avg_sq: &mut Tensor,
+    ) {
+        let AdamWConfig {
+            beta1, beta2, eps, ..
+        } = self.config;
+        if let Some(decay) = self.decay {
+            *values *= decay;
+        }
+        let _ = exp_avg.lerp_(grads, 1.0 - beta1);
+        *exp_avg_sq *= beta2;
+        let _ = exp_avg_sq.addcmul_(&(grads * (1.0 - beta2)), grads);
+        let denom = (exp_avg_sq.sqrt() / self.bias2_sqrt) + eps;
+        let _ = values.addcdiv_(&(&*exp_avg * -self.step_size), &denom);
+    }
+}
+
 /// How many elements of a group one round of the update's ops covers. On the CPU a whole
 /// group's buffers and temporaries outgrow the caches, so each op would stream them through
 /// memory; a round per parameter costs a dispatch per op for each small bias. Rounds of 2^17
@@ -227,19 +268,10 @@ impl AdamW {
     /// One AdamW update at learning rate `lr`.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
-        let bias1 = 1.0 - beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias1;
         tch::no_grad(|| {
             for g in &mut self.groups {
                 g.gather_grads();
-                let decay = (g.decays && weight_decay != 0.0).then_some(1.0 - lr * weight_decay);
+                let update = Update::new(&self.config, self.step, lr, g.decays);
                 let total = g.values.numel() as i64;
                 let chunk = chunk_len(g.values.device());
                 for start in (0..total).step_by(chunk as usize) {
@@ -247,14 +279,7 @@ impl AdamW {
                     let [mut values, grads, mut exp_avg, mut exp_avg_sq] =
                         [&g.values, &g.grads, &g.exp_avg, &g.exp_avg_sq]
                             .map(|t| t.narrow(0, start, len));
-                    if let Some(decay) = decay {
-                        values *= decay;
-                    }
-                    let _ = exp_avg.lerp_(&grads, 1.0 - beta1);
-                    exp_avg_sq *= beta2;
-                    let _ = exp_avg_sq.addcmul_(&(&grads * (1.0 - beta2)), &grads);
-                    let denom = (exp_avg_sq.sqrt() / bias2_sqrt) + eps;
-                    let _ = values.addcdiv_(&(&exp_avg * -step_size), &denom);
+                    update.apply(&mut values, &grads, &mut exp_avg, &mut exp_avg_sq);
                 }
             }
         });
@@ -263,18 +288,10 @@ impl AdamW {
     /// Each moment as the state file names it, as a view into its group's buffer.
     fn moments(&self) -> Vec<(String, Tensor)> {
         let mut named = Vec::new();
-        for prefix in ["exp_avg", "exp_avg_sq"] {
-            for g in &self.groups {
-                let buffer = if prefix == "exp_avg" {
-                    &g.exp_avg
-                } else {
-                    &g.exp_avg_sq
-                };
-                named.extend(
-                    g.slots
-                        .iter()
-                        .map(|slot| (format!("{prefix}.{}", slot.name), slot.of(buffer))),
-                );
+        for g in &self.groups {
+            for slot in &g.slots {
+                named.push((format!("exp_avg.{}", slot.name), slot.of(&g.exp_avg)));
+                named.push((format!("exp_avg_sq.{}", slot.name), slot.of(&g.exp_avg_sq)));
             }
         }
         named
@@ -326,8 +343,10 @@ impl PerParameterAdamW {
     pub fn new(vs: &nn::VarStore, config: AdamWConfig) -> PerParameterAdamW {
         let params = trainable_by_name(vs)
             .into_iter()
-            .map(|(_, v)| (v.zeros_like(), v.zeros_like(), v.dim() >= 2, v))
-            .map(|(m, s, decays, v)| (v, m, s, decays))
+            .map(|(_, v)| {
+                let (exp_avg, exp_avg_sq, decays) = (v.zeros_like(), v.zeros_like(), v.dim() >= 2);
+                (v, exp_avg, exp_avg_sq, decays)
+            })
             .collect();
         PerParameterAdamW {
             params,
@@ -361,23 +380,13 @@ impl PerParameterAdamW {
 
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
-        let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
         tch::no_grad(|| {
             for (value, exp_avg, exp_avg_sq, decays) in &mut self.params {
                 let grad = value.grad();
-                if !grad.defined() {
-                    continue;
+                if grad.defined() {
+                    Update::new(&self.config, self.step, lr, *decays)
+                        .apply(value, &grad, exp_avg, exp_avg_sq);
                 }
-                if *decays && c.weight_decay != 0.0 {
-                    *value *= 1.0 - lr * c.weight_decay;
-                }
-                let _ = exp_avg.lerp_(&grad, 1.0 - c.beta1);
-                *exp_avg_sq *= c.beta2;
-                let _ = exp_avg_sq.addcmul_(&(&grad * (1.0 - c.beta2)), &grad);
-                let denom = (exp_avg_sq.sqrt() / bias2_sqrt) + c.eps;
-                let _ = value.addcdiv_(&(&*exp_avg * -(lr / bias1)), &denom);
             }
         })
     }
