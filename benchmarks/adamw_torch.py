@@ -1,6 +1,6 @@
 """PyTorch's AdamW step on its own, as quark-bench-optim times Quark's: clip to norm 1
 (`clip_grad_norm_`), one update, zero the gradients (kept, not set to None, as Quark keeps
-them), on the reference GPT of benchmarks/shakespeare_pytorch.py (the same parameters as
+them), on the reference GPT of benchmarks/reference_gpt.py (the same parameters as
 Quark's GPT) with random gradients. The single-tensor update (PyTorch's default on the CPU,
 a loop over the parameters) and the multi-tensor one (`foreach=True`), alternated A B B A.
 Prints one JSON line per update with the settings.
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from shakespeare_pytorch import GPT
+from reference_gpt import GPT
 
 vocab, block, layers, heads, width, steps, threads = map(int, sys.argv[1:8])
 torch.set_num_threads(threads)

