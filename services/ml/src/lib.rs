@@ -33,6 +33,7 @@ pub mod gpt;
 pub mod intents;
 pub mod kv;
 pub mod lora;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod plausibility;
