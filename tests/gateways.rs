@@ -24,6 +24,7 @@ async fn feedback_to_one_gateway_for_a_response_of_another_is_learnt_from() {
         release_interval_secs: 0,
         reward_model: true,
         rloo_prompts: 0,
+        training_timeout_secs: 3600,
     };
     let augmenter = quark_augmenter::AugmenterService::new(
         cluster.store.clone(),

@@ -154,6 +154,7 @@ async fn ingested_and_feedback_labelled_intents_retrain_the_router() {
         release_interval_secs: 0,
         reward_model: false,
         rloo_prompts: 0,
+        training_timeout_secs: 3600,
     };
     let augmenter =
         quark_augmenter::AugmenterService::new(cluster.store.clone(), db.clone(), augment);

@@ -44,6 +44,7 @@ impl MigratorTrait for AugmenterTables {
             Box::new(quark_augmenter::AugmenterMigration),
             Box::new(quark_augmenter::JoinMigration),
             Box::new(quark_augmenter::ratings::RatingsMigration),
+            Box::new(quark_augmenter::TrainingsMigration),
         ]
     }
 }

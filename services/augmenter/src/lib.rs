@@ -18,6 +18,9 @@
 //!   Both release whatever is pending; a manual request with no pending correction asks
 //!   for a fine-tuning on every SFT dataset released so far.
 //!
+//! While a training the threshold released is in flight, the threshold starts no other: its
+//! corrections and pairs wait for the model.trained, which releases them ([`inflight`]).
+//!
 //! A release emits one dataset.prepared per kind (its `source_collections` are the feedback
 //! ids the examples came from), a retrain.requested (sft) for the SFT dataset and, for the
 //! preference dataset, one for a reward model and one (dpo) for the policy. With
@@ -34,11 +37,12 @@
 //! [`Handler::handle`] (which emits) and [`Handler::apply`] (which records), so it happens
 //! exactly once.
 
+pub mod inflight;
 pub mod join;
 mod migrations;
 pub mod ratings;
 
-pub use migrations::{AugmenterMigration, JoinMigration};
+pub use migrations::{AugmenterMigration, JoinMigration, TrainingsMigration};
 
 use async_trait::async_trait;
 use quark_curate::normalize::{exact_key, normalize};
@@ -205,6 +209,7 @@ async fn decide<C: ConnectionTrait>(
 ) -> Result<Decision, DbErr> {
     let mut cause = event.header().clone();
     let mut completed = vec![];
+    let mut answering = None;
     let (new, trigger) = match event {
         Event::FeedbackReceived(f) => match join::complete(db, f).await? {
             Some(full) => {
@@ -235,6 +240,14 @@ async fn decide<C: ConnectionTrait>(
             (vec![], RetrainTrigger::Regression)
         }
         Event::RetrainRequested(r) if r.is_for_policy() => (vec![], r.trigger),
+        // The end of a training this augmenter released: what waited on it may go now.
+        Event::ModelTrained(m) => match inflight::answered_by(db, m).await? {
+            Some(request) => {
+                answering = Some(request);
+                (vec![], RetrainTrigger::FeedbackThreshold)
+            }
+            None => return Ok(Decision::nothing(event)),
+        },
         _ => return Ok(Decision::nothing(event)),
     };
     let mut pending = example::Entity::find()
@@ -247,6 +260,16 @@ async fn decide<C: ConnectionTrait>(
     let count = |kind: DatasetKind| pending.iter().filter(|e| e.kind == kind.name()).count();
     let corrections = count(DatasetKind::Sft);
     let enough = settings.min_examples.max(1);
+    // The threshold starts no training while one it released is in flight (see [`inflight`]).
+    let held = trigger == RetrainTrigger::FeedbackThreshold
+        && inflight::in_flight(
+            db,
+            event.header(),
+            settings.training_timeout_secs,
+            answering,
+        )
+        .await?;
+    let trains = |kind: DatasetKind| matches!(kind, DatasetKind::Sft | DatasetKind::Preference);
     let due = match trigger {
         RetrainTrigger::FeedbackThreshold => [
             DatasetKind::Sft,
@@ -254,7 +277,7 @@ async fn decide<C: ConnectionTrait>(
             DatasetKind::Intents,
         ]
         .into_iter()
-        .any(|kind| count(kind) >= enough),
+        .any(|kind| count(kind) >= enough && !(held && trains(kind))),
         RetrainTrigger::Regression => corrections > 0,
         RetrainTrigger::Schedule | RetrainTrigger::Manual => !pending.is_empty(),
     };
@@ -265,7 +288,10 @@ async fn decide<C: ConnectionTrait>(
             DatasetKind::Preference,
             DatasetKind::Eval,
             DatasetKind::Intents,
-        ] {
+        ]
+        .into_iter()
+        .filter(|kind| !(held && trains(*kind)))
+        {
             let of_kind: Vec<_> = pending
                 .iter()
                 .filter(|e| e.kind == kind.name())
@@ -522,6 +548,7 @@ impl Handler for AugmenterService {
             EventKind::EvalRegressed,
             EventKind::RetrainRequested,
             EventKind::ResponseServed,
+            EventKind::ModelTrained,
         ]
     }
 
@@ -546,8 +573,13 @@ impl Handler for AugmenterService {
             warn!(request = %f.request_id, feedback = %f.feedback_id, "feedback parked: the response it rates has not been seen yet");
             join::park(txn, f).await?;
         }
-        if let Event::ResponseServed(r) = event {
-            join::record_response(txn, r).await?;
+        match event {
+            Event::ResponseServed(r) => join::record_response(txn, r).await?,
+            Event::RetrainRequested(r) if inflight::is_released(r) => {
+                inflight::record_request(txn, r).await?
+            }
+            Event::ModelTrained(m) => inflight::record_answer(txn, m).await?,
+            _ => {}
         }
         for f in &decision.completed {
             ratings::record(txn, f).await?;

@@ -1,6 +1,6 @@
 //! The augmenter's tables.
 
-use crate::{example, join};
+use crate::{example, inflight, join};
 use async_trait::async_trait;
 use sea_orm::{DbErr, Schema};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
@@ -68,5 +68,29 @@ impl MigrationTrait for JoinMigration {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Creates the table of released trainings in flight.
+pub struct TrainingsMigration;
+
+impl MigrationName for TrainingsMigration {
+    fn name(&self) -> &str {
+        "m0012_augmenter_trainings"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for TrainingsMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(inflight::request::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }

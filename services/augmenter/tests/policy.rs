@@ -171,6 +171,7 @@ async fn preference_pairs_also_optimise_the_policy_on_recent_served_prompts() {
         release_interval_secs: 0,
         reward_model: true,
         rloo_prompts: 4,
+        training_timeout_secs: 3600,
     };
     let policy = Policy::with(settings).await;
     let now = Timestamp::now().0;
@@ -470,4 +471,111 @@ async fn a_live_regression_releases_pending_corrections_below_the_threshold() {
         .await;
     assert_eq!(retrain(&out).unwrap().trigger, RetrainTrigger::Regression);
     assert_eq!(datasets(&out)[&DatasetKind::Sft].train_examples, 1);
+}
+
+/// The model.trained a trainer sends when it is done with `request`.
+fn trained(request: &RetrainRequested) -> Event {
+    let Event::ModelTrained(mut m) = samples::sample(EventKind::ModelTrained, "trainer") else {
+        unreachable!()
+    };
+    m.header = EventHeader::caused_by(&request.header, "trainer", "model");
+    Event::ModelTrained(m)
+}
+
+/// `event` as if it happened `secs` seconds after `after`.
+fn later(mut event: Event, after: &EventHeader, secs: i64) -> Event {
+    let header = match &mut event {
+        Event::FeedbackReceived(f) => &mut f.header,
+        _ => unreachable!(),
+    };
+    header.occurred_at.0 = after.occurred_at.0 + secs * 1000;
+    event
+}
+
+#[tokio::test]
+async fn while_a_released_training_is_in_flight_new_corrections_wait_and_go_together() {
+    let policy = Policy::new(2).await;
+    policy
+        .feed(&correction("Who killed the king?", "Claudius."))
+        .await;
+    let out = policy
+        .feed(&correction("Who is Hamlet?", "The prince."))
+        .await;
+    let first = retrain(&out).unwrap();
+    // The augmenter reads its own request back from the bus: a training is in flight.
+    assert!(
+        policy
+            .feed(&Event::RetrainRequested(first.clone()))
+            .await
+            .is_empty()
+    );
+
+    // Three corrections cross the threshold twice: they wait. Intent labels, which start no
+    // training, are released as usual.
+    let waiting = [
+        correction("Where is Elsinore?", "In Denmark."),
+        correction("Who loves Ophelia?", "Hamlet."),
+        correction("Who is Yorick?", "The king's jester."),
+    ];
+    for event in &waiting {
+        assert!(policy.feed(event).await.is_empty(), "held while in flight");
+    }
+    policy
+        .feed(&labelled("Refund my order", &["intent:billing"]))
+        .await;
+    let out = policy
+        .feed(&labelled("Card charged twice", &["intent:billing"]))
+        .await;
+    assert_eq!(
+        datasets(&out).keys().collect::<Vec<_>>(),
+        [&DatasetKind::Intents]
+    );
+    assert!(requests(&out).is_empty(), "{out:?}");
+
+    // Another service's model.trained answers nothing; the request's answer releases the
+    // three as one dataset and one training, once.
+    let Event::ModelTrained(unrelated) = samples::sample(EventKind::ModelTrained, "trainer") else {
+        unreachable!()
+    };
+    assert!(
+        policy
+            .feed(&Event::ModelTrained(unrelated))
+            .await
+            .is_empty()
+    );
+    let answer = trained(&first);
+    let out = policy.feed(&answer).await;
+    let sft = &datasets(&out)[&DatasetKind::Sft];
+    assert_eq!(sft.train_examples, 3);
+    let second = retrain(&out).unwrap();
+    assert_eq!(
+        (second.dataset_ids.clone(), second.trigger),
+        (vec![sft.dataset_id], RetrainTrigger::FeedbackThreshold)
+    );
+    assert_eq!(second.header.causation_id, Some(answer.header().event_id));
+    assert!(
+        policy.feed(&answer).await.is_empty(),
+        "a redelivered answer"
+    );
+
+    // A request never answered (the trainer refused it) holds the threshold back only until
+    // the timeout, by event time.
+    policy.feed(&Event::RetrainRequested(second.clone())).await;
+    let pair = [
+        correction("Who is Horatio?", "Hamlet's friend."),
+        correction("Who is Laertes?", "Ophelia's brother."),
+    ];
+    policy
+        .feed(&later(pair[0].clone(), &second.header, 10))
+        .await;
+    assert!(
+        policy
+            .feed(&later(pair[1].clone(), &second.header, 3599))
+            .await
+            .is_empty()
+    );
+    let late = correction("Who is Osric?", "A courtier.");
+    let out = policy.feed(&later(late, &second.header, 3601)).await;
+    assert_eq!(datasets(&out)[&DatasetKind::Sft].train_examples, 3);
+    assert_eq!(requests(&out).len(), 1);
 }

@@ -26,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(quark_augmenter::ratings::RatingsMigration),
             Box::new(quark_evaluator::shadow::ShadowMigration),
             Box::new(quark_registry::OperatorMigration),
+            Box::new(quark_augmenter::TrainingsMigration),
         ]
     }
 }

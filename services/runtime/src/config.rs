@@ -266,6 +266,9 @@ pub struct AugmentSettings {
     /// distinct prompts of served traffic (up to this many in all) are released as a prompts dataset and the champion is optimised on them
     /// against the reward model (a ppo run, by RLOO); 0: no such run.
     pub rloo_prompts: usize,
+    /// A training released by the threshold holds back the next (its examples wait and go
+    /// together) until its model.trained arrives or this many seconds pass.
+    pub training_timeout_secs: u64,
 }
 
 /// What the curator keeps and how it deduplicates.
@@ -515,6 +518,7 @@ impl Default for Settings {
                 release_interval_secs: 86_400,
                 reward_model: true,
                 rloo_prompts: 0,
+                training_timeout_secs: 3600,
             },
             schema_registry: SchemaRegistrySettings::default(),
             retrieval: RetrievalSettings::default(),

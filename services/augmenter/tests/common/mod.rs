@@ -2,7 +2,9 @@
 //! runner feeds them.
 
 use quark_augmenter::ratings::RatingsMigration;
-use quark_augmenter::{AugmenterMigration, AugmenterService, JoinMigration, example};
+use quark_augmenter::{
+    AugmenterMigration, AugmenterService, JoinMigration, TrainingsMigration, example,
+};
 use quark_events::Event;
 use quark_events::bus::Handler;
 use quark_runtime::ArtifactStore;
@@ -19,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(AugmenterMigration),
             Box::new(JoinMigration),
             Box::new(RatingsMigration),
+            Box::new(TrainingsMigration),
         ]
     }
 }
@@ -38,6 +41,7 @@ impl Augmenter {
             release_interval_secs: 0,
             reward_model: true,
             rloo_prompts: 0,
+            training_timeout_secs: 3600,
         })
         .await
     }
