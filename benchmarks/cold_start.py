@@ -5,7 +5,9 @@
 Each DIR holds a `quark` and a `quark-broker` executable. Every run starts `DIR/quark up` on a
 fresh data directory with the default settings (the PyPI corpus, the default CPU model; the
 embedded broker next to it), polls the gateway until `GET /v1/models` lists a model, and prints
-the wall time from the start of the process, then stops it. Runs go in the order given.
+the wall time from the start of the process and the first model's pre-training figures from
+`quark models --json` (tokens/s over its training steps, train and validation loss, parameters),
+then stops it. Runs go in the order given.
 """
 import json
 import os
@@ -24,7 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cold_start(directory: str) -> float:
+def cold_start(directory: str) -> dict:
     data = tempfile.mkdtemp(prefix="quark-cold-")
     gateway = free_port()
     env = dict(os.environ, QUARK__DATA_DIR=data, QUARK__BROKER__LISTEN=f"127.0.0.1:{free_port()}",
@@ -39,7 +41,8 @@ def cold_start(directory: str) -> float:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/v1/models", timeout=2) as reply:
                     if json.load(reply).get("data"):
-                        return time.monotonic() - started
+                        return {"cold_start_s": round(time.monotonic() - started, 1),
+                                **first_model(directory, env)}
             except OSError:
                 pass
             time.sleep(1)
@@ -51,11 +54,20 @@ def cold_start(directory: str) -> float:
             up.kill()
 
 
+def first_model(directory: str, env: dict) -> dict:
+    listing = subprocess.run([os.path.join(directory, "quark"), "models", "--json"], env=env,
+                             capture_output=True, text=True, check=True)
+    model = json.loads(listing.stdout)["models"][0]
+    metrics = model["metrics"]
+    return {"parameters": model["parameters"], "training_s": round(model["duration_ms"] / 1000, 1),
+            **{k: round(metrics[k], 4) for k in ("tokens_per_s", "train_loss", "val_loss")}}
+
+
 def main() -> None:
     builds = [arg.split("=", 1) for arg in sys.argv[1:]]
     print(json.dumps({"settings": {"builds": dict(builds), "cores": os.cpu_count(), "config": "defaults"}}))
     for name, directory in builds:
-        print(json.dumps({"build": name, "cold_start_s": round(cold_start(directory), 1)}), flush=True)
+        print(json.dumps({"build": name, **cold_start(directory)}), flush=True)
 
 
 if __name__ == "__main__":
