@@ -13,8 +13,7 @@ fn in_tests(path: &str) -> PathBuf {
 /// Runs `script` with the environment's Python (`python -c`), asserts it succeeded (its
 /// output in the message otherwise) and returns what it printed.
 pub fn python_script(script: &str) -> Vec<u8> {
-    let python = std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
+    let out = crate::python()
         .args(["-c", script])
         .output()
         .expect("run the Python script");
@@ -31,8 +30,7 @@ pub fn python_script(script: &str) -> Vec<u8> {
 /// nothing, with `praise`) and reading them back; asserts each read back all it published and
 /// returns every published event id.
 pub fn python_clients(brokers: &str, count: usize, praise: bool, clients: &[&str]) -> Vec<String> {
-    let python = std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
+    let out = crate::python()
         .arg(in_tests("python/third_party_clients.py"))
         .args(["--brokers", brokers, "--count", &count.to_string()])
         .args(praise.then_some("--praise"))

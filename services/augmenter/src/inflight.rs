@@ -71,9 +71,9 @@ pub async fn answered_by<C: ConnectionTrait>(
     Ok(row.map(|_| cause))
 }
 
-/// Marks the request `trained` answers as answered.
+/// Marks the request `trained` answers, if it is one, as answered.
 pub async fn record_answer(txn: &DatabaseTransaction, trained: &ModelTrained) -> Result<(), DbErr> {
-    if let Some(cause) = answered_by(txn, trained).await? {
+    if let Some(cause) = trained.header.causation_id {
         request::Entity::update_many()
             .col_expr(request::Column::Answered, Expr::value(true))
             .filter(request::Column::EventId.eq(cause.to_string()))

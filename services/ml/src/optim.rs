@@ -487,31 +487,13 @@ mod tests {
     fn network(vs: &nn::VarStore) -> impl Fn(&Tensor, &Tensor) -> Tensor + use<> {
         tch::manual_seed(3);
         let root = vs.root();
-        let emb = root.var(
-            "emb",
-            &[10, 8],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: 1.0,
-            },
-        );
-        let w1 = root.var(
-            "w1",
-            &[8, 16],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.3,
-            },
-        );
+        let randn = |name: &str, dims: &[i64], stdev| {
+            root.var(name, dims, nn::Init::Randn { mean: 0.0, stdev })
+        };
+        let emb = randn("emb", &[10, 8], 1.0);
+        let w1 = randn("w1", &[8, 16], 0.3);
         let b1 = root.var("b1", &[16], nn::Init::Const(0.1));
-        let w2 = root.var(
-            "w2",
-            &[16, 4],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.3,
-            },
-        );
+        let w2 = randn("w2", &[16, 4], 0.3);
         move |ids, target| {
             let hidden = (emb.index_select(0, ids).matmul(&w1) + &b1).tanh();
             (hidden.matmul(&w2) - target).square().mean(Kind::Float)
