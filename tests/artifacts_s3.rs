@@ -28,6 +28,7 @@ async fn train_and_publish(store: &ArtifactStore, dir: &Path) -> ModelTrained {
         n_head: 2,
         n_embd: 16,
         dropout: 0.0,
+        layout: Default::default(),
     };
     let model = Gpt::new(shape, tch::Device::Cpu, 7).unwrap();
     let step = dir.join("run").join("step-1");

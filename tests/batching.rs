@@ -54,6 +54,7 @@ fn trained_model(dir: &Path) -> PathBuf {
         n_head: 2,
         n_embd: 32,
         dropout: 0.0,
+        layout: Default::default(),
     };
     let model = Gpt::new(shape, tch::Device::Cpu, 7).unwrap();
     let mut run = Trainer::start(model, tok, config, None, &dir.join("run")).unwrap();

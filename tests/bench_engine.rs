@@ -38,6 +38,7 @@ fn main() {
         n_head: 4,
         n_embd: 128,
         dropout: 0.0,
+        layout: Default::default(),
     };
     let prompts: Vec<Vec<u32>> = std::fs::read_to_string(&files[0])
         .expect("a play")

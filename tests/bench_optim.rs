@@ -53,6 +53,7 @@ fn main() {
         n_head: heads,
         n_embd: width,
         dropout: 0.0,
+        layout: Default::default(),
     };
     let (flat_model, reference_model) = (
         Gpt::new(config, Device::Cpu, 7).expect("a model"),

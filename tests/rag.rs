@@ -160,6 +160,7 @@ fn reader(taught: &[Fact], dir: &Path) -> PathBuf {
         n_head: 4,
         n_embd: 64,
         dropout: 0.0,
+        layout: Default::default(),
     };
     let model = Gpt::new(shape, tch::Device::Cpu, 7).unwrap();
     let mut run = Trainer::start(model, tok, config, None, &dir.join("reader")).unwrap();

@@ -87,6 +87,7 @@ pub async fn promotion_sized(
         n_head: 1,
         n_embd,
         dropout: 0.0,
+        layout: Default::default(),
     };
     let gpt = Gpt::new(config, tch::Device::Cpu, seed).unwrap();
     checkpoint::save(path, &gpt, &tok, None, &json!({})).unwrap();

@@ -82,6 +82,7 @@ mod tests {
             n_head: 2,
             n_embd: 16,
             dropout: 0.0,
+            layout: Default::default(),
         };
         let mut model = Gpt::new(config, tch::Device::Cpu, 3).unwrap();
         model.add_score_head(Some(5)).unwrap();

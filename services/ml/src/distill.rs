@@ -170,6 +170,7 @@ mod tests {
             n_head: 2,
             n_embd: 16,
             dropout: 0.0,
+            layout: Default::default(),
         };
         let teacher = Gpt::new(config, tch::Device::Cpu, 3).unwrap();
         let student = student_of(&teacher, 2).unwrap();

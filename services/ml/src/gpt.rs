@@ -9,6 +9,7 @@
 use crate::MlError;
 use crate::kv::Attention;
 pub use crate::kv::{KvCache, SlotCache};
+pub use crate::layout::{Activation, Layout};
 use crate::quantize::Int8;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
@@ -27,6 +28,8 @@ pub struct GptConfig {
     /// Dropout on embeddings, attention weights and residual branches while training.
     #[serde(rename = "resid_pdrop")]
     pub dropout: f64,
+    #[serde(flatten)]
+    pub layout: Layout,
 }
 
 impl GptConfig {
@@ -70,9 +73,10 @@ impl GptConfig {
             "n_head": self.n_head,
             "n_embd": self.n_embd,
             "n_inner": null,
-            "activation_function": "gelu_new",
+            "activation_function": self.layout.activation,
             "layer_norm_epsilon": LAYER_NORM_EPS,
             "resid_pdrop": self.dropout,
+            "bias": self.layout.bias,
             "embd_pdrop": self.dropout,
             "attn_pdrop": self.dropout,
             "initializer_range": 0.02,
@@ -92,17 +96,18 @@ pub const IGNORE: i64 = -100;
 /// low-rank update when one is attached.
 struct Conv1D {
     weight: Tensor,
-    bias: Tensor,
+    /// None for a bias-free model (its zero bias stays in the store, untrained).
+    bias: Option<Tensor>,
     adapter: Option<LowRank>,
     /// The weight as int8 (`crate::quantize`): then it replaces `weight`.
     int8: Option<Int8>,
 }
 
 impl Conv1D {
-    fn new(path: nn::Path, init: &mut Normal, d_in: i64, d_out: i64, std: f64) -> Conv1D {
+    fn new(path: nn::Path, init: &mut Normal, dims: [i64; 2], std: f64, bias: bool) -> Conv1D {
         Conv1D {
-            weight: init.var(&path, "weight", &[d_in, d_out], std),
-            bias: path.zeros("bias", &[d_out]),
+            weight: init.var(&path, "weight", &dims, std),
+            bias: bias_of(&path, dims[1], bias),
             adapter: None,
             int8: None,
         }
@@ -111,13 +116,17 @@ impl Conv1D {
     /// With `adapted` false the adapter is skipped: the frozen base model's output.
     fn forward(&self, x: &Tensor, dtype: Kind, adapted: bool) -> Tensor {
         if let Some(int8) = &self.int8 {
-            return int8.linear(x, Some(&self.bias), dtype);
+            return int8.linear(x, self.bias.as_ref(), dtype);
         }
         let (d_in, d_out) = self.weight.size2().unwrap();
         let mut out_shape = x.size();
         *out_shape.last_mut().unwrap() = d_out;
         let x = x.reshape([-1, d_in]).to_kind(dtype);
-        let mut y = Tensor::addmm(&self.bias.to_kind(dtype), &x, &self.weight.to_kind(dtype));
+        let weight = self.weight.to_kind(dtype);
+        let mut y = match &self.bias {
+            Some(bias) => Tensor::addmm(&bias.to_kind(dtype), &x, &weight),
+            None => x.mm(&weight),
+        };
         if let Some(lora) = self.adapter.as_ref().filter(|_| adapted) {
             y += lora.delta(&x, dtype);
         }
@@ -153,16 +162,27 @@ impl LowRank {
     }
 }
 
+/// A trained bias of `d` zeros, or for a bias-free model none: its zeros are kept in the
+/// store untrained, so that checkpoints hold GPT-2's variables either way.
+fn bias_of(path: &nn::Path, d: i64, trained: bool) -> Option<Tensor> {
+    if trained {
+        Some(path.zeros("bias", &[d]))
+    } else {
+        let _zeros = path.zeros_no_train("bias", &[d]);
+        None
+    }
+}
+
 struct LayerNorm {
     weight: Tensor,
-    bias: Tensor,
+    bias: Option<Tensor>,
 }
 
 impl LayerNorm {
-    fn new(path: nn::Path, d: i64) -> LayerNorm {
+    fn new(path: nn::Path, d: i64, bias: bool) -> LayerNorm {
         LayerNorm {
             weight: path.ones("weight", &[d]),
-            bias: path.zeros("bias", &[d]),
+            bias: bias_of(&path, d, bias),
         }
     }
 
@@ -172,7 +192,7 @@ impl LayerNorm {
         x.to_kind(Kind::Float).layer_norm(
             [d],
             Some(&self.weight),
-            Some(&self.bias),
+            self.bias.as_ref(),
             LAYER_NORM_EPS,
             true,
         )
@@ -261,22 +281,23 @@ impl Gpt {
         let root = vs.root() / "transformer";
         let d = config.n_embd;
         let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+        let bias = config.layout.bias;
         let wte = init.var(&(&root / "wte"), "weight", &[config.vocab_size, d], 0.02);
         let wpe = init.var(&(&root / "wpe"), "weight", &[config.block_size, d], 0.02);
         let blocks = (0..config.n_layer)
             .map(|i| {
                 let p = &root / "h" / i;
                 Block {
-                    ln_1: LayerNorm::new(&p / "ln_1", d),
-                    c_attn: Conv1D::new(&p / "attn" / "c_attn", init, d, 3 * d, 0.02),
-                    attn_proj: Conv1D::new(&p / "attn" / "c_proj", init, d, d, proj_std),
-                    ln_2: LayerNorm::new(&p / "ln_2", d),
-                    c_fc: Conv1D::new(&p / "mlp" / "c_fc", init, d, 4 * d, 0.02),
-                    mlp_proj: Conv1D::new(&p / "mlp" / "c_proj", init, 4 * d, d, proj_std),
+                    ln_1: LayerNorm::new(&p / "ln_1", d, bias),
+                    c_attn: Conv1D::new(&p / "attn" / "c_attn", init, [d, 3 * d], 0.02, bias),
+                    attn_proj: Conv1D::new(&p / "attn" / "c_proj", init, [d, d], proj_std, bias),
+                    ln_2: LayerNorm::new(&p / "ln_2", d, bias),
+                    c_fc: Conv1D::new(&p / "mlp" / "c_fc", init, [d, 4 * d], 0.02, bias),
+                    mlp_proj: Conv1D::new(&p / "mlp" / "c_proj", init, [4 * d, d], proj_std, bias),
                 }
             })
             .collect();
-        let ln_f = LayerNorm::new(&root / "ln_f", d);
+        let ln_f = LayerNorm::new(&root / "ln_f", d, bias);
         Ok(Gpt {
             config,
             vs,
@@ -523,7 +544,7 @@ impl Gpt {
             let m = block
                 .c_fc
                 .forward(&block.ln_2.forward(&x), dtype, adapted)
-                .gelu("tanh");
+                .gelu(self.config.layout.activation.approximate());
             x = &x + block.mlp_proj.forward(&m, dtype, adapted).dropout(p, train);
         }
         Ok(self.ln_f.forward(&x))

@@ -32,6 +32,7 @@ pub mod generate;
 pub mod gpt;
 pub mod intents;
 pub mod kv;
+pub mod layout;
 pub mod lora;
 pub mod memory;
 pub mod metrics;

@@ -5,6 +5,11 @@
 use crate::MlError;
 use std::ffi::c_int;
 
+/// The intra-op threads the calling thread's libtorch operations use.
+pub fn intra_op() -> usize {
+    tch::get_num_threads() as usize
+}
+
 /// Limits the calling thread's libtorch operations (and MKL's, which follow OpenMP's
 /// setting) to `threads` threads; other threads keep theirs. Returns the count now in force.
 pub fn limit_this_thread(threads: usize) -> Result<usize, MlError> {

@@ -1,12 +1,13 @@
 //! Exports load in Hugging Face's own libraries (from the venv `QUARK_PYTHON` names):
 //! `GPT2LMHeadModel` gives Quark's logits, Python `tokenizers` Quark's ids, PEFT loads
 //! Quark's LoRA adapters with the logits of Quark's merged model, and a reward model loads as
-//! `GPT2ForSequenceClassification` with Quark's score.
+//! `GPT2ForSequenceClassification` with Quark's score; a model of nanoGPT's layout loads as
+//! GPT-2 with zero biases and exact GELU.
 
 use quark_ml::Tokenizer;
 use quark_ml::checkpoint;
 use quark_ml::data::Windows;
-use quark_ml::gpt::{Gpt, GptConfig};
+use quark_ml::gpt::{Gpt, GptConfig, Layout};
 use quark_ml::lora::LoraConfig;
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::shards::{self, Shard};
@@ -75,7 +76,7 @@ fn tokenizers_encode_identically_in_python() {
 
 /// A small model trained for a few steps on TEXT (every tensor off its initial value), in
 /// `dir/run`, with the checkpoint its run ended on.
-fn trained_model(dir: &Path, lora: Option<&LoraConfig>) -> (Trainer, PathBuf) {
+fn trained_model(dir: &Path, lora: Option<&LoraConfig>, layout: Layout) -> (Trainer, PathBuf) {
     let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, TEXT.repeat(50)).unwrap();
     let tokenizer = tokenizer::train(
@@ -95,6 +96,7 @@ fn trained_model(dir: &Path, lora: Option<&LoraConfig>) -> (Trainer, PathBuf) {
         n_head: 4,
         n_embd: 64,
         dropout: 0.0,
+        layout,
     };
     let mut model = Gpt::new(shape, Device::Cpu, 3).unwrap();
     if let Some(lora) = lora {
@@ -160,7 +162,7 @@ fn prompt_ids(tokenizer: &Tokenizer) -> Vec<u32> {
 #[test]
 fn exported_checkpoint_gives_the_same_logits_in_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    let (trainer, checkpoint) = trained_model(dir.path(), None);
+    let (trainer, checkpoint) = trained_model(dir.path(), None, Layout::default());
     let ids = prompt_ids(&trainer.tokenizer);
     assert!(ids.len() > 4 && ids.len() <= 32);
     let ours = logits_of(&trainer.model, &ids);
@@ -177,13 +179,71 @@ fn exported_checkpoint_gives_the_same_logits_in_transformers() {
     assert_same_ids(&trainer.tokenizer, "auto_encode", &checkpoint);
 }
 
+/// nanoGPT's layout (no biases, GELU itself): only the weights train, the biases saved beside
+/// them stay zero, and the checkpoint loads as GPT-2 (activation `gelu`) in transformers and
+/// in Quark with the same logits.
+#[test]
+fn a_nanogpt_layout_model_trains_only_its_weights_and_exports_as_gpt2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trainer, checkpoint) = trained_model(dir.path(), None, Layout::NANOGPT);
+    let model = &trainer.model;
+    // Per block: c_attn 3d, c_proj d, c_fc 4d, c_proj d, two LayerNorms 2d; then ln_f d.
+    let (d, layers) = (model.config.n_embd, model.config.n_layer);
+    let gpt2 = GptConfig {
+        layout: Layout::default(),
+        ..model.config
+    };
+    let with_biases = Gpt::new(gpt2, Device::Cpu, 3).unwrap();
+    assert_eq!(
+        with_biases.parameters() - model.parameters(),
+        layers * 11 * d + d
+    );
+    let variables = model.vs.variables();
+    let biases: Vec<_> = variables
+        .iter()
+        .filter(|(n, _)| n.ends_with(".bias"))
+        .collect();
+    assert_eq!(biases.len() as i64, layers * 6 + 1);
+    for (name, bias) in biases {
+        assert_eq!(
+            bias.abs().sum(tch::Kind::Float).double_value(&[]),
+            0.0,
+            "{name}"
+        );
+    }
+    let fresh = Gpt::new(model.config, Device::Cpu, 3).unwrap();
+    let moved = max_diff(
+        &variables["transformer.h.0.mlp.c_fc.weight"],
+        &fresh.vs.variables()["transformer.h.0.mlp.c_fc.weight"],
+    );
+    assert!(moved > 1e-3, "the weights trained ({moved})");
+    // The activation matters: the same weights under GPT-2's approximation differ.
+    let ids = prompt_ids(&trainer.tokenizer);
+    let ours = logits_of(model, &ids);
+    let mut approximated = Gpt::new(gpt2, Device::Cpu, 3).unwrap();
+    approximated.vs.copy(&model.vs).unwrap();
+    assert!(max_diff(&ours, &logits_of(&approximated, &ids)) > 1e-4);
+    let out = dir.path().join("hf_logits.safetensors");
+    let theirs = python_logits("logits", &[&checkpoint], &ids, &out);
+    let diff = max_diff(&ours, &theirs);
+    assert!(diff <= 1e-4, "transformers' logits differ by {diff}");
+    let (loaded, _) = checkpoint::load(&checkpoint, Device::Cpu).unwrap();
+    assert_eq!(
+        loaded.config.layout,
+        Layout::NANOGPT,
+        "saved with the model"
+    );
+    assert_eq!(loaded.parameters(), model.parameters());
+    assert_eq!(max_diff(&ours, &logits_of(&loaded, &ids)), 0.0);
+}
+
 /// A trained LoRA adapter, saved in PEFT's layout, loads with `PeftModel.from_pretrained` on
 /// the base it was trained on and gives the logits of Quark's merged model.
 #[test]
 fn lora_adapter_loads_in_peft_with_the_merged_models_logits() {
     let dir = tempfile::tempdir().unwrap();
     let lora = LoraConfig::default();
-    let (mut trainer, checkpoint) = trained_model(dir.path(), Some(&lora));
+    let (mut trainer, checkpoint) = trained_model(dir.path(), Some(&lora), Layout::default());
     let ids = prompt_ids(&trainer.tokenizer);
     let (frozen, _) = checkpoint::load(&checkpoint, Device::Cpu).unwrap();
     let adapted = logits_of(&trainer.model, &ids);
@@ -232,7 +292,7 @@ fn lora_adapter_loads_in_peft_with_the_merged_models_logits() {
 #[test]
 fn reward_model_gives_the_same_score_in_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    let (trainer, _) = trained_model(dir.path(), None);
+    let (trainer, _) = trained_model(dir.path(), None, Layout::default());
     let mut model = trainer.model;
     model.add_score_head(Some(3)).unwrap();
     let conversation = [

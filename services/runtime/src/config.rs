@@ -105,6 +105,11 @@ pub struct TrainerSettings {
     pub n_head: i64,
     pub n_embd: i64,
     pub block_size: i64,
+    /// Biases in the projections and LayerNorms (GPT-2's layout); false trains without them,
+    /// as nanoGPT does (exported as GPT-2 with zero biases).
+    pub bias: bool,
+    /// The MLP's activation: `gelu_new` (GPT-2's tanh approximation) or `gelu` (nanoGPT's).
+    pub activation: String,
     /// Rows of `block_size` tokens per optimizer step (0: as many as make 2,048 tokens on a
     /// CPU, 4,096 on CUDA).
     pub batch_size: usize,
@@ -452,6 +457,8 @@ impl Default for Settings {
                 n_head: 0,
                 n_embd: 0,
                 block_size: 0,
+                bias: true,
+                activation: "gelu_new".into(),
                 batch_size: 0,
                 pretrain_steps: 0,
                 finetune_steps: 300,

@@ -47,7 +47,7 @@ use quark_events::bus::{Handler, HandlerError, Publisher};
 use quark_events::{Event, EventHeader, EventKind, Id, ModelShape, ModelTrained, RunKind};
 use quark_lineage::{Follower, Lineage};
 use quark_ml::checkpoint;
-use quark_ml::gpt::{Gpt, GptConfig};
+use quark_ml::gpt::{Gpt, GptConfig, Layout};
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::probe::Selector;
 use quark_ml::tokenizer;
@@ -176,7 +176,7 @@ impl TrainerService {
         self
     }
 
-    fn shape(&self, device: tch::Device, vocab_size: i64) -> GptConfig {
+    fn shape(&self, device: tch::Device, vocab_size: i64) -> Result<GptConfig, HandlerError> {
         let s = &self.settings;
         let gpu = device.is_cuda();
         let or = |value: i64, cpu: i64, cuda: i64| match value {
@@ -184,7 +184,7 @@ impl TrainerService {
             0 => cpu,
             v => v,
         };
-        GptConfig {
+        Ok(GptConfig {
             vocab_size,
             // Long enough on the CPU for retrieved passages beside a question.
             block_size: or(s.block_size, 512, 256),
@@ -192,7 +192,11 @@ impl TrainerService {
             n_head: or(s.n_head, 4, 6),
             n_embd: or(s.n_embd, 128, 384),
             dropout: 0.0,
-        }
+            layout: Layout {
+                bias: s.bias,
+                activation: s.activation.parse().map_err(HandlerError::permanent)?,
+            },
+        })
     }
 
     /// Rows of `block` tokens in one optimizer step: `trainer.batch_size`, or for 0 as many as
@@ -267,7 +271,7 @@ impl TrainerService {
                         .verified_path(&tokenizer)
                         .map_err(HandlerError::transient)?;
                     let tokenizer = tokenizer::load(&path).map_err(HandlerError::permanent)?;
-                    let shape = self.shape(device, tokenizer.get_vocab_size(true) as i64);
+                    let shape = self.shape(device, tokenizer.get_vocab_size(true) as i64)?;
                     let config = self.train_config(device, false, shape.block_size);
                     let model = Gpt::new(shape, device, self.settings.seed)
                         .map_err(HandlerError::permanent)?;

@@ -29,6 +29,7 @@ pub fn shape(vocab: usize, dropout: f64) -> GptConfig {
         n_head: 2,
         n_embd: 32,
         dropout,
+        layout: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use quark_ml::checkpoint;
 use quark_ml::corpus::{self, TokenizerSpec};
 use quark_ml::data::{Batches, Packed, Windows, validation_batches};
 use quark_ml::distill::DistillConfig;
-use quark_ml::gpt::{Gpt, GptConfig};
+use quark_ml::gpt::{Activation, Gpt, GptConfig, Layout};
 use quark_ml::optim::{AdamWConfig, Schedule};
 use quark_ml::preference::{self, Pairs};
 use quark_ml::shards::Shard;
@@ -85,6 +85,15 @@ pub struct TrainArgs {
     pub block_size: i64,
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
+    /// No biases in the projections and LayerNorms (nanoGPT's default); the saved model holds
+    /// zero biases, so it still loads as GPT-2.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_bias: bool,
+    /// The MLP's activation: gelu_new (GPT-2's tanh approximation) or gelu (nanoGPT's).
+    #[arg(long, default_value = "gelu_new")]
+    #[serde(default)]
+    pub activation: Activation,
     #[arg(long, default_value_t = 12)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1)]
@@ -395,6 +404,10 @@ fn starting_model(
                 n_head: args.n_head,
                 n_embd: args.n_embd,
                 dropout: args.dropout,
+                layout: Layout {
+                    bias: !args.no_bias,
+                    activation: args.activation,
+                },
             };
             let model = Gpt::new(shape, device, args.seed)?;
             (model, prepared.tokenizer, None)
@@ -449,10 +462,11 @@ pub fn train(
     }
     let data = data_for(&args, out, &trainer.model, &trainer.tokenizer, resuming)?;
     eprintln!(
-        "{} {} parameters on {:?}, from step {}",
+        "{} {} parameters on {:?} ({} intra-op threads), from step {}",
         if resuming { "resuming" } else { "training" },
         trainer.model.parameters(),
         trainer.model.device(),
+        quark_ml::threads::intra_op(),
         trainer.state().step
     );
     let bar = ProgressBar::new(args.steps);
