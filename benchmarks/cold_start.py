@@ -4,10 +4,10 @@
 
 Each DIR holds a `quark` and a `quark-broker` executable. Every run starts `DIR/quark up` on a
 fresh data directory with the default settings (the PyPI corpus, the default CPU model; the
-embedded broker next to it), polls the gateway until `GET /v1/models` lists a model, and prints
+embedded broker next to it) but for any QUARK__ variable set in the environment, polls the gateway until `GET /v1/models` lists a model, and prints
 the wall time from the start of the process and the first model's pre-training figures from
 `quark models --json` (tokens/s over its training steps, train and validation loss, parameters),
-then stops it. Runs go in the order given.
+then stops it. Runs go in the order given: name the builds A B B A for both orders.
 """
 import json
 import os
@@ -65,7 +65,10 @@ def first_model(directory: str, env: dict) -> dict:
 
 def main() -> None:
     builds = [arg.split("=", 1) for arg in sys.argv[1:]]
-    print(json.dumps({"settings": {"builds": dict(builds), "cores": os.cpu_count(), "config": "defaults"}}))
+    # The settings every run shares: the defaults, but for any QUARK__ variable given.
+    overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("QUARK__")}
+    print(json.dumps({"settings": {"runs": builds, "cores": os.cpu_count(),
+                                   "config": overrides or "defaults"}}))
     for name, directory in builds:
         print(json.dumps({"build": name, **cold_start(directory)}), flush=True)
 

@@ -36,7 +36,9 @@ import subprocess
 import sys
 import tempfile
 
-from feedback_trl import pretrained_base, step_timer
+# Two threads on both sides: TRL's torch, and quark's libtorch in the processes it starts.
+os.environ["OMP_NUM_THREADS"] = "2"
+from feedback_trl import pretrained_base, step_timer  # noqa: E402
 
 BLOCK, STEPS, LOG, PAIRS_PER_STEP = 128, 40, 10, 8
 DEVICE = os.environ.get("QUARK_BENCH_DEVICE", "cpu")

@@ -28,7 +28,9 @@ import sys
 import tempfile
 import time
 
-import torch
+# Two threads on both sides: TRL's torch here, quark's libtorch in the processes it starts.
+os.environ["OMP_NUM_THREADS"] = "2"
+import torch  # noqa: E402
 
 torch.set_num_threads(2)
 RANK, ALPHA, TARGETS = 8, 16.0, ["c_attn", "c_proj", "c_fc"]

@@ -52,7 +52,10 @@ def main():
     quark = sys.argv[1]
     work = tempfile.mkdtemp(prefix="quark-moderation-bench-")
     model, held_out = os.path.join(work, "model"), os.path.join(work, "held_out.jsonl")
-    env = dict(os.environ, QUARK__DATA_DIR=work, QUARK__TELEMETRY__LOG="warn",
+    # One thread on each side: the peer's TF-IDF and SVM are single-threaded, so Quark's
+    # libtorch and the peer's BLAS get one OpenMP thread each.
+    threads = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(threads, QUARK__DATA_DIR=work, QUARK__TELEMETRY__LOG="warn",
                QUARK__GATEWAY__MODERATION__MODEL_DIR=model)
     train = subprocess.run([quark, "moderation", "train", "--out", model, "--held-out", held_out],
                            env=env, capture_output=True, text=True, check=True)
@@ -61,7 +64,7 @@ def main():
     truths = [bool(e["categories"]) for e in examples]
     sides = {
         "quark": lambda: timed([quark, "moderation", "check"], held_out, env),
-        "alt-profanity-check": lambda: timed([sys.executable, "-c", PEER, held_out]),
+        "alt-profanity-check": lambda: timed([sys.executable, "-c", PEER, held_out], env=threads),
     }
     results = {name: [] for name in sides}
     for order in (["quark", "alt-profanity-check"], ["alt-profanity-check", "quark"]):
@@ -69,7 +72,8 @@ def main():
             results[name].append(sides[name]())
     print(f"held-out texts: {len(examples)} ({sum(truths)} harmful); Quark trained on "
           f"{report['trained_on']} with encoder {report['encoder']}")
-    print("settings: both one process, 2 cores, decisions for every held-out text; "
+    print(f"settings: both one process, OMP_NUM_THREADS {threads['OMP_NUM_THREADS']} on {os.cpu_count()} cores, "
+          "decisions for every held-out text; "
           "quark: linear head on sentence embeddings, threshold 0.5 per category; "
           "alt-profanity-check 1.9.1: predict_prob >= 0.5")
     print(f"{'side':<22}{'precision':>10}{'recall':>8}{'F1':>7}{'s (run 1)':>11}{'s (run 2)':>11}")

@@ -40,6 +40,8 @@ def main():
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": a.steps,
+        "batch": settings.batch,
+        "block": settings.block,
         "val_loss": validation_loss(model, val_tokens, settings.block),
         "tokens_per_s": tokens_per_s,
     }))

@@ -159,6 +159,11 @@ async fn main() {
     latencies.sort_by(f64::total_cmp);
 
     println!(
+        "broker: {} (QUARK_BROKER, else this build's quark-broker), fetch wait {} ms",
+        std::env::var("QUARK_BROKER").unwrap_or_else(|_| "quark-broker".into()),
+        bus.fetch_wait_max_ms
+    );
+    println!(
         "messages: {n} of {size} bytes (feedback.received), {} partitions, {IN_FLIGHT} in flight",
         bus.partitions
     );

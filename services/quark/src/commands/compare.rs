@@ -61,6 +61,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<Value> {
         let speeds = decode_speeds(&models, tokenizer, args.decode_tokens)?;
         for (row, speed) in rows.iter_mut().zip(speeds) {
             row["decode_tokens_per_s"] = json!(speed);
+            row["decode_threads"] = json!(quark_ml::threads::intra_op());
         }
     }
     Ok(Value::Array(rows))

@@ -31,8 +31,9 @@ pub fn perplexities(
 }
 
 /// Each model's greedy decode speed (tokens per second, batch of one, KV cache) over
-/// `tokens` tokens: every model twice, alternating, the second pass reported (the first warms
-/// the allocator and caches).
+/// `tokens` tokens: every model once to warm the allocator and caches, then in order and in
+/// reverse order (A B C C B A), so that none is always measured first; the mean of its two
+/// passes is reported.
 pub fn decode_speeds(
     models: &[&Gpt],
     tokenizer: &quark_ml::Tokenizer,
@@ -41,10 +42,11 @@ pub fn decode_speeds(
     for m in models {
         decode_speed(m, tokenizer, tokens)?;
     }
-    models
-        .iter()
-        .map(|m| decode_speed(m, tokenizer, tokens))
-        .collect()
+    let mut speeds = vec![0.0; models.len()];
+    for i in (0..models.len()).chain((0..models.len()).rev()) {
+        speeds[i] += decode_speed(models[i], tokenizer, tokens)? / 2.0;
+    }
+    Ok(speeds)
 }
 
 /// Greedy tokens per second from a one-token prompt, every position the context allows up

@@ -56,6 +56,7 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Value> {
         report["decode_tokens_per_s_fp32"] = json!(speed[0]);
         report["decode_tokens_per_s_int8"] = json!(speed[1]);
         report["decode_speedup"] = json!(speed[1] / speed[0]);
+        report["decode_threads"] = json!(quark_ml::threads::intra_op());
     }
     Ok(report)
 }
