@@ -141,7 +141,7 @@ fn pretrain_stop_resume_fine_tune_and_generate() {
     );
     let stderr = text(&resumed.stderr);
     assert!(
-        stderr.contains(&format!("on Cpu, from step {stopped_at}")),
+        stderr.contains("resuming ") && stderr.contains(&format!(", from step {stopped_at}")),
         "{stderr}"
     );
     let val_loss: f64 = stdout
