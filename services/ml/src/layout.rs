@@ -6,18 +6,15 @@ use crate::MlError;
 use serde::{Deserialize, Serialize};
 
 /// The layout a model is built in: GPT-2's by default, nanoGPT's with [`Layout::NANOGPT`].
+/// A field a config does not name is GPT-2's (checkpoints saved before layouts existed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Layout {
     /// Biases in the projections and LayerNorms, as GPT-2 has them. Without them the model
     /// still holds zero biases that never train, so that its checkpoints have GPT-2's variables.
-    #[serde(default = "with_biases")]
     pub bias: bool,
-    #[serde(rename = "activation_function", default)]
+    #[serde(rename = "activation_function")]
     pub activation: Activation,
-}
-
-fn with_biases() -> bool {
-    true
 }
 
 impl Default for Layout {

@@ -31,7 +31,7 @@ pub fn limit_this_thread(threads: usize) -> Result<usize, MlError> {
     }
     let set: extern "C" fn(c_int) = unsafe { std::mem::transmute(symbol) };
     set(c_int::try_from(threads).unwrap_or(c_int::MAX));
-    Ok(tch::get_num_threads() as usize)
+    Ok(intra_op())
 }
 
 #[cfg(test)]
