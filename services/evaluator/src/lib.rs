@@ -402,10 +402,7 @@ impl Handler for EvaluatorService {
             info!(model = %candidate.model_id, accuracy = ?candidate.metrics.get("heldout_rewards_accuracy"), "a reward model: not a candidate policy");
             return Ok(vec![]);
         }
-        let verdict = self.evaluate(candidate).await?;
-        // The candidate's and the champion's passes are freed now (see the trainer's).
-        quark_ml::memory::release_freed("an evaluation");
-        Ok(vec![verdict])
+        Ok(vec![self.evaluate(candidate).await?])
     }
 }
 

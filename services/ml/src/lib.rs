@@ -34,7 +34,6 @@ pub mod intents;
 pub mod kv;
 pub mod layout;
 pub mod lora;
-pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod plausibility;

@@ -9,6 +9,8 @@ use quark::commands::{
 };
 use quark::services::Service;
 use quark::shutdown;
+// jemalloc for the whole process, libtorch and librdkafka included.
+use quark_allocator as _;
 use quark_runtime::{Settings, telemetry};
 use std::io::Read;
 use std::path::PathBuf;
@@ -205,8 +207,6 @@ struct Asked {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread exists: a thread keeps the malloc arena it first allocates from.
-    quark_ml::memory::keep_freed_pages();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -582,9 +582,6 @@ impl Handler for TrainerService {
             Some(Plan::Quantize { base }) => self.quantize(event, *base).await?,
             Some(plan) => self.job(event, plan).await?,
         };
-        // A job's activations and optimizer state are freed now; without this the process
-        // keeps them resident in malloc's arenas between jobs.
-        quark_ml::memory::release_freed("a training job");
         Ok(vec![Event::ModelTrained(trained)])
     }
 }
