@@ -27,12 +27,3 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(target_os = "linux")]
 #[unsafe(export_name = "malloc_conf")]
 static MALLOC_CONF: &[u8; 61] = b"dirty_decay_ms:10000,muzzy_decay_ms:0,background_thread:true\0";
-
-/// The process's resident memory in bytes (`/proc/self/statm`), where the system reports it.
-pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
-}

@@ -6,7 +6,8 @@
 //! jemalloc's background thread (`MALLOC_CONF` overrides the built-in options), its default:
 //! blocks over 8 MiB then go back to the system as soon as they are freed, as glibc does.
 
-use quark_allocator::resident_bytes;
+// The `quark` process's allocator, as the binary links it.
+use quark_allocator as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -49,11 +50,19 @@ fn faults_after_the_first_step() -> i64 {
     .unwrap()
 }
 
+/// This process's resident memory in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf only reads a system constant.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
 /// Waits until the resident set is at most `target` bytes; how long that took.
 fn until_resident_at_most(target: u64, limit: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let now = resident_bytes().unwrap();
+        let now = resident_bytes();
         if now <= target {
             return started.elapsed();
         }
@@ -74,7 +83,7 @@ fn main() {
     }
     let kept = faults_after_the_first_step();
     // The step's blocks are freed now, and held for reuse for a while...
-    let held = resident_bytes().unwrap();
+    let held = resident_bytes();
     // ...then handed back: at least two of the three 64 MiB blocks within the decay time.
     let returned_after = until_resident_at_most(held - 128 * MIB, Duration::from_secs(60));
     let child = Command::new(std::env::current_exe().unwrap())
