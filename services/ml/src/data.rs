@@ -86,17 +86,20 @@ fn rng_at(seed: u64, index: u64) -> StdRng {
     StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index)
 }
 
-/// Host rows as `[batch, -1]` on `device`. On CUDA they travel from page-locked memory
-/// without blocking (as PyTorch's `pin_memory` with `non_blocking`), so the host goes on
-/// queueing the step's kernels instead of waiting for the previous step to drain; a host out
-/// of page-locked memory copies them the ordinary way.
 fn to_tensor(rows: Vec<i64>, batch: usize, device: Device) -> Tensor {
-    let host = Tensor::from_slice(&rows).view([batch as i64, -1]);
+    onto(Tensor::from_slice(&rows).view([batch as i64, -1]), device)
+}
+
+/// A host batch on `device`. On CUDA it travels from page-locked memory without blocking (as
+/// PyTorch's `pin_memory` with `non_blocking`), so the host goes on queueing the step's
+/// kernels instead of waiting for the previous step to drain; a host out of page-locked
+/// memory copies it the ordinary way.
+fn onto(host: Tensor, device: Device) -> Tensor {
     if !device.is_cuda() {
         return host;
     }
     let host = host.f_pin_memory(device).unwrap_or(host);
-    host.to_device_(device, Kind::Int64, true, false)
+    host.to_device_(device, host.kind(), true, false)
 }
 
 /// Pre-training: `batch_size` windows of `block_size + 1` tokens at random offsets of a shard.
@@ -232,9 +235,9 @@ pub(crate) fn padded(
     }
     let n = rows.len() as i64;
     (
-        Tensor::from_slice(&input).view([n, -1]).to_device(device),
-        Tensor::from_slice(&target).view([n, -1]).to_device(device),
-        Tensor::from_slice(&last).to_device(device),
+        onto(Tensor::from_slice(&input).view([n, -1]), device),
+        onto(Tensor::from_slice(&target).view([n, -1]), device),
+        onto(Tensor::from_slice(&last), device),
     )
 }
 
