@@ -2,7 +2,7 @@
 //! the same decode, on the CPU: parameters, layers, weight size, perplexity, greedy decode
 //! speed (e.g. a teacher, its distilled student and a student trained from scratch).
 
-use super::measure::{decode_speeds, perplexities};
+use super::measure::{DecodeArgs, perplexities};
 use super::train::resolve_checkpoint;
 use quark_ml::checkpoint;
 use serde_json::{Value, json};
@@ -17,9 +17,8 @@ pub struct CompareArgs {
     /// A text file: each model's perplexity on it (windows of the first model's context).
     #[arg(long)]
     pub held_out: Option<PathBuf>,
-    /// Each model's greedy decode speed over this many tokens (0: not measured).
-    #[arg(long, default_value_t = 0)]
-    pub decode_tokens: usize,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<Value> {
@@ -57,11 +56,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<Value> {
             row["perplexity"] = json!(ppl);
         }
     }
-    if args.decode_tokens > 0 {
-        let speeds = decode_speeds(&models, tokenizer, args.decode_tokens)?;
-        for (row, speed) in rows.iter_mut().zip(speeds) {
+    if let Some(decode) = args.decode.measure(&models, tokenizer)? {
+        for (row, speed) in rows.iter_mut().zip(decode.tokens_per_s) {
             row["decode_tokens_per_s"] = json!(speed);
-            row["decode_threads"] = json!(quark_ml::threads::intra_op());
+            row["decode_threads"] = json!(decode.threads);
         }
     }
     Ok(Value::Array(rows))

@@ -2,7 +2,7 @@
 //! checkpoint; with `--held-out`, both models' perplexity on that text, and with
 //! `--decode-tokens`, both models' decode speed (greedy, batch of one, KV cache).
 
-use super::measure::{decode_speeds, perplexities};
+use super::measure::{DecodeArgs, perplexities};
 use super::train::resolve_checkpoint;
 use quark_ml::checkpoint;
 use serde_json::{Value, json};
@@ -19,9 +19,8 @@ pub struct QuantizeArgs {
     /// A text file: report both models' perplexity on it (windows of the model's context).
     #[arg(long)]
     pub held_out: Option<PathBuf>,
-    /// Report both models' decode speed over this many greedy tokens (0: not measured).
-    #[arg(long, default_value_t = 0)]
-    pub decode_tokens: usize,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
 }
 
 /// Quantizes, saves, measures; returns the report (also printed as JSON by the caller).
@@ -51,12 +50,12 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<Value> {
         report["perplexity_int8"] = json!(ppl[1]);
         report["perplexity_change"] = json!(ppl[1] / ppl[0] - 1.0);
     }
-    if args.decode_tokens > 0 {
-        let speed = decode_speeds(&[&fp32, &int8], &tokenizer, args.decode_tokens)?;
+    if let Some(decode) = args.decode.measure(&[&fp32, &int8], &tokenizer)? {
+        let speed = decode.tokens_per_s;
         report["decode_tokens_per_s_fp32"] = json!(speed[0]);
         report["decode_tokens_per_s_int8"] = json!(speed[1]);
         report["decode_speedup"] = json!(speed[1] / speed[0]);
-        report["decode_threads"] = json!(quark_ml::threads::intra_op());
+        report["decode_threads"] = json!(decode.threads);
     }
     Ok(report)
 }
