@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("svg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLOURS = {"quark": "tab:blue", "baseline": "tab:grey", "peer": "tab:orange"}
+COLOURS = {"quark": "tab:blue", "baseline": "tab:grey", "peer-1t": "tab:orange", "peer-2t": "tab:red"}
 ORDERS = {"0": "run 1", "1": "run 2"}
 
 

@@ -1,14 +1,15 @@
 """Serving throughput side by side: Quark's gateway (continuous batching), the gateway of an
 earlier Quark build (one generation at a time), and the peer (transformers' batched
 `generate` behind a minimal HTTP wrapper, benchmarks/serving_peer.py), on the same
-checkpoint, the same prompts and the same load.
+checkpoint, the same prompts and the same load. The peer runs twice: on 1 intra-op thread,
+the same as Quark's batch (its default), and on 2, libtorch's default on 2 cores.
 
 A `quark up` of the earlier build on a fresh data directory trains the cold-start model (the
 default CPU shape, fewer steps: the weights' quality does not change the work of a decode
 step) and serves it; this build serves a copy of that directory;
 then each server in turn serves that checkpoint while `quark-bench-gateway` streams
 completions at 1, 4, 16 and 64 concurrent clients, 16 and 128 new tokens each (the same
-client, prompts, temperature and token budget for all three). The servers run one after
+client, prompts, temperature and token budget for all). The servers run one after
 the other, in one order and then the reverse; each side's figures are printed with its
 settings, and the ratios are taken within one run.
 
@@ -26,6 +27,8 @@ import urllib.request
 
 CONCURRENCY, TOKENS = [1, 4, 16, 64], [16, 128]
 THREADS = 2
+# Each side and its libtorch intra-op threads: the peer on Quark's 1 and on its own default.
+SIDES = {"quark": 1, "baseline": THREADS, "peer-1t": 1, "peer-2t": THREADS}
 PORT = 18180
 
 
@@ -119,18 +122,18 @@ def main():
     print(f"checkpoint: {config['n_layer']}×{config['n_head']}×{config['n_embd']}, block {config['n_positions']}, "
           f"vocab {config['vocab_size']}; prompts: 256 lines of Hamlet (6-12 words), one a request in turn; "
           f"each request streams max_tokens new tokens at temperature 0.8; requests per run: max(8, 2 × clients); "
-          f"libtorch intra-op threads: quark's batch 1 (gateway.batch.threads, its default), the baseline "
-          f"{THREADS} (libtorch's default on {os.cpu_count()} cores), the peer {THREADS} (torch.set_num_threads); "
-          f"load client quark-bench-gateway (Rust, tokio)")
+          f"libtorch intra-op threads: quark's batch {SIDES['quark']} (gateway.batch.threads, its default), the baseline "
+          f"{SIDES['baseline']} (libtorch's default on {os.cpu_count()} cores), peer-1t {SIDES['peer-1t']} and peer-2t "
+          f"{SIDES['peer-2t']} (torch.set_num_threads); load client quark-bench-gateway (Rust, tokio)")
     print("sides: quark = this build's gateway (continuous batching, defaults: 64 requests, 16,384 tokens); "
           "baseline = the earlier build's gateway (one generation at a time); "
-          "peer = transformers batched generate (static batches of up to 64, answers sent whole)")
+          "peer-1t, peer-2t = transformers batched generate (static batches of up to 64, answers sent whole)")
 
     def run_side(side):
         log = os.path.join(work, f"{side}.log")
-        if side == "peer":
+        if side.startswith("peer"):
             process = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "serving_peer.py"),
-                                        checkpoint, str(PORT), str(THREADS)], stderr=open(log, "a"))
+                                        checkpoint, str(PORT), str(SIDES[side])], stderr=open(log, "a"))
             model = wait_ready_peer(url, process)
         else:
             process = start_quark(quark_bin if side == "quark" else baseline_bin, data_of[side], log)
@@ -146,20 +149,25 @@ def main():
             stop(process)
 
     results = {}
-    for run, order in enumerate([["quark", "baseline", "peer"], ["peer", "baseline", "quark"]]):
+    for run, order in enumerate([list(SIDES), list(reversed(SIDES))]):
         for side in order:
             results[(run, side)] = run_side(side)
         print(f"\nrun {run + 1}, order {' → '.join(order)}")
         print("| new tokens | clients | side | requests/s | tokens/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | latency p50 / p99 (ms) | errors | quark ÷ side (tokens/s) |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for i in range(len(TOKENS) * len(CONCURRENCY)):
-            for side in ["quark", "baseline", "peer"]:
+            for side in SIDES:
                 r = results[(run, side)][i]
                 q = results[(run, "quark")][i]
                 ratio = "" if side == "quark" else f"{q['tokens_per_s'] / r['tokens_per_s']:.1f}"
                 print(f"| {r['max_tokens']} | {r['concurrency']} | {side} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
                       f"{r['ttft_ms']['p50']} / {r['ttft_ms']['p99']} | {r['itl_ms']['p50']} / {r['itl_ms']['p99']} | "
                       f"{r['e2e_ms']['p50']} / {r['e2e_ms']['p99']} | {r['errors']} | {ratio} |", flush=True)
+        # The issue's latency goal: p50 at 16 clients within 2x one client's latency.
+        for tokens in TOKENS:
+            by_clients = {r["concurrency"]: r for r in results[(run, "quark")] if r["max_tokens"] == tokens}
+            ratio = by_clients[16]["e2e_ms"]["p50"] / by_clients[1]["e2e_ms"]["p50"]
+            print(f"quark, {tokens} tokens: p50 at 16 clients ÷ p50 at 1 client = {ratio:.2f}")
     raw = sys.argv[5] if len(sys.argv) > 5 else os.path.join(work, "serving.json")
     json.dump({f"{run}-{side}": rows for (run, side), rows in results.items()}, open(raw, "w"))
     print(f"\nraw figures: {raw}")
